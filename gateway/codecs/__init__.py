@@ -1,0 +1,25 @@
+"""Wire-format codecs: each turns bytes into canonical Documents and back.
+
+A codec is a module with ``decode(data: bytes) -> list[Document]`` and
+``encode(doc: Document) -> bytes``; the registry below names them. ``sniff``
+tells which codec a message needs from its first bytes.
+"""
+
+from types import ModuleType
+
+from gateway.codecs import edifact, hl7v2, zdxml
+from gateway.codecs.sniff import sniff
+from gateway.errors import GatewayError
+
+CODECS: dict[str, ModuleType] = {"edifact": edifact, "hl7": hl7v2, "xml": zdxml}
+
+__all__ = ["CODECS", "get", "sniff"]
+
+
+def get(name: str) -> ModuleType:
+    """Return the codec module called ``name`` (edifact, hl7, xml); raise GatewayError if unknown."""
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise GatewayError(f"unknown format {name!r} (known: {', '.join(CODECS)})",
+                           code="E-FORMAT") from None

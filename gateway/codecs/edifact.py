@@ -1,0 +1,317 @@
+"""EDIFACT MEDVRI (the Dutch GP referral letter) <-> Document.
+
+Layout (facts, formats.md): UNB UNH GGA DET PID? PAD? TXT+ GGO? UNT UNZ;
+GGA/GGO: 1 person, 2 department, 3 institution, 4 address, 5 phone; address
+composite street:house number:PO box:city:postcode:province:country; PID:
+1 birth date, 2 sex M/V/U, 3 name partner:partner prefix:own:own prefix:given:
+initials, BSN as ``BSN``+9 digits in element 5 (also read from element 4).
+
+Our conventions:
+- UNB sender is ``sender.agb``, UNB recipient is ``recipient.agb``.
+- Header lines at the top of the letter carry what MEDVRI has no field for:
+  ``ZD-nummer: ZD…`` (always written), ``AGB-organisatie: …`` (the sender's
+  organisation) and ``AGB-zorgverlener: …`` (the recipient practitioner).
+  Readers remove such lines wherever they stand. Without a ``ZD-nummer:``
+  line the first bare ``ZD\\d{8,9}(_ANTW)?`` in any line is the number (and the
+  line stays in the body); with none at all the number is derived from the
+  interchange (``ZD9`` + 8 digits of its SHA-256).
+- A ZD number ending in ``_ANTW`` makes a teleconsult answer; anything else is
+  a referral. Other kinds, attachments and ``in_reply_to`` on a referral
+  cannot be written (EncodeError).
+- DET years 00-79 are 20xx, 80-99 are 19xx; DET carries minutes, so seconds
+  are not written. A PO box without a street reads as street ``Postbus``;
+  province is not kept. TXT components and elements split by unescaped
+  separators are joined back with the separator.
+- Letter lines longer than 70 characters are wrapped at word boundaries.
+  Output is UNOA when every character is ASCII, UNOC (ISO-8859-1) otherwise.
+"""
+
+import datetime as dt
+import hashlib
+import re
+import textwrap
+from dataclasses import replace
+
+from gateway.codecs import edisyntax
+from gateway.codecs.edisyntax import Interchange, Message, OutSegment, Segment
+from gateway.document import (Address, Document, Kind, Patient, Recipient, Sender, Sex,
+                              text_fields, agb_problem, bsn_problem, normalize_bsn)
+from gateway.errors import DecodeError, DocumentError, EncodeError
+
+LINE_WIDTH = 70
+LAYOUT = (("UNH", 1, 1), ("GGA", 1, 1), ("DET", 1, 1), ("PID", 0, 1), ("PAD", 0, 1),
+          ("TXT", 1, None), ("GGO", 0, 1), ("UNT", 1, 1))
+HEADER_LINES = {"ZD-nummer": "zd_number", "AGB-organisatie": "organisation_agb",
+                "AGB-zorgverlener": "practitioner_agb"}
+_HEADER = re.compile(r"\s*(%s):\s*(\S+)\s*" % "|".join(HEADER_LINES))
+_BARE_ZD = re.compile(r"ZD\d{8,9}(?:_ANTW)?(?!\d)")
+SEX_IN = {"M": Sex.MALE, "V": Sex.FEMALE, "U": Sex.UNKNOWN, "": Sex.UNKNOWN}
+SEX_OUT = {Sex.MALE: "M", Sex.FEMALE: "V", Sex.UNKNOWN: "U"}
+
+
+def decode(data: bytes) -> list[Document]:
+    """Decode a MEDVRI interchange into one Document per message; raise DecodeError."""
+    interchange = edisyntax.read(data)
+    return [_document(interchange, message) for message in interchange.messages]
+
+
+def control_ids(data: bytes) -> list[str]:
+    """The control id of each message, ``<UNB reference>/<UNH reference>``, for dedup."""
+    interchange = edisyntax.read(data)
+    return [f"{m.unb.get(5)}/{m.segments[0].get(1)}" for m in interchange.messages]
+
+
+def _document(interchange: Interchange, message: Message) -> Document:
+    segments = _check_layout(interchange, message)
+    unb = message.unb
+    unh = message.segments[0]
+    if unh.get(2) != "MEDVRI":
+        raise interchange.error(f"message type {unh.get(2)[:10]!r} is not MEDVRI", unh, 2,
+                                code="E-EDI-TYPE")
+    _check_unb_date(interchange, unb)
+    headers, body, bare_zd = _letter(interchange, segments["TXT"])
+    zd = headers.get("zd_number") or bare_zd or _derived_zd(interchange.text, message)
+    sender = _party(interchange, segments["GGA"][0], unb, 2, Sender)
+    sender = replace(sender, organisation_agb=headers.get("organisation_agb", ""))
+    recipient = _party(interchange, (segments["GGO"] or [None])[0], unb, 3, Recipient)
+    recipient = replace(recipient, practitioner_agb=headers.get("practitioner_agb", ""))
+    answer = zd.endswith("_ANTW")
+    try:
+        return Document(
+            kind=Kind.TELECONSULT_ANSWER if answer else Kind.REFERRAL,
+            zd_number=zd,
+            sent_at=_sent_at(interchange, segments["DET"][0]),
+            sender=sender,
+            recipient=recipient,
+            patient=_patient(interchange, segments["PID"], segments["PAD"]),
+            body=tuple(body),
+            in_reply_to=zd.removesuffix("_ANTW") if answer else None,
+        )
+    except DocumentError as exc:
+        raise interchange.error(f"{exc.where} {exc.message}", unh, code=exc.code) from None
+
+
+def _check_layout(interchange: Interchange, message: Message) -> dict[str, list[Segment]]:
+    """Check MEDVRI segment order; return the segments grouped by tag."""
+    segments = message.segments
+    found: dict[str, list[Segment]] = {}
+    index = 0
+    for tag, least, most in LAYOUT:
+        start = index
+        while index < len(segments) and segments[index].tag == tag and (
+                most is None or index - start < most):
+            index += 1
+        if index - start < least:
+            raise interchange.error(f"missing {tag} segment", segments[index])
+        found[tag] = segments[start:index]
+    if index < len(segments):
+        raise interchange.error(f"unexpected {segments[index].tag} segment here", segments[index])
+    return found
+
+
+def _check_unb_date(interchange: Interchange, unb: Segment) -> None:
+    try:
+        dt.datetime.strptime(unb.get(4, 0) + unb.get(4, 1), "%y%m%d%H%M")
+    except ValueError:
+        raise interchange.error("UNB date/time is not a real YYMMDD:HHMM date", unb, 4,
+                                code="E-EDI-DATE") from None
+
+
+def _sent_at(interchange: Interchange, det: Segment) -> dt.datetime:
+    parts = det.components(1) + [""] * 3
+    time = det.components(2) + [""] * 2
+    if not all(p.isdigit() and len(p) == 2 for p in parts[:3] + time[:2]):
+        raise interchange.error("DET date must be YY:MM:DD and time HH:MM", det, 1, code="E-EDI-DATE")
+    year = int(parts[0])
+    try:
+        return dt.datetime(year + (2000 if year < 80 else 1900), int(parts[1]), int(parts[2]),
+                           int(time[0]), int(time[1]))
+    except ValueError:
+        raise interchange.error("DET date/time is not a real date", det, 1, code="E-EDI-DATE") from None
+
+
+def _letter(interchange: Interchange, txts: list[Segment]):
+    """Return (header values, body lines, first bare ZD number) from the TXT segments."""
+    headers: dict[str, str] = {}
+    body: list[str] = []
+    bare_zd = ""
+    for txt in txts:
+        if any(not q.isdigit() for q in txt.qualifier):
+            raise interchange.error("TXT line number must be digits", txt, 0)
+        line = "+".join(":".join(components) for components in txt.elements)
+        header = _HEADER.fullmatch(line)
+        if header and HEADER_LINES[header[1]] not in headers:
+            headers[HEADER_LINES[header[1]]] = _header_value(interchange, txt, header)
+            continue
+        body.append(line)
+        if not bare_zd and (found := _BARE_ZD.search(line)):
+            bare_zd = found[0]
+    return headers, body, bare_zd
+
+
+def _header_value(interchange: Interchange, txt: Segment, header: re.Match) -> str:
+    value = header[2]
+    name = HEADER_LINES[header[1]]
+    ok = _BARE_ZD.fullmatch(value) if name == "zd_number" else not agb_problem(value)
+    if not ok:
+        raise interchange.error(f"{header[1]} line holds no valid value", txt, 1,
+                                code="E-EDI-ZD" if name == "zd_number" else "E-EDI-AGB")
+    return value
+
+
+def _derived_zd(text: str, message: Message) -> str:
+    seed = f"{message.unb.get(2)}/{message.unb.get(5)}/{message.segments[0].get(1)}/{text}"
+    return "ZD9" + str(int(hashlib.sha256(seed.encode("latin-1")).hexdigest(), 16))[-8:]
+
+
+def _party(interchange: Interchange, segment: Segment | None, unb: Segment, unb_element: int, cls):
+    """Build a Sender (from GGA) or Recipient (from GGO) with the AGB code from the UNB."""
+    agb = unb.get(unb_element)
+    if problem := agb_problem(agb):
+        raise interchange.error(f"UNB {'sender' if unb_element == 2 else 'recipient'} "
+                                f"{agb[:35]!r} {problem}", unb, unb_element, code="E-EDI-AGB")
+    if segment is None:
+        return cls(agb=agb)
+    person, department, institution = (segment.get(i).strip() for i in (1, 2, 3))
+    address, phone = _address(segment.components(4)), segment.get(5).strip()
+    if cls is Sender:
+        return Sender(agb, person, department, institution, "", address, phone)
+    return Recipient(agb, institution, department, person, "", address, phone)
+
+
+def _address(components: list[str]) -> Address | None:
+    street, number, po_box, city, postcode, _province, country = (
+        c.strip() for c in (components + [""] * 7)[:7])
+    if po_box and not street:
+        street, number = "Postbus", po_box
+    address = Address(street, number, postcode, city, country)
+    return address if any((street, number, postcode, city, country)) else None
+
+
+def _patient(interchange: Interchange, pids: list[Segment], pads: list[Segment]) -> Patient:
+    if not pids:
+        return Patient()
+    pid = pids[0]
+    bsn = ""
+    for element in (5, 4):
+        value = pid.get(element).strip()
+        if value.upper().startswith("BSN"):
+            bsn = normalize_bsn(value[3:])
+            if problem := bsn_problem(bsn):
+                raise interchange.error(f"BSN {problem}", pid, element, code="E-EDI-BSN")
+            break
+    sex = pid.get(2).strip().upper()
+    if sex not in SEX_IN:
+        raise interchange.error("sex must be M, V or U", pid, 2, code="E-EDI-SEX")
+    name = [c.strip() for c in (pid.components(3) + [""] * 6)[:6]]
+    pad = pads[0] if pads else None
+    return Patient(
+        bsn=bsn, birth_date=_birth_date(interchange, pid), sex=SEX_IN[sex],
+        partner_name=name[0], partner_prefix=name[1], family_name=name[2], family_prefix=name[3],
+        given_name=name[4], initials=name[5],
+        address=_address(pad.components(1)) if pad else None,
+        phone=pad.get(2).strip() if pad else "",
+    )
+
+
+def _birth_date(interchange: Interchange, pid: Segment) -> dt.date | None:
+    parts = pid.components(1)
+    if not any(parts):
+        return None
+    try:
+        if len(parts) != 3 or len(parts[0]) != 4 or not all(p.isdigit() for p in parts):
+            raise ValueError
+        return dt.date(int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        raise interchange.error("birth date is not a real YYYY:MM:DD date", pid, 1,
+                                code="E-EDI-DATE") from None
+
+
+def encode(doc: Document) -> bytes:
+    """Write ``doc`` as a MEDVRI interchange; raise EncodeError for what MEDVRI cannot carry."""
+    _check_encodable(doc)
+    charset = "UNOA" if all(value.isascii() for _, value in text_fields(doc)) else "UNOC"
+    reference = doc.fingerprint(14).upper()
+    at = doc.sent_at
+    message = [
+        OutSegment("UNH", ["1", ["MEDVRI", "1"]]),
+        OutSegment("GGA", _party_elements(doc.sender.name, doc.sender.department,
+                                          doc.sender.organisation, doc.sender.address, doc.sender.phone)),
+        OutSegment("DET", [[f"{at:%y}", f"{at:%m}", f"{at:%d}"], [f"{at:%H}", f"{at:%M}"]]),
+        *_patient_segments(doc.patient),
+        *(OutSegment(f"TXT:{n}", [line]) for n, line in enumerate(_letter_lines(doc), 1)),
+    ]
+    recipient = doc.recipient
+    if any((recipient.practitioner, recipient.department, recipient.name, recipient.address,
+            recipient.phone)):
+        message.append(OutSegment("GGO", _party_elements(
+            recipient.practitioner, recipient.department, recipient.name, recipient.address,
+            recipient.phone)))
+    message.append(OutSegment("UNT", [str(len(message) + 1), "1"]))
+    segments = [OutSegment("UNB", [[charset, "1"], doc.sender.agb, doc.recipient.agb,
+                                   [f"{at:%y%m%d}", f"{at:%H%M}"], reference]),
+                *message, OutSegment("UNZ", ["1", reference])]
+    return edisyntax.write(segments).encode("ascii" if charset == "UNOA" else "latin-1")
+
+
+def _check_encodable(doc: Document) -> None:
+    if doc.kind not in (Kind.REFERRAL, Kind.TELECONSULT_ANSWER):
+        raise EncodeError(f"MEDVRI cannot carry a {doc.kind} document", where="kind",
+                          code="E-ENCODE-KIND")
+    if doc.attachments:
+        raise EncodeError(f"MEDVRI cannot carry attachments ({len(doc.attachments)} present)",
+                          where="attachments", code="E-ENCODE-ATTACHMENT")
+    if doc.kind is Kind.REFERRAL and doc.in_reply_to:
+        raise EncodeError("MEDVRI cannot carry in_reply_to on a referral", where="in_reply_to",
+                          code="E-ENCODE-FIELD")
+    for name, value in text_fields(doc):
+        if not value.isascii():
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError as exc:
+                raise EncodeError(f"character U+{ord(value[exc.start]):04X} is outside ISO-8859-1 "
+                                  "(UNOC)", where=name, code="E-ENCODE-CHARSET") from None
+
+
+def _party_elements(person, department, institution, address, phone) -> list:
+    return [person, department, institution, _address_components(address), phone]
+
+
+def _address_components(address: Address | None) -> list[str]:
+    if address is None:
+        return []
+    return [address.street, address.house_number, "", address.city, address.postcode, "",
+            address.country]
+
+
+def _patient_segments(patient: Patient) -> list[OutSegment]:
+    birth = patient.birth_date
+    pid = OutSegment("PID", [
+        [f"{birth.year:04d}", f"{birth:%m}", f"{birth:%d}"] if birth else "",
+        SEX_OUT[patient.sex],
+        [patient.partner_name, patient.partner_prefix, patient.family_name, patient.family_prefix,
+         patient.given_name, patient.initials],
+        "",
+        f"BSN{patient.bsn}" if patient.bsn else "",
+    ])
+    if patient.address is None and not patient.phone:
+        return [pid]
+    return [pid, OutSegment("PAD", [_address_components(patient.address), patient.phone])]
+
+
+def _letter_lines(doc: Document) -> list[str]:
+    lines = [f"ZD-nummer: {doc.zd_number}"]
+    if doc.sender.organisation_agb:
+        lines.append(f"AGB-organisatie: {doc.sender.organisation_agb}")
+    if doc.recipient.practitioner_agb:
+        lines.append(f"AGB-zorgverlener: {doc.recipient.practitioner_agb}")
+    for line in doc.body:
+        if len(line) <= LINE_WIDTH:
+            lines.append(line)
+        else:
+            lines.extend(textwrap.wrap(line, LINE_WIDTH, expand_tabs=False,
+                                       replace_whitespace=False, break_on_hyphens=False) or [""])
+    return lines
+
+
+__all__ = ["decode", "encode", "control_ids", "DecodeError"]

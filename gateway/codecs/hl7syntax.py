@@ -1,0 +1,132 @@
+"""HL7 v2 syntax: split messages into segments and fields, escape and unescape.
+
+A small tokenizer of our own (hl7apy is far too slow for the live path): the
+separators come from MSH-1/MSH-2, segments end in CR, LF or CRLF on input and
+in CR on output, and the character set follows MSH-18 (``8859/1`` or empty:
+ISO-8859-1; ``UNICODE UTF-8``: UTF-8). Fields are split lazily; only the values
+the codec reads are unescaped.
+"""
+
+import re
+
+from gateway.codecs.sniff import BOM
+from gateway.errors import DecodeError
+
+MAX_BYTES = 16 * 1024 * 1024
+SEPARATORS = "|^~\\&"
+CHARSETS = {"": "latin-1", "8859/1": "latin-1", "UNICODE UTF-8": "utf-8", "ASCII": "ascii"}
+_ESCAPE_OUT = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+_SPECIAL = re.compile(r"[\\|^&~]")
+
+
+class Segments:
+    """The segments of one message. ``field(tag, n)`` gives field n as in the
+    standard (MSH-1 is the field separator, so MSH-n is at the same index)."""
+
+    def __init__(self, lines: list[str], separators: str):
+        self.fs, self.cs, self.rs, self.esc, self.ss = separators
+        self.lines = lines
+        self._by_tag: dict[str, list[list[str]]] = {}
+        for line in lines:
+            fields = line.split(self.fs)
+            if fields[0] == "MSH":
+                fields.insert(1, self.fs)
+            self._by_tag.setdefault(fields[0], []).append(fields)
+        self._unescape = re.compile(re.escape(self.esc) + r"([^" + re.escape(self.esc) + r"]*)"
+                                    + re.escape(self.esc))
+
+    def all(self, tag: str) -> list[list[str]]:
+        return self._by_tag.get(tag, [])
+
+    def first(self, tag: str) -> list[str] | None:
+        found = self._by_tag.get(tag)
+        return found[0] if found else None
+
+    def components(self, fields: list[str] | None, n: int) -> list[str]:
+        """Field ``n`` of a segment split into (still escaped) components."""
+        if fields is None or n >= len(fields):
+            return []
+        return fields[n].split(self.cs)
+
+    def repetitions(self, value: str) -> list[str]:
+        return value.split(self.rs)
+
+    def unescape(self, value: str) -> str:
+        """Resolve \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ and \\Xhh\\; other escapes are kept as written."""
+        if self.esc not in value:
+            return value
+        return self._unescape.sub(self._escape_value, value)
+
+    def _escape_value(self, match: re.Match) -> str:
+        code = match[1]
+        simple = {"F": self.fs, "S": self.cs, "T": self.ss, "R": self.rs, "E": self.esc}
+        if code in simple:
+            return simple[code]
+        if code[:1] == "X" and len(code) % 2 == 1 and re.fullmatch(r"[0-9A-Fa-f]*", code[1:]):
+            return bytes.fromhex(code[1:]).decode("latin-1")
+        return match[0]
+
+
+def split_messages(data: bytes) -> list[Segments]:
+    """Decode ``data`` (one or more messages, each starting with MSH) into Segments."""
+    if len(data) > MAX_BYTES:
+        raise DecodeError(f"message is larger than {MAX_BYTES} bytes", where="byte 1",
+                          code="E-HL7-TOO-LARGE")
+    raw = data.removeprefix(BOM).strip(b" \t\r\n\x0b\x1c")
+    if not raw.startswith(b"MSH") or len(raw) < 8:
+        raise DecodeError("HL7 message does not start with an MSH segment", where="segment 1",
+                          code="E-HL7-NO-MSH")
+    separators = raw[3:8].decode("latin-1")
+    if len(set(separators)) != 5 or any(c.isalnum() or c in "\r\n" for c in separators):
+        raise DecodeError("MSH-1/MSH-2 do not declare five distinct separators",
+                          where="segment 1 (MSH), field 2", code="E-HL7-SYNTAX")
+    charset = _charset(raw, separators[0])
+    try:
+        text = raw.decode(charset)
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"byte at offset {exc.start} is not valid {charset} as MSH-18 declares",
+                          where="segment 1 (MSH), field 18", code="E-HL7-CHARSET") from None
+    lines = [line for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if line]
+    messages: list[list[str]] = []
+    for number, line in enumerate(lines, 1):
+        if line.startswith("MSH"):
+            messages.append([])
+        if len(line) < 3 or not line[:3].isalnum() or (len(line) > 3 and line[3] != separators[0]):
+            raise DecodeError("segment does not start with a three-character tag and a field "
+                              "separator", where=f"segment {number}", code="E-HL7-SYNTAX")
+        messages[-1].append(line)
+    return [Segments(lines, separators) for lines in messages]
+
+
+def _charset(raw: bytes, fs: str) -> str:
+    msh = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1").split(fs)
+    declared = msh[17].split("^")[0] if len(msh) > 17 else ""
+    if declared not in CHARSETS:
+        raise DecodeError(f"unknown character set {declared[:20]!r} (known: 8859/1, UNICODE UTF-8)",
+                          where="segment 1 (MSH), field 18", code="E-HL7-CHARSET")
+    return CHARSETS[declared]
+
+
+def escape(value: str) -> str:
+    """Escape the five separator characters (standard separators) in ``value``."""
+    if not _SPECIAL.search(value):
+        return value
+    return _SPECIAL.sub(lambda m: _ESCAPE_OUT[m[0]], value)
+
+
+def join(parts, separator: str) -> str:
+    """Join already-escaped parts, dropping trailing empty ones."""
+    parts = list(parts)
+    while parts and not parts[-1]:
+        parts.pop()
+    return separator.join(parts)
+
+
+def field(*components) -> str:
+    """One field from components; a component given as a tuple is joined as subcomponents."""
+    return join((join((escape(s) for s in c), "&") if isinstance(c, tuple) else escape(c)
+                 for c in components), "^")
+
+
+def segment(tag: str, *fields: str) -> str:
+    return join((tag, *fields), "|")

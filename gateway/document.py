@@ -1,0 +1,249 @@
+"""The canonical Document every codec reads into and writes from.
+
+All three wire formats (EDIFACT MEDVRI, HL7 v2, ZorgDomein XML) convert through
+these frozen dataclasses, which also own the identifier rules:
+
+- AGB code: exactly 8 digits (no public check digit exists).
+- BSN: 9 digits passing the 11-proef; 8-digit values are left-padded by
+  ``normalize_bsn`` before checking; 000000000 is invalid.
+- ZD number: ``ZD`` + 8 or 9 digits; a teleconsult answer carries the request's
+  number with the suffix ``_ANTW`` and answers (``in_reply_to``) that number.
+
+Conventions: ``sent_at`` is a naive datetime in Dutch local time
+(Europe/Amsterdam), whole seconds. Text fields hold no control characters;
+every field except letter lines is stripped of surrounding blanks. An absent
+text field is ``""``, an absent address is ``None``; a document always has a
+patient, whose fields may all be empty.
+"""
+
+import dataclasses
+import datetime as dt
+import hashlib
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from gateway.errors import DocumentError
+
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+_ZD = re.compile(r"ZD\d{8,9}")
+_ZD_ANSWER = re.compile(r"ZD\d{8,9}_ANTW")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+ANSWER_SUFFIX = "_ANTW"
+
+
+class Kind(StrEnum):
+    REFERRAL = "referral"
+    TELECONSULT_REQUEST = "teleconsult-request"
+    TELECONSULT_ANSWER = "teleconsult-answer"
+    SUPPLEMENT = "supplement"
+    CANCELLATION = "cancellation"
+
+
+class Sex(StrEnum):
+    MALE = "M"
+    FEMALE = "F"
+    UNKNOWN = "U"
+
+
+def agb_problem(value: str) -> str | None:
+    """Return why ``value`` is not an AGB code, or None when it is one."""
+    if len(value) == 8 and value.isascii() and value.isdigit():
+        return None
+    return "is not an AGB code (8 digits)"
+
+
+def normalize_bsn(value: str) -> str:
+    """Left-pad an 8-digit BSN with a zero; other values are returned unchanged."""
+    return "0" + value if len(value) == 8 and value.isdigit() else value
+
+
+def bsn_problem(value: str) -> str | None:
+    """Return why ``value`` is not a valid 9-digit BSN, or None when it is one."""
+    if not (len(value) == 9 and value.isascii() and value.isdigit()):
+        return "is not a BSN (9 digits)"
+    digits = [int(c) for c in value]
+    total = sum(d * w for d, w in zip(digits, range(9, 1, -1))) - digits[8]
+    if value == "000000000" or total % 11:
+        return "fails the BSN 11-proef"
+    return None
+
+
+def zd_problem(value: str, answer: bool = False) -> str | None:
+    """Return why ``value`` is not a ZD number (with ``_ANTW`` when ``answer``), or None."""
+    if (_ZD_ANSWER if answer else _ZD).fullmatch(value):
+        return None
+    return "is not a ZD answer number (ZD + 8 or 9 digits + _ANTW)" if answer else \
+        "is not a ZD number (ZD + 8 or 9 digits)"
+
+
+@dataclass(frozen=True)
+class Address:
+    street: str = ""
+    house_number: str = ""
+    postcode: str = ""
+    city: str = ""
+    country: str = ""
+
+
+@dataclass(frozen=True)
+class Sender:
+    """The responsible sender: for a referral the referrer, with a personal AGB code."""
+
+    agb: str
+    name: str = ""
+    department: str = ""
+    organisation: str = ""
+    organisation_agb: str = ""
+    address: Address | None = None
+    phone: str = ""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """The receiving party: ``agb`` is the institution's code used for routing."""
+
+    agb: str
+    name: str = ""
+    department: str = ""
+    practitioner: str = ""
+    practitioner_agb: str = ""
+    address: Address | None = None
+    phone: str = ""
+
+
+@dataclass(frozen=True)
+class Patient:
+    bsn: str = ""
+    birth_date: dt.date | None = None
+    sex: Sex = Sex.UNKNOWN
+    family_name: str = ""
+    family_prefix: str = ""
+    partner_name: str = ""
+    partner_prefix: str = ""
+    given_name: str = ""
+    initials: str = ""
+    address: Address | None = None
+    phone: str = ""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    file_name: str
+    media_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Document:
+    kind: Kind
+    zd_number: str
+    sent_at: dt.datetime
+    sender: Sender
+    recipient: Recipient
+    patient: Patient = Patient()
+    body: tuple[str, ...] = ()
+    in_reply_to: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+
+    def __post_init__(self):
+        for problem in _problems(self):
+            raise DocumentError(problem[1], where=problem[0], code=problem[2])
+
+    def fingerprint(self, length: int = 20) -> str:
+        """A stable hex digest of the whole document, for control ids that must be
+        the same each time the same document is encoded."""
+        digest = hashlib.sha256(repr(self).encode("utf-8"))
+        for attachment in self.attachments:
+            digest.update(attachment.data)
+        return digest.hexdigest()[:length]
+
+
+def _problems(doc: Document):
+    """Yield (field, problem, code) for every rule ``doc`` breaks."""
+    kind = Kind(doc.kind)
+    answer = kind is Kind.TELECONSULT_ANSWER
+    if problem := zd_problem(doc.zd_number, answer):
+        yield "zd_number", problem, "E-DOC-ZD"
+    if answer and doc.in_reply_to != doc.zd_number.removesuffix(ANSWER_SUFFIX):
+        yield "in_reply_to", "an answer must reply to its own number without _ANTW", "E-DOC-ZD"
+    elif doc.in_reply_to is not None and (problem := zd_problem(doc.in_reply_to)):
+        yield "in_reply_to", problem, "E-DOC-ZD"
+    if not isinstance(doc.sent_at, dt.datetime) or doc.sent_at.tzinfo or doc.sent_at.microsecond:
+        yield "sent_at", "must be a naive local datetime in whole seconds", "E-DOC-DATE"
+    for name, value in (("sender.agb", doc.sender.agb), ("recipient.agb", doc.recipient.agb),
+                        ("sender.organisation_agb", doc.sender.organisation_agb or None),
+                        ("recipient.practitioner_agb", doc.recipient.practitioner_agb or None)):
+        if value is not None and (problem := agb_problem(value)):
+            yield name, problem, "E-DOC-AGB"
+    yield from _patient_problems(doc.patient, doc.sent_at)
+    for index, attachment in enumerate(doc.attachments, 1):
+        if not attachment.file_name or re.search(r"[/\\]", attachment.file_name):
+            yield f"attachments[{index}].file_name", "must be a plain file name", "E-DOC-ATTACHMENT"
+        if not _MEDIA_TYPE.fullmatch(attachment.media_type):
+            yield f"attachments[{index}].media_type", "is not a media type", "E-DOC-ATTACHMENT"
+    for name, value in _addresses(doc):
+        if value is not None and not any(vars(value).values()):
+            yield name, "an empty address must be None", "E-DOC-TEXT"
+    yield from _text_problems(doc)
+
+
+def _addresses(doc: Document):
+    return (("sender.address", doc.sender.address), ("recipient.address", doc.recipient.address),
+            ("patient.address", doc.patient.address))
+
+
+def _patient_problems(patient: Patient, sent_at: dt.datetime):
+    if patient.bsn and (problem := bsn_problem(patient.bsn)):
+        yield "patient.bsn", problem, "E-DOC-BSN"
+    if patient.sex not in tuple(Sex):
+        yield "patient.sex", "must be M, F or U", "E-DOC-SEX"
+    if patient.birth_date is not None and isinstance(sent_at, dt.datetime):
+        if patient.birth_date > sent_at.date() or patient.birth_date.year < 1880:
+            yield "patient.birth_date", "is not a plausible birth date", "E-DOC-DATE"
+
+
+def _text_problems(doc: Document):
+    for name, value in text_fields(doc):
+        if _CONTROL.search(value):
+            yield name, "contains a control character", "E-DOC-TEXT"
+        elif not name.startswith("body") and value != value.strip():
+            yield name, "has leading or trailing blanks", "E-DOC-TEXT"
+
+
+def text_fields(obj, prefix: str = ""):
+    """Yield (dotted name, value) for every str field reachable from ``obj``."""
+    if isinstance(obj, tuple):
+        for index, item in enumerate(obj, 1):
+            yield from text_fields(item, f"{prefix}[{index}]")
+        return
+    if isinstance(obj, str):
+        yield prefix, obj
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        if isinstance(value, str) and f.name in ("kind", "sex"):
+            continue
+        yield from text_fields(value, name)
+
+
+def answer_number(request_zd: str) -> str:
+    """The ZD number of the answer to the request ``request_zd``."""
+    return request_zd + ANSWER_SUFFIX
+
+
+def aware(local: dt.datetime) -> dt.datetime:
+    """``local`` (naive, Dutch time) with its Europe/Amsterdam UTC offset attached."""
+    return local.replace(tzinfo=AMSTERDAM)
+
+
+def local_time(moment: dt.datetime) -> dt.datetime:
+    """A timestamp as naive Dutch local time; a naive ``moment`` is taken as local already."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(AMSTERDAM).replace(tzinfo=None)
