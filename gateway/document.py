@@ -29,7 +29,7 @@ from gateway.errors import DocumentError
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 _ZD = re.compile(r"ZD\d{8,9}")
 _ZD_ANSWER = re.compile(r"ZD\d{8,9}_ANTW")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 ANSWER_SUFFIX = "_ANTW"
 
@@ -173,6 +173,8 @@ def _problems(doc: Document):
         yield "in_reply_to", problem, "E-DOC-ZD"
     if not isinstance(doc.sent_at, dt.datetime) or doc.sent_at.tzinfo or doc.sent_at.microsecond:
         yield "sent_at", "must be a naive local datetime in whole seconds", "E-DOC-DATE"
+    elif local_time(aware(doc.sent_at).astimezone(dt.timezone.utc)) != doc.sent_at:
+        yield "sent_at", "is a time skipped by the change to summer time", "E-DOC-DATE"
     for name, value in (("sender.agb", doc.sender.agb), ("recipient.agb", doc.recipient.agb),
                         ("sender.organisation_agb", doc.sender.organisation_agb or None),
                         ("recipient.practitioner_agb", doc.recipient.practitioner_agb or None)):

@@ -12,8 +12,9 @@ Our conventions:
   ``ZD-nummer: ZD…`` (always written), ``AGB-organisatie: …`` (the sender's
   organisation) and ``AGB-zorgverlener: …`` (the recipient practitioner).
   Readers remove such lines wherever they stand. Without a ``ZD-nummer:``
-  line the first bare ``ZD\\d{8,9}(_ANTW)?`` in any line is the number (and the
-  line stays in the body); with none at all the number is derived from the
+  line the first bare ``ZD\\d{8,9}(_ANTW)?`` in any line is the number (the
+  line stays in the body), an ``_ANTW`` number before a plain one, since an
+  answer also names its request; with none at all the number is derived from the
   interchange (``ZD9`` + 8 digits of its SHA-256).
 - A ZD number ending in ``_ANTW`` makes a teleconsult answer; anything else is
   a referral. Other kinds, attachments and ``in_reply_to`` on a referral
@@ -144,8 +145,9 @@ def _letter(interchange: Interchange, txts: list[Segment]):
             headers[HEADER_LINES[header[1]]] = _header_value(interchange, txt, header)
             continue
         body.append(line)
-        if not bare_zd and (found := _BARE_ZD.search(line)):
-            bare_zd = found[0]
+        for found in _BARE_ZD.finditer(line):
+            if not bare_zd or (found[0].endswith("_ANTW") and not bare_zd.endswith("_ANTW")):
+                bare_zd = found[0]
     return headers, body, bare_zd
 
 

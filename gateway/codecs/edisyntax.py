@@ -178,8 +178,11 @@ def _segments(text: str, body: str, una: str, number: int) -> list[Segment]:
                 number += 1
                 elements = [[""]]
     except EDISyntaxError as exc:
-        raise DecodeError(f"EDIFACT syntax error: {exc.args[0] if exc.args else exc}",
-                          where=locate(text, number), code="E-EDI-SYNTAX") from None
+        if "Unexpected end" in str(exc):
+            raise DecodeError("interchange ends inside a segment (truncated?)",
+                              where=locate(text, number), code="E-EDI-TRUNCATED") from None
+        raise DecodeError("release character followed by a line break", where=locate(text, number),
+                          code="E-EDI-SYNTAX") from None
     if elements != [[""]]:
         raise DecodeError("interchange ends inside a segment (truncated?)",
                           where=locate(text, number), code="E-EDI-TRUNCATED")

@@ -4,7 +4,8 @@ A small tokenizer of our own (hl7apy is far too slow for the live path): the
 separators come from MSH-1/MSH-2, segments end in CR, LF or CRLF on input and
 in CR on output, and the character set follows MSH-18 (``8859/1`` or empty:
 ISO-8859-1; ``UNICODE UTF-8``: UTF-8). Fields are split lazily; only the values
-the codec reads are unescaped.
+the codec reads are unescaped. A field holding only ``""`` (HL7's null) reads
+as empty.
 """
 
 import re
@@ -28,7 +29,7 @@ class Segments:
         self.lines = lines
         self._by_tag: dict[str, list[list[str]]] = {}
         for line in lines:
-            fields = line.split(self.fs)
+            fields = ["" if value == '""' else value for value in line.split(self.fs)]
             if fields[0] == "MSH":
                 fields.insert(1, self.fs)
             self._by_tag.setdefault(fields[0], []).append(fields)

@@ -17,7 +17,10 @@ Our conventions:
   organisation, PRD-7 ``<AGB>^AGB`` the person's AGB. MSH-4 is the sender's
   organisation (name^AGB^VEKTIS), MSH-6 the recipient institution (name^AGB^VEKTIS,
   the AGB used for routing). OBR-16 repeats the sender as XCN with VEKTIS.
-- PID-5.2 is the given name, PID-5.3 the initials. Addresses: XAD-1 street
+- PID-3 repeats the ZD number as ``ZD…^^^ZorgDomein^VN`` after the BSN (PID-3 is
+  required, also for a patient without BSN). PID-5 is ``""`` (null) when the
+  patient has no name, as PID-5 is required too. PID-5.2 is the given name,
+  PID-5.3 the initials. Addresses: XAD-1 street
   line & street & house number, XAD-2 (a house number addition, appended when
   read), XAD-3 city, XAD-5 postcode, XAD-6 country. Phones in XTN-1 (XTN-12
   read first when present).
@@ -51,6 +54,7 @@ SEX_IN = {"M": Sex.MALE, "F": Sex.FEMALE, "U": Sex.UNKNOWN, "": Sex.UNKNOWN, "O"
 LETTER_CODE = ("11488-4", "Consultation note", "LN")
 BSN_AUTHORITY = "NLMINBIZA"
 _TS = re.compile(r"(\d{8})(\d{4})?(\d{2})?(?:\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?")
+NULL = '""'
 SEPARATOR_MAP = "|^~\\&"
 ERROR_CODES = {"E-HL7-TYPE": "200", "E-HL7-MISSING": "101"}
 
@@ -267,7 +271,7 @@ def encode(doc: Document) -> bytes:
              sender.phone, sender.agb),
         _prd(recipient_role, recipient.practitioner, recipient.address, recipient.department,
              recipient.name, recipient.phone, recipient.practitioner_agb),
-        _pid(doc.patient),
+        _pid(doc.patient, doc.zd_number),
         segment("OBR", "1", field(rf1_ids[6]), field(rf1_ids[11]), field(*LETTER_CODE), "", "", stamp,
                 *[""] * 8, field(sender.agb, sender.name, "", "", "", "", "", "", "VEKTIS"),
                 *[""] * 5, stamp, "", "", "F"),
@@ -314,16 +318,17 @@ def _xad(address: Address | None) -> str:
                  address.postcode, address.country)
 
 
-def _pid(patient: Patient) -> str:
+def _pid(patient: Patient, zd_number: str) -> str:
     full = " ".join(p for p in (patient.family_prefix, patient.family_name) if p)
     if patient.partner_name:
         partner = " ".join(p for p in (patient.partner_prefix, patient.partner_name) if p)
         full = f"{partner} - {full}" if full else partner
     name = field((full, patient.family_prefix, patient.family_name, patient.partner_prefix,
-                  patient.partner_name), patient.given_name, patient.initials)
-    bsn = field(patient.bsn, "", "", BSN_AUTHORITY, "NNNLD") if patient.bsn else ""
+                  patient.partner_name), patient.given_name, patient.initials) or NULL
+    ids = [field(patient.bsn, "", "", BSN_AUTHORITY, "NNNLD")] if patient.bsn else []
+    ids.append(field(zd_number, "", "", "ZorgDomein", "VN"))
     birth = f"{patient.birth_date.year:04d}{patient.birth_date:%m%d}" if patient.birth_date else ""
-    return segment("PID", "1", "", bsn, "", name, "", birth, patient.sex.value, "", "",
+    return segment("PID", "1", "", "~".join(ids), "", name, "", birth, patient.sex.value, "", "",
                    _xad(patient.address), "", field(patient.phone))
 
 

@@ -218,7 +218,8 @@ def _address(element) -> Address | None:
     line = address.find("f:line", NS)
     street = _extension(line, HL7_EXT + "iso21090-ADXP-streetName")
     number = _extension(line, HL7_EXT + "iso21090-ADXP-houseNumber")
-    found = Address(street=_val(street, "f:valueString") if street is not None else _val(address, "f:line"),
+    parts = street is not None or number is not None
+    found = Address(street=_val(street, "f:valueString") if parts else _val(address, "f:line"),
                     house_number=_val(number, "f:valueString"), postcode=_val(address, "f:postalCode"),
                     city=_val(address, "f:city"), country=_val(address, "f:country"))
     return found if any(vars(found).values()) else None
