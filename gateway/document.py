@@ -208,6 +208,10 @@ def _patient_problems(patient: Patient, sent_at: dt.datetime):
 
 
 def _text_problems(doc: Document):
+    texts = all_text(doc)
+    fields = texts[:len(texts) - len(doc.body)]
+    if not _CONTROL.search("".join(texts)) and all(v == v.strip() for v in fields):
+        return
     for name, value in text_fields(doc):
         if _CONTROL.search(value):
             yield name, "contains a control character", "E-DOC-TEXT"
@@ -215,8 +219,31 @@ def _text_problems(doc: Document):
             yield name, "has leading or trailing blanks", "E-DOC-TEXT"
 
 
+def all_text(doc: Document) -> list[str]:
+    """Every text value of ``doc``, the letter lines last (fast; no field names)."""
+    values = [doc.zd_number]
+    for part in (doc.sender, doc.recipient, doc.patient):
+        values += [getattr(part, name) for name in _STRINGS[type(part)]]
+        if part.address is not None:
+            values += vars(part.address).values()
+    for attachment in doc.attachments:
+        values += (attachment.file_name, attachment.media_type)
+    values += doc.body
+    return values
+
+
+def fits_latin1(doc: Document) -> bool:
+    """Whether every text of ``doc`` can be written in ISO-8859-1."""
+    try:
+        "".join(all_text(doc)).encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def text_fields(obj, prefix: str = ""):
-    """Yield (dotted name, value) for every str field reachable from ``obj``."""
+    """Yield (dotted name, value) for every text field reachable from ``obj`` (slow: for
+    naming the field in an error once ``all_text`` found a problem)."""
     if isinstance(obj, tuple):
         for index, item in enumerate(obj, 1):
             yield from text_fields(item, f"{prefix}[{index}]")
@@ -232,6 +259,10 @@ def text_fields(obj, prefix: str = ""):
         if isinstance(value, str) and f.name in ("kind", "sex"):
             continue
         yield from text_fields(value, name)
+
+
+_STRINGS = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.type is str)
+            for cls in (Sender, Recipient, Patient)}
 
 
 def answer_number(request_zd: str) -> str:

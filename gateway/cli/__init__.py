@@ -1,19 +1,21 @@
 """gatewayctl: the administrator's command line.
 
 Commands are thin: they call the same functions the daemon uses. Exit codes
-follow sysexits: 0 success, 64 usage, 65 bad input, 66 unreadable file. Every
+follow sysexits: 0 success, 64 usage, 65 bad input, 66 unreadable file, 70 an
+internal error (a bug; ``GATEWAY_DEBUG=1`` shows its traceback). Every
 failure is one line on stderr, ``gatewayctl: error E-…: what, where``.
 """
 
 import argparse
 import json
+import os
 import sys
 
 from gateway import __version__, codecs
 from gateway.cli.render import as_dict, as_text
 from gateway.errors import GatewayError
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT = 0, 64, 65, 66
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE = 0, 64, 65, 66, 70
 
 
 class UsageError(GatewayError):
@@ -114,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EX_DATAERR)
     except BrokenPipeError:
         return EX_OK
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("GATEWAY_DEBUG"):
+            raise
+        print(f"gatewayctl: internal error E-INTERNAL: {type(exc).__name__} "
+              "(set GATEWAY_DEBUG=1 for details)", file=sys.stderr)
+        return EX_SOFTWARE
 
 
 def _fail(exc: GatewayError, status: int) -> int:

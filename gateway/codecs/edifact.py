@@ -36,7 +36,8 @@ from dataclasses import replace
 from gateway.codecs import edisyntax
 from gateway.codecs.edisyntax import Interchange, Message, OutSegment, Segment
 from gateway.document import (Address, Document, Kind, Patient, Recipient, Sender, Sex,
-                              text_fields, agb_problem, bsn_problem, normalize_bsn)
+                              agb_problem, all_text, bsn_problem, fits_latin1, normalize_bsn,
+                              text_fields)
 from gateway.errors import DecodeError, DocumentError, EncodeError
 
 LINE_WIDTH = 70
@@ -232,7 +233,7 @@ def _birth_date(interchange: Interchange, pid: Segment) -> dt.date | None:
 def encode(doc: Document) -> bytes:
     """Write ``doc`` as a MEDVRI interchange; raise EncodeError for what MEDVRI cannot carry."""
     _check_encodable(doc)
-    charset = "UNOA" if all(value.isascii() for _, value in text_fields(doc)) else "UNOC"
+    charset = "UNOA" if "".join(all_text(doc)).isascii() else "UNOC"
     reference = doc.fingerprint(14).upper()
     at = doc.sent_at
     message = [
@@ -266,13 +267,14 @@ def _check_encodable(doc: Document) -> None:
     if doc.kind is Kind.REFERRAL and doc.in_reply_to:
         raise EncodeError("MEDVRI cannot carry in_reply_to on a referral", where="in_reply_to",
                           code="E-ENCODE-FIELD")
+    if fits_latin1(doc):
+        return
     for name, value in text_fields(doc):
-        if not value.isascii():
-            try:
-                value.encode("latin-1")
-            except UnicodeEncodeError as exc:
-                raise EncodeError(f"character U+{ord(value[exc.start]):04X} is outside ISO-8859-1 "
-                                  "(UNOC)", where=name, code="E-ENCODE-CHARSET") from None
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise EncodeError(f"character U+{ord(value[exc.start]):04X} is outside ISO-8859-1 "
+                              "(UNOC)", where=name, code="E-ENCODE-CHARSET") from None
 
 
 def _party_elements(person, department, institution, address, phone) -> list:

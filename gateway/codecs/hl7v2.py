@@ -40,7 +40,7 @@ import re
 from gateway.codecs import hl7syntax
 from gateway.codecs.hl7syntax import Segments, field, segment
 from gateway.document import (Address, Attachment, Document, Kind, Patient, Recipient, Sender, Sex,
-                              aware, bsn_problem, local_time, normalize_bsn, text_fields)
+                              aware, bsn_problem, fits_latin1, local_time, normalize_bsn)
 from gateway.errors import DecodeError, DocumentError, EncodeError, GatewayError
 
 SUPPORTED = {("REF", "I12"), ("RRI", "I12")}
@@ -248,7 +248,7 @@ def _attachments(msg: Segments) -> tuple[Attachment, ...]:
 
 def encode(doc: Document) -> bytes:
     """Write ``doc`` as REF^I12 (RRI^I12 for an answer) with CR segment ends."""
-    charset, codec = ("8859/1", "latin-1") if _fits_latin1(doc) else ("UNICODE UTF-8", "utf-8")
+    charset, codec = ("8859/1", "latin-1") if fits_latin1(doc) else ("UNICODE UTF-8", "utf-8")
     answer = doc.kind is Kind.TELECONSULT_ANSWER
     structure = "RRI" if answer else "REF"
     stamp = _ts(doc.sent_at)
@@ -285,15 +285,6 @@ def encode(doc: Document) -> bytes:
                              str(index), field("", kind, subtype, "Base64", base64.b64encode(
                                  attachment.data).decode("ascii")), *[""] * 5, "F"))
     return ("\r".join(lines) + "\r").encode(codec)
-
-
-def _fits_latin1(doc: Document) -> bool:
-    try:
-        for _, value in text_fields(doc):
-            value.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _ts(local: dt.datetime) -> str:

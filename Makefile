@@ -1,0 +1,36 @@
+# gatewayd: two commands for a newcomer — `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+# Until the daemon exists: decode every fixture and show it converted to the other formats.
+run: $(VENV)/.installed
+	@for f in fixtures/medvri/*.edi fixtures/hl7/*.hl7 fixtures/xml/*.xml; do \
+	  echo "=== $$f"; $(BIN)/gatewayctl inspect "$$f" || exit 1; \
+	  for to in edifact hl7 xml; do \
+	    echo "--- converted to $$to:"; \
+	    $(BIN)/gatewayctl convert --to $$to "$$f" | head -c 600; echo; \
+	  done; echo; \
+	done
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/codecs.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .hypothesis

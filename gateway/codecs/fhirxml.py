@@ -1,0 +1,164 @@
+"""FHIR XML syntax: a hardened reader into light nodes, and a string writer.
+
+Reading parses with a hardened lxml parser (no DTD, no entity resolution, no
+network or file access) and turns the tree into light Nodes in one pass, so
+every later lookup is a plain dict read. Input must be UTF-8, as FHIR requires,
+so that any DOCTYPE or entity declaration is seen and refused before parsing
+(and once more after, from the parsed document's info). Input is capped at
+``MAX_BYTES``; libxml2's own depth limit holds.
+
+Writing builds the XML text directly: every attribute value and text node goes
+through ``escape``, and callers emit elements in FHIR's element order.
+"""
+
+import re
+
+from lxml import etree
+
+from gateway.codecs.sniff import BOM
+from gateway.errors import DecodeError
+
+MAX_BYTES = 16 * 1024 * 1024
+FHIR = "http://hl7.org/fhir"
+XHTML = "http://www.w3.org/1999/xhtml"
+_FHIR_TAG = "{%s}" % FHIR
+_XHTML_TAG = "{%s}" % XHTML
+_FHIR_LEN, _XHTML_LEN = len(_FHIR_TAG), len(_XHTML_TAG)
+_ENCODING = re.compile(rb"""(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)""")
+
+
+_LEAF: dict = {}  # shared by every element without children; never written to
+
+
+class Node:
+    """One element: its FHIR name (XHTML elements keep an ``h:`` prefix), the
+    ``value`` and ``url`` attributes, the text of an XHTML paragraph, and
+    children by name."""
+
+    __slots__ = ("name", "value", "url", "text", "children", "parent")
+
+    def __init__(self, name: str, value: str, url: str, parent: "Node | None"):
+        self.name, self.value, self.url, self.parent = name, value, url, parent
+        self.text = ""
+        self.children: dict[str, list[Node]] = _LEAF
+
+    def all(self, name: str) -> list["Node"]:
+        return self.children.get(name, [])
+
+    def path(self) -> str:
+        """Where this element is, as /Bundle/entry[2]/resource/Composition, for error messages."""
+        steps, node = [], self
+        while node is not None:
+            siblings = node.parent.all(node.name) if node.parent else [node]
+            index = next(i for i, s in enumerate(siblings, 1) if s is node)
+            steps.append(node.name + (f"[{index}]" if len(siblings) > 1 else ""))
+            node = node.parent
+        return "/" + "/".join(reversed(steps))
+
+
+def _node(element, parent: Node | None) -> Node:
+    """Convert an lxml element and its descendants into Nodes (XHTML ``p`` keeps its text)."""
+    tag = element.tag
+    if tag.startswith(_FHIR_TAG):
+        name = tag[_FHIR_LEN:]
+    elif tag.startswith(_XHTML_TAG):
+        name = "h:" + tag[_XHTML_LEN:]
+    else:
+        name = tag
+    get = element.get
+    node = Node(name, get("value", ""), get("url", ""), parent)
+    if name == "h:p":
+        node.text = "".join(element.itertext())
+    elif len(element):
+        children = node.children = {}
+        for child in element:
+            if isinstance(child.tag, str):
+                converted = _node(child, node)
+                found = children.get(converted.name)
+                if found is None:
+                    children[converted.name] = [converted]
+                else:
+                    found.append(converted)
+    return node
+
+
+def hardened_parser() -> etree.XMLParser:
+    """An lxml parser with no network, no DTD and no entity resolution."""
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                           dtd_validation=False, huge_tree=False, remove_comments=True,
+                           remove_pis=True)
+
+
+_PARSER = hardened_parser()
+
+
+def read(data: bytes) -> Node:
+    """Parse ``data`` into Nodes; raise DecodeError for a DOCTYPE, entities or bad XML."""
+    if len(data) > MAX_BYTES:
+        raise DecodeError(f"document is larger than {MAX_BYTES} bytes", where="byte 1",
+                          code="E-XML-TOO-LARGE")
+    declared = _ENCODING.match(data)
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4] or (
+            declared and declared[1].lower() not in (b"utf-8", b"utf8")):
+        raise DecodeError("FHIR XML must be encoded in UTF-8", where="prolog", code="E-XML-ENCODING")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise DecodeError("XML with a DOCTYPE or entity declaration is refused", where="prolog",
+                          code="E-XML-DOCTYPE")
+    try:
+        root = etree.fromstring(data.removeprefix(BOM), _PARSER)
+    except etree.XMLSyntaxError as exc:
+        line = exc.position[0] if exc.position else 0
+        raise DecodeError(f"not well-formed XML: {exc.msg}", where=f"line {line}",
+                          code="E-XML-SYNTAX") from None
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise DecodeError("XML with a DOCTYPE is refused", where="prolog", code="E-XML-DOCTYPE")
+    return _node(root, None)
+
+
+def get(node: Node | None, path: str) -> Node | None:
+    """The first element at ``path`` (names joined by /) below ``node``, or None."""
+    for step in path.split("/"):
+        if node is None:
+            return None
+        found = node.children.get(step)
+        node = found[0] if found else None
+    return node
+
+
+def val(node: Node | None, path: str = "") -> str:
+    """The stripped ``value`` attribute at ``path`` below ``node`` ("" if absent)."""
+    found = get(node, path) if path else node
+    return found.value.strip() if found is not None else ""
+
+
+def extension(node: Node | None, url: str) -> Node | None:
+    for ext in node.all("extension") if node is not None else ():
+        if ext.url == url:
+            return ext
+    return None
+
+
+def escape(text: str) -> str:
+    """Escape ``text`` for an XML attribute value or text node."""
+    if "&" in text or "<" in text or ">" in text or '"' in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        text = text.replace('"', "&quot;")
+    return text
+
+
+def element(name: str, *children: str, attrs: str = "") -> str:
+    """``<name attrs>children</name>`` (children already XML text)."""
+    return f"<{name}{attrs}>{''.join(children)}</{name}>"
+
+
+def primitive(name: str, value: str, *extensions: str) -> str:
+    """A FHIR primitive ``<name value="…"/>``, with extensions inside when given."""
+    if extensions:
+        return f'<{name} value="{escape(value)}">{"".join(extensions)}</{name}>'
+    return f'<{name} value="{escape(value)}"/>'
+
+
+def optional(name: str, value: str) -> str:
+    """A primitive when ``value`` is not empty, else nothing."""
+    return primitive(name, value) if value else ""
