@@ -33,30 +33,22 @@ _LEAF: dict = {}  # shared by every element without children; never written to
 class Node:
     """One element: its FHIR name (XHTML elements keep an ``h:`` prefix), the
     ``value`` and ``url`` attributes, the text of an XHTML paragraph, and
-    children by name."""
+    children by name. Nodes hold no parent link, so a tree is freed without the
+    cycle collector."""
 
-    __slots__ = ("name", "value", "url", "text", "children", "parent")
+    __slots__ = ("name", "value", "url", "text", "children")
 
-    def __init__(self, name: str, value: str, url: str, parent: "Node | None"):
-        self.name, self.value, self.url, self.parent = name, value, url, parent
+    def __init__(self, name: str, value: str, url: str):
+        self.name, self.value, self.url = name, value, url
         self.text = ""
         self.children: dict[str, list[Node]] = _LEAF
 
     def all(self, name: str) -> list["Node"]:
         return self.children.get(name, [])
 
-    def path(self) -> str:
-        """Where this element is, as /Bundle/entry[2]/resource/Composition, for error messages."""
-        steps, node = [], self
-        while node is not None:
-            siblings = node.parent.all(node.name) if node.parent else [node]
-            index = next(i for i, s in enumerate(siblings, 1) if s is node)
-            steps.append(node.name + (f"[{index}]" if len(siblings) > 1 else ""))
-            node = node.parent
-        return "/" + "/".join(reversed(steps))
 
 
-def _node(element, parent: Node | None) -> Node:
+def _node(element) -> Node:
     """Convert an lxml element and its descendants into Nodes (XHTML ``p`` keeps its text)."""
     tag = element.tag
     if tag.startswith(_FHIR_TAG):
@@ -66,14 +58,14 @@ def _node(element, parent: Node | None) -> Node:
     else:
         name = tag
     get = element.get
-    node = Node(name, get("value", ""), get("url", ""), parent)
+    node = Node(name, get("value", ""), get("url", ""))
     if name == "h:p":
         node.text = "".join(element.itertext())
     elif len(element):
         children = node.children = {}
         for child in element:
             if isinstance(child.tag, str):
-                converted = _node(child, node)
+                converted = _node(child)
                 found = children.get(converted.name)
                 if found is None:
                     children[converted.name] = [converted]
@@ -113,7 +105,7 @@ def read(data: bytes) -> Node:
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
         raise DecodeError("XML with a DOCTYPE is refused", where="prolog", code="E-XML-DOCTYPE")
-    return _node(root, None)
+    return _node(root)
 
 
 def get(node: Node | None, path: str) -> Node | None:

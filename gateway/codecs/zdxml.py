@@ -53,6 +53,10 @@ KINDS = {
     Kind.CANCELLATION: (DOCTYPE_SYSTEM, "cancellation", "Annuleringsbericht"),
     Kind.TELECONSULT_ANSWER: (GATEWAY_TYPES, "teleconsult-answer", "Antwoord teleconsult"),
 }
+_FHIR_PATHS = {"zd_number": "Composition.identifier", "in_reply_to": "Composition.relatesTo",
+               "sender.agb": "Practitioner.identifier (sender)",
+               "recipient.agb": "Organization.identifier (recipient)",
+               "patient.bsn": "Patient.identifier", "patient.birth_date": "Patient.birthDate"}
 CODE_KINDS = {(system, code): kind for kind, (system, code, _) in KINDS.items()}
 GENDER_OUT = {Sex.MALE: "male", Sex.FEMALE: "female", Sex.UNKNOWN: "unknown"}
 GENDER_IN = {"male": Sex.MALE, "female": Sex.FEMALE, "unknown": Sex.UNKNOWN, "other": Sex.UNKNOWN,
@@ -64,9 +68,9 @@ def decode(data: bytes) -> list[Document]:
     """Decode a FHIR STU3 document Bundle into one Document; raise DecodeError naming the element."""
     root = fhirxml.read(data)
     if root.name != "Bundle":
-        raise _error("root element must be a FHIR Bundle", root)
+        raise _error("root element must be a FHIR Bundle", root.name)
     if val(root, "type") != "document":
-        raise _error("Bundle.type must be 'document'", root)
+        raise _error("Bundle.type must be 'document'", "Bundle.type")
     resources: dict[str, Node] = {}
     for entry in root.all("entry"):
         resource = get(entry, "resource")
@@ -74,7 +78,7 @@ def decode(data: bytes) -> list[Document]:
             resources[val(entry, "fullUrl")] = next(iter(resource.children.values()))[0]
     entries = list(resources.values())
     if not entries or entries[0].name != "Composition":
-        raise _error("the first Bundle entry must be a Composition", root)
+        raise _error("the first Bundle entry must be a Composition", "Bundle.entry[1]")
     return [_document(entries[0], resources)]
 
 
@@ -83,8 +87,9 @@ def control_ids(data: bytes) -> list[str]:
     return [val(fhirxml.read(data), "id")]
 
 
-def _error(message: str, node: Node | None, code: str = "E-XML-STRUCTURE") -> DecodeError:
-    return DecodeError(message, where=node.path() if node is not None else "/", code=code)
+def _error(message: str, where: str, code: str = "E-XML-STRUCTURE") -> DecodeError:
+    """A DecodeError whose ``where`` is a FHIR path such as ``Patient.birthDate``."""
+    return DecodeError(message, where=where, code=code)
 
 
 def _ref(node: Node | None, path: str, resources: dict) -> Node | None:
@@ -104,36 +109,34 @@ def _document(composition: Node, resources: dict) -> Document:
     coding = get(composition, "type/coding")
     kind = CODE_KINDS.get((val(coding, "system"), val(coding, "code")))
     if kind is None:
-        raise _error("Composition.type is not a known document type", coding or composition,
-                     "E-XML-TYPE")
+        raise _error("not a known document type", "Composition.type", "E-XML-TYPE")
     try:
         return Document(
             kind=kind, zd_number=_identifier(composition, ZD_SYSTEM),
-            sent_at=_datetime(val(composition, "date"), composition),
+            sent_at=_datetime(val(composition, "date")),
             sender=_sender(composition, resources), recipient=_recipient(composition, resources),
-            patient=_patient(_ref(composition, "subject/reference", resources), composition),
+            patient=_patient(_ref(composition, "subject/reference", resources)),
             body=_letter(composition),
             in_reply_to=val(composition, "relatesTo/targetIdentifier/value") or None,
             attachments=_attachments(composition, resources))
     except DocumentError as exc:
-        raise _error(f"{exc.where} {exc.message}", composition, exc.code) from None
+        raise _error(exc.message, _FHIR_PATHS.get(exc.where, exc.where), exc.code) from None
 
 
-def _datetime(value: str, node: Node) -> dt.datetime:
+def _datetime(value: str) -> dt.datetime:
     try:
         if len(value) < 19:
             raise ValueError
         return local_time(dt.datetime.fromisoformat(value)).replace(microsecond=0)
     except ValueError:
-        raise _error("Composition.date is not a real dateTime with time", node,
-                     "E-XML-DATE") from None
+        raise _error("not a real dateTime with time", "Composition.date", "E-XML-DATE") from None
 
 
 def _role(composition: Node, url: str, resources: dict):
     role = _ref(extension(composition, url), "valueReference/reference", resources)
     if role is None:
-        raise _error(f"Composition has no extension {url} naming a PractitionerRole", composition,
-                     "E-XML-MISSING")
+        raise _error(f"no extension {url} naming a PractitionerRole in the Bundle",
+                     "Composition.extension", "E-XML-MISSING")
     return (role, _ref(role, "practitioner/reference", resources),
             _ref(role, "organization/reference", resources))
 
@@ -168,9 +171,9 @@ def _address(node: Node | None) -> Address | None:
     return found if any(vars(found).values()) else None
 
 
-def _patient(patient: Node | None, composition: Node) -> Patient:
+def _patient(patient: Node | None) -> Patient:
     if patient is None or patient.name != "Patient":
-        raise _error("Composition.subject must reference a Patient in the Bundle", composition,
+        raise _error("must reference a Patient in the Bundle", "Composition.subject",
                      "E-XML-MISSING")
     name = get(patient, "name")
     family = get(name, "family")
@@ -186,12 +189,12 @@ def _patient(patient: Node | None, composition: Node) -> Patient:
             given = given or val(part)
     gender = val(patient, "gender")
     if gender not in GENDER_IN:
-        raise _error("Patient.gender must be male, female, other or unknown", patient, "E-XML-SEX")
+        raise _error("must be male, female, other or unknown", "Patient.gender", "E-XML-SEX")
     birth = val(patient, "birthDate")
     try:
         birth_date = dt.date.fromisoformat(birth) if birth else None
     except ValueError:
-        raise _error("Patient.birthDate is not a real date", patient, "E-XML-DATE") from None
+        raise _error("not a real date", "Patient.birthDate", "E-XML-DATE") from None
     return Patient(bsn=_identifier(patient, BSN_SYSTEM), birth_date=birth_date,
                    sex=GENDER_IN[gender], given_name=given, initials=initials,
                    address=_address(patient), phone=val(patient, "telecom/value"), **parts)
@@ -213,12 +216,12 @@ def _attachments(composition: Node, resources: dict) -> tuple[Attachment, ...]:
         for entry in section.all("entry"):
             binary = _ref(entry, "reference", resources)
             if binary is None or binary.name != "Binary":
-                raise _error("attachment entry does not reference a Binary in the Bundle", entry,
-                             "E-XML-ATTACHMENT")
+                raise _error("does not reference a Binary in the Bundle",
+                             "Composition.section.entry", "E-XML-ATTACHMENT")
             try:
                 data = base64.b64decode(val(binary, "content"), validate=True)
             except binascii.Error:
-                raise _error("Binary.content is not valid Base64", binary, "E-XML-ATTACHMENT") from None
+                raise _error("not valid Base64", "Binary.content", "E-XML-ATTACHMENT") from None
             found.append(Attachment(val(entry, "display"), val(binary, "contentType"), data))
     return tuple(found)
 
