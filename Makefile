@@ -16,13 +16,14 @@ $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-# Until the daemon exists: decode every fixture and show it converted to the other formats.
+# Until the daemon exists: decode every fixture and show it converted to the other
+# formats (a conversion the target format cannot carry is refused, with the reason).
 run: $(VENV)/.installed
 	@for f in fixtures/medvri/*.edi fixtures/hl7/*.hl7 fixtures/xml/*.xml; do \
 	  echo "=== $$f"; $(BIN)/gatewayctl inspect "$$f" || exit 1; \
 	  for to in edifact hl7 xml; do \
-	    echo "--- converted to $$to:"; \
-	    $(BIN)/gatewayctl convert --to $$to "$$f" | head -c 600; echo; \
+	    echo "--- as $$to:"; \
+	    $(BIN)/gatewayctl convert --to $$to "$$f" 2>&1 | tr '\r' '\n' | cut -c1-120 | head -n 12; \
 	  done; echo; \
 	done
 

@@ -149,7 +149,7 @@ def test_kinds_medvri_cannot_carry(change, code):
     doc = dataclasses.replace(decode_one(REFERRAL), **change)
     with pytest.raises(EncodeError) as caught:
         edifact.encode(doc)
-    assert caught.value.code == code and caught.value.where == "kind"
+    assert caught.value.code == code and caught.value.where == "field kind"
 
 
 def test_attachments_and_foreign_characters_are_refused():
@@ -158,10 +158,10 @@ def test_attachments_and_foreign_characters_are_refused():
     doc = decode_one(REFERRAL)
     with pytest.raises(EncodeError) as caught:
         edifact.encode(dataclasses.replace(doc, attachments=(Attachment("a.pdf", "application/pdf", b"%PDF"),)))
-    assert caught.value.where == "attachments"
+    assert caught.value.where == "field attachments"
     with pytest.raises(EncodeError) as caught:
         edifact.encode(dataclasses.replace(doc, body=("Prijs 10 €",)))
-    assert caught.value.where == "body[1]"
+    assert caught.value.where == "field body[1]"
 
 
 def test_control_ids():

@@ -259,13 +259,13 @@ def encode(doc: Document) -> bytes:
 
 def _check_encodable(doc: Document) -> None:
     if doc.kind not in (Kind.REFERRAL, Kind.TELECONSULT_ANSWER):
-        raise EncodeError(f"MEDVRI cannot carry a {doc.kind} document", where="kind",
+        raise EncodeError(f"MEDVRI cannot carry a {doc.kind} document", where="field kind",
                           code="E-ENCODE-KIND")
     if doc.attachments:
         raise EncodeError(f"MEDVRI cannot carry attachments ({len(doc.attachments)} present)",
-                          where="attachments", code="E-ENCODE-ATTACHMENT")
+                          where="field attachments", code="E-ENCODE-ATTACHMENT")
     if doc.kind is Kind.REFERRAL and doc.in_reply_to:
-        raise EncodeError("MEDVRI cannot carry in_reply_to on a referral", where="in_reply_to",
+        raise EncodeError("MEDVRI cannot carry in_reply_to on a referral", where="field in_reply_to",
                           code="E-ENCODE-FIELD")
     if fits_latin1(doc):
         return
@@ -274,7 +274,7 @@ def _check_encodable(doc: Document) -> None:
             value.encode("latin-1")
         except UnicodeEncodeError as exc:
             raise EncodeError(f"character U+{ord(value[exc.start]):04X} is outside ISO-8859-1 "
-                              "(UNOC)", where=name, code="E-ENCODE-CHARSET") from None
+                              "(UNOC)", where=f"field {name}", code="E-ENCODE-CHARSET") from None
 
 
 def _party_elements(person, department, institution, address, phone) -> list:
