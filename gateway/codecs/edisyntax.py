@@ -132,17 +132,16 @@ def read(data: bytes) -> Interchange:
     una = _characters(text)
     body, first = (text[9:], 2) if text.startswith("UNA") else (text, 1)
     _check_una(text, una)
-    longest = max(body.split(una[5]), key=len)
-    if len(longest) > MAX_SEGMENT:
-        number = first + body.split(una[5]).index(longest)
+    lengths = [len(part) for part in body.split(una[5])]
+    if max(lengths) > MAX_SEGMENT:
+        number = first + lengths.index(max(lengths))
         raise DecodeError(f"segment longer than {MAX_SEGMENT} characters", code="E-EDI-TOO-LARGE",
                           where=locate(text, number))
     segments = _segments(text, body, una, first)
     if not segments or segments[0].tag != "UNB":
         raise DecodeError("interchange does not start with UNB", code="E-EDI-STRUCTURE",
                           where=locate(text, first))
-    interchange = Interchange(text, [], "")
-    interchange.charset = _charset(interchange, segments[0])
+    interchange = Interchange(text, [], _charset(text, segments[0]))
     _check_encoding(interchange)
     _envelope(interchange, segments)
     return interchange
@@ -198,13 +197,14 @@ def _segment(text: str, elements: list[list[str]], number: int) -> Segment:
     return Segment(tag, tuple(head[1:]), elements[1:], number)
 
 
-def _charset(interchange: Interchange, unb: Segment) -> str:
+def _charset(text: str, unb: Segment) -> str:
     identifier, version = unb.get(1, 0), unb.get(1, 1)
     if version == "4":
-        raise interchange.error("syntax version 4 is not supported", unb, 1, 2, "E-EDI-SYNTAX4")
+        raise DecodeError("syntax version 4 is not supported", where=locate(text, unb, 1, 2),
+                          code="E-EDI-SYNTAX4")
     if identifier not in CHARSETS:
-        raise interchange.error(f"unknown character set {identifier[:8]!r} (known: UNOA, UNOB, UNOC)",
-                                unb, 1, 1, "E-EDI-CHARSET")
+        raise DecodeError(f"unknown character set {identifier[:8]!r} (known: UNOA, UNOB, UNOC)",
+                          where=locate(text, unb, 1, 1), code="E-EDI-CHARSET")
     return identifier
 
 

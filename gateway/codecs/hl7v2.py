@@ -44,7 +44,8 @@ from gateway.document import (Address, Attachment, Document, Kind, Patient, Reci
 from gateway.errors import DecodeError, DocumentError, EncodeError, GatewayError
 
 SUPPORTED = {("REF", "I12"), ("RRI", "I12")}
-ROLES = {"REF": ("RP", "RT"), "RRI": ("CP", "RP")}
+ROLES = {"REF": ("RP", "RT"), "RRI": ("CP", "RP")}           # (sender, recipient) PRD-1
+ZD_FIELDS = {"REF": (6, 11), "RRI": (11, 6)}                 # RF1 fields of (own ZD, in_reply_to)
 ROLE_NAMES = {"RP": "Referring Provider", "RT": "Referred to Provider", "CP": "Consulting Provider"}
 STATUS_KIND = {"C": Kind.CANCELLATION, "S": Kind.SUPPLEMENT}
 KIND_STATUS = {Kind.CANCELLATION: ("C", "Cancelled", "L"), Kind.SUPPLEMENT: ("S", "Supplement", "L"),
@@ -56,6 +57,8 @@ BSN_AUTHORITY = "NLMINBIZA"
 _TS = re.compile(r"(\d{8})(\d{4})?(\d{2})?(?:\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?")
 NULL = '""'
 SEPARATOR_MAP = "|^~\\&"
+FIELD_PLACES = {"zd_number": "RF1-6/RF1-11", "in_reply_to": "RF1-6/RF1-11", "sent_at": "MSH-7",
+                "sender.agb": "PRD-7", "recipient.agb": "MSH-6", "patient.birth_date": "PID-7"}
 ERROR_CODES = {"E-HL7-TYPE": "200", "E-HL7-MISSING": "101"}
 
 
@@ -66,8 +69,7 @@ def decode(data: bytes) -> list[Document]:
 
 def control_ids(data: bytes) -> list[str]:
     """The MSH-10 of each message, for dedup."""
-    return [m.first("MSH")[10] if len(m.first("MSH")) > 10 else ""
-            for m in hl7syntax.split_messages(data)]
+    return [_raw(m.first("MSH"), 10) for m in hl7syntax.split_messages(data)]
 
 
 def _document(msg: Segments) -> Document:
@@ -78,26 +80,21 @@ def _document(msg: Segments) -> Document:
         raise DecodeError(f"message type {'^'.join(msg_type[:2])[:20]!r} is not supported "
                           "(expected REF^I12 or RRI^I12)", where="MSH-9", code="E-HL7-TYPE")
     rf1 = _required(msg, "RF1")
-    own, other = (11, 6) if structure == "RRI" else (6, 11)
+    own, other = ZD_FIELDS[structure]
     zd = _value(msg, rf1, own)
     in_reply_to = _value(msg, rf1, other) or None
     kind = _kind(msg, rf1, structure)
     sender_role, recipient_role = ROLES[structure]
     try:
         return Document(
-            kind=kind, zd_number=zd, sent_at=_timestamp(msh[7] if len(msh) > 7 else "", "MSH-7"),
+            kind=kind, zd_number=zd, sent_at=_timestamp(_raw(msh, 7), "MSH-7"),
             sender=_party(msg, sender_role, msh, 4, Sender),
             recipient=_party(msg, recipient_role, msh, 6, Recipient),
             patient=_patient(msg), body=_letter(msg), in_reply_to=in_reply_to,
             attachments=_attachments(msg))
     except DocumentError as exc:
-        raise DecodeError(exc.message, where=_field_location(exc.where), code=exc.code) from None
-
-
-def _field_location(name: str) -> str:
-    places = {"zd_number": "RF1-6/RF1-11", "in_reply_to": "RF1-6/RF1-11", "sent_at": "MSH-7",
-              "sender.agb": "PRD-7", "recipient.agb": "MSH-6", "patient.birth_date": "PID-7"}
-    return f"{places.get(name, 'field')} ({name})"
+        where = f"{FIELD_PLACES.get(exc.where, 'field')} ({exc.where})"
+        raise DecodeError(exc.message, where=where, code=exc.code) from None
 
 
 def _required(msg: Segments, tag: str) -> list[str]:
@@ -252,8 +249,8 @@ def encode(doc: Document) -> bytes:
     answer = doc.kind is Kind.TELECONSULT_ANSWER
     structure = "RRI" if answer else "REF"
     stamp = _ts(doc.sent_at)
-    own, other = doc.zd_number, doc.in_reply_to or ""
-    rf1_ids = {6: other, 11: own} if answer else {6: own, 11: other}  # see the module docstring
+    own, other = ZD_FIELDS[structure]
+    rf1_ids = {own: doc.zd_number, other: doc.in_reply_to or ""}
     status = KIND_STATUS.get(doc.kind, ("P", "Pending", "HL70283"))
     kind_type = ("TC", "Teleconsult", "L") if doc.kind is Kind.TELECONSULT_REQUEST else \
         ("Med", "Medical", "HL70281")
