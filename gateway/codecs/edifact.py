@@ -112,8 +112,12 @@ def _check_layout(interchange: Interchange, message: Message) -> dict[str, list[
 
 
 def _check_unb_date(interchange: Interchange, unb: Segment) -> None:
+    stamp = unb.get(4, 0) + unb.get(4, 1)
     try:
-        dt.datetime.strptime(unb.get(4, 0) + unb.get(4, 1), "%y%m%d%H%M")
+        if len(stamp) != 10 or not stamp.isdigit():
+            raise ValueError
+        dt.datetime(2000 + int(stamp[:2]), int(stamp[2:4]), int(stamp[4:6]), int(stamp[6:8]),
+                    int(stamp[8:10]))
     except ValueError:
         raise interchange.error("UNB date/time is not a real YYMMDD:HHMM date", unb, 4,
                                 code="E-EDI-DATE") from None

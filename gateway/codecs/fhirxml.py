@@ -51,14 +51,13 @@ class Node:
 def _node(element) -> Node:
     """Convert an lxml element and its descendants into Nodes (XHTML ``p`` keeps its text)."""
     tag = element.tag
-    if tag.startswith(_FHIR_TAG):
+    if tag[:_FHIR_LEN] == _FHIR_TAG:
         name = tag[_FHIR_LEN:]
-    elif tag.startswith(_XHTML_TAG):
+    elif tag[:_XHTML_LEN] == _XHTML_TAG:
         name = "h:" + tag[_XHTML_LEN:]
     else:
         name = tag
-    get = element.get
-    node = Node(name, get("value", ""), get("url", ""))
+    node = Node(name, element.get("value", ""), element.get("url", "") if name == "extension" else "")
     if name == "h:p":
         node.text = "".join(element.itertext())
     elif len(element):

@@ -123,8 +123,9 @@ def _timestamp(value: str, where: str) -> dt.datetime:
     try:
         if not match:
             raise ValueError
-        stamp = dt.datetime.strptime(match[1] + (match[2] or "0000") + (match[3] or "00"),
-                                     "%Y%m%d%H%M%S")
+        day, minute, second = match[1], match[2] or "0000", match[3] or "00"
+        stamp = dt.datetime(int(day[:4]), int(day[4:6]), int(day[6:]), int(minute[:2]),
+                            int(minute[2:]), int(second))
         if match[4]:
             offset = dt.timedelta(hours=int(match[5]), minutes=int(match[6]))
             stamp = stamp.replace(tzinfo=dt.timezone(offset if match[4] == "+" else -offset))
