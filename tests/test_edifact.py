@@ -166,7 +166,7 @@ def test_attachments_and_foreign_characters_are_refused():
 
 def test_control_ids():
     """The control id of a message is its UNB and UNH reference."""
-    assert edifact.control_ids(REFERRAL) == ["HIS00042/42"]
+    assert [cid for cid, _ in edifact.decode_messages(REFERRAL)] == ["HIS00042/42"]
 
 
 def test_line_of_counts_line_breaks():

@@ -141,8 +141,8 @@ def test_ack_with_other_separators():
 
 
 def test_control_ids():
-    """control_ids gives each message's MSH-10."""
-    assert hl7v2.control_ids(REFERRAL) == ["HISX-000042"]
+    """The control id of each message is its MSH-10."""
+    assert [cid for cid, _ in hl7v2.decode_messages(REFERRAL)] == ["HISX-000042"]
 
 
 def test_encoding_is_deterministic():

@@ -2,7 +2,8 @@
 
 Commands are thin: they call the same functions the daemon uses. Exit codes
 follow sysexits: 0 success, 64 usage, 65 bad input, 66 unreadable file, 70 an
-internal error (a bug; ``GATEWAY_DEBUG=1`` shows its traceback). Every
+internal error (a bug; ``GATEWAY_DEBUG=1`` shows its traceback), 78 bad
+configuration or route tables (each table problem on a line of its own). Every
 failure is one line on stderr, ``gatewayctl: error E-…: what, where``.
 """
 
@@ -12,10 +13,13 @@ import os
 import sys
 
 from gateway import __version__, codecs
+from gateway.cli import admin
 from gateway.cli.render import as_dict, as_text
-from gateway.errors import GatewayError
+from gateway.spool.states import STATES
+from gateway.errors import ConfigError, GatewayError
+from gateway.routes import TableError
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE = 0, 64, 65, 66, 70
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CONFIG = 0, 64, 65, 66, 70, 78
 
 
 class UsageError(GatewayError):
@@ -31,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see gatewayctl --help)")
 
 
-def _read(path: str) -> bytes:
+def read_input(path: str) -> bytes:
+    """The bytes of ``path`` (``-`` is stdin); raise Unreadable."""
     try:
         if path == "-":
             return sys.stdin.buffer.read()
@@ -42,23 +47,23 @@ def _read(path: str) -> bytes:
 
 
 def _decode(path: str, fmt: str | None):
-    data = _read(path)
+    data = read_input(path)
     name = fmt or codecs.sniff(data)
     return name, codecs.get(name).decode(data)
 
 
-def cmd_inspect(args) -> int:
+def cmd_inspect(args, out) -> int:
     """Print the decoded document(s), readable or as JSON."""
     _, docs = _decode(args.file, args.input_format)
     if args.json:
         data = [as_dict(doc) for doc in docs]
-        print(json.dumps(data[0] if len(data) == 1 else data, indent=2, ensure_ascii=False))
+        out(json.dumps(data[0] if len(data) == 1 else data, indent=2, ensure_ascii=False))
     else:
-        print("\n\n".join(as_text(doc) for doc in docs))
+        out("\n\n".join(as_text(doc) for doc in docs))
     return EX_OK
 
 
-def cmd_convert(args) -> int:
+def cmd_convert(args, out) -> int:
     """Write the message converted to another format on stdout."""
     _, docs = _decode(args.file, args.input_format)
     if args.to == "xml" and len(docs) > 1:
@@ -71,33 +76,60 @@ def cmd_convert(args) -> int:
     return EX_OK
 
 
-def cmd_validate(args) -> int:
+def cmd_validate(args, out) -> int:
     """Check a message without converting it."""
     name, docs = _decode(args.file, args.input_format)
     for doc in docs:
-        print(f"ok: {name} {doc.kind} {doc.zd_number}")
+        out(f"ok: {name} {doc.kind} {doc.zd_number}")
     return EX_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gatewayctl", description="Administer gatewayd and convert messages.")
     parser.add_argument("--version", action="version", version=f"gatewayctl {__version__}")
+    parser.add_argument("-c", "--config", help="configuration file (default: $GATEWAY_CONFIG)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     formats = sorted(codecs.CODECS)
 
-    def command(name, func, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    def command(group, name, func, help_text, file=False, json_flag=True):
+        sub = group.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(func=func)
-        sub.add_argument("file", metavar="FILE", help="message file, or - for stdin")
+        if file:
+            sub.add_argument("file", metavar="FILE", help="message file, or - for stdin")
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return sub
+
+    def codec_command(name, func, help_text, json_flag=False):
+        sub = command(commands, name, func, help_text, file=True, json_flag=json_flag)
         sub.add_argument("--from", dest="input_format", choices=formats,
                          help="input format (default: sniffed from the first bytes)")
         return sub
 
-    command("inspect", cmd_inspect, "show the decoded document(s)").add_argument(
-        "--json", action="store_true", help="print JSON instead of text")
-    command("convert", cmd_convert, "convert a message to another format (stdout)").add_argument(
+    codec_command("inspect", cmd_inspect, "show the decoded document(s)", json_flag=True)
+    codec_command("convert", cmd_convert, "convert a message to another format (stdout)").add_argument(
         "--to", required=True, choices=formats, help="output format")
-    command("validate", cmd_validate, "check a message without converting it")
+    codec_command("validate", cmd_validate, "check a message without converting it")
+    command(commands, "init", admin.cmd_init, "write a working local setup in DIR").add_argument(
+        "dir", metavar="DIR")
+    command(commands, "submit", admin.cmd_submit, "ingest a message as the local administrator",
+            file=True)
+    command(commands, "status", admin.cmd_status, "state and history of a message").add_argument(
+        "key", metavar="ZD|ID")
+    queue = commands.add_parser("queue", help="list queued messages").add_subparsers(
+        dest="queue_command", metavar="ACTION", required=True, parser_class=_Parser)
+    command(queue, "ls", admin.cmd_queue_ls, "list messages, optionally in one state").add_argument(
+        "--state", choices=STATES)
+    fallback = commands.add_parser("fallback", help="the fallback queue").add_subparsers(
+        dest="fallback_command", metavar="ACTION", required=True, parser_class=_Parser)
+    command(fallback, "ls", admin.cmd_queue_ls, "list messages in fallback").set_defaults(
+        state="fallback")
+    tables = commands.add_parser("routes", help="AGB route tables").add_subparsers(
+        dest="routes_command", metavar="ACTION", required=True, parser_class=_Parser)
+    command(tables, "check", admin.cmd_routes_check, "validate the route tables", json_flag=False)
+    command(tables, "ls", admin.cmd_routes_ls, "show the route tables")
+    command(tables, "explain", admin.cmd_routes_explain, "where would this message go, and why",
+            file=True)
     return parser
 
 
@@ -107,11 +139,17 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             raise UsageError("no command given (see gatewayctl --help)")
-        return args.func(args)
+        return args.func(args, print)
     except UsageError as exc:
         return _fail(exc, EX_USAGE)
     except Unreadable as exc:
         return _fail(exc, EX_NOINPUT)
+    except TableError as exc:
+        for problem in exc.problems:
+            print(f"gatewayctl: {problem}", file=sys.stderr)
+        return _fail(exc, EX_CONFIG)
+    except ConfigError as exc:
+        return _fail(exc, EX_CONFIG)
     except GatewayError as exc:
         return _fail(exc, EX_DATAERR)
     except BrokenPipeError:

@@ -1,7 +1,9 @@
 """Wire-format codecs: each turns bytes into canonical Documents and back.
 
-A codec is a module with ``decode(data: bytes) -> list[Document]`` and
-``encode(doc: Document) -> bytes``; the registry below names them. ``sniff``
+A codec is a module with ``decode(data: bytes) -> list[Document]``,
+``decode_messages(data) -> list[(control id, Document)]`` (the id is what dedup
+keys on: UNB/UNH references, MSH-10, Bundle.id) and ``encode(doc) -> bytes``;
+the registry below names them. ``sniff``
 tells which codec a message needs from its first bytes.
 """
 

@@ -53,14 +53,14 @@ SEX_OUT = {Sex.MALE: "M", Sex.FEMALE: "V", Sex.UNKNOWN: "U"}
 
 def decode(data: bytes) -> list[Document]:
     """Decode a MEDVRI interchange into one Document per message; raise DecodeError."""
-    interchange = edisyntax.read(data)
-    return [_document(interchange, message) for message in interchange.messages]
+    return [doc for _, doc in decode_messages(data)]
 
 
-def control_ids(data: bytes) -> list[str]:
-    """The control id of each message, ``<UNB reference>/<UNH reference>``, for dedup."""
+def decode_messages(data: bytes) -> list[tuple[str, Document]]:
+    """Like decode, each Document with its control id ``<UNB reference>/<UNH reference>``."""
     interchange = edisyntax.read(data)
-    return [f"{m.unb.get(5)}/{m.segments[0].get(1)}" for m in interchange.messages]
+    return [(f"{m.unb.get(5)}/{m.segments[0].get(1)}", _document(interchange, m))
+            for m in interchange.messages]
 
 
 def _document(interchange: Interchange, message: Message) -> Document:
@@ -322,4 +322,4 @@ def _letter_lines(doc: Document) -> list[str]:
     return lines
 
 
-__all__ = ["decode", "encode", "control_ids", "DecodeError"]
+__all__ = ["decode", "decode_messages", "encode"]

@@ -64,12 +64,12 @@ ERROR_CODES = {"E-HL7-TYPE": "200", "E-HL7-MISSING": "101"}
 
 def decode(data: bytes) -> list[Document]:
     """Decode one or more REF^I12 / RRI^I12 messages; raise DecodeError naming segment and field."""
-    return [_document(message) for message in hl7syntax.split_messages(data)]
+    return [doc for _, doc in decode_messages(data)]
 
 
-def control_ids(data: bytes) -> list[str]:
-    """The MSH-10 of each message, for dedup."""
-    return [_raw(m.first("MSH"), 10) for m in hl7syntax.split_messages(data)]
+def decode_messages(data: bytes) -> list[tuple[str, Document]]:
+    """Like decode, each Document with its control id (MSH-10)."""
+    return [(_raw(m.first("MSH"), 10), _document(m)) for m in hl7syntax.split_messages(data)]
 
 
 def _document(msg: Segments) -> Document:

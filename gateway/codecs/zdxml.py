@@ -66,6 +66,11 @@ LETTER_TITLE, ATTACHMENT_TITLE = "Brief", "Bijlagen"
 
 def decode(data: bytes) -> list[Document]:
     """Decode a FHIR STU3 document Bundle into one Document; raise DecodeError naming the element."""
+    return [doc for _, doc in decode_messages(data)]
+
+
+def decode_messages(data: bytes) -> list[tuple[str, Document]]:
+    """Like decode, the Document with its control id (Bundle.id)."""
     root = fhirxml.read(data)
     if root.name != "Bundle":
         raise _error("root element must be a FHIR Bundle", root.name)
@@ -79,12 +84,7 @@ def decode(data: bytes) -> list[Document]:
     entries = list(resources.values())
     if not entries or entries[0].name != "Composition":
         raise _error("the first Bundle entry must be a Composition", "Bundle.entry[1]")
-    return [_document(entries[0], resources)]
-
-
-def control_ids(data: bytes) -> list[str]:
-    """The Bundle.id, for dedup."""
-    return [val(fhirxml.read(data), "id")]
+    return [(val(root, "id"), _document(entries[0], resources))]
 
 
 def _error(message: str, where: str, code: str = "E-XML-STRUCTURE") -> DecodeError:

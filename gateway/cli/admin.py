@@ -1,0 +1,155 @@
+"""gatewayctl commands over the engine: init, submit, status, queue, fallback, routes.
+
+Each opens the configuration (``-c`` or ``GATEWAY_CONFIG``) and calls the same
+functions the daemon uses. ``--json`` prints data for scripts; without it, a
+table for people. SQLite rows carry no patient data, so neither do these.
+"""
+
+import json
+import os
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+
+from gateway import codecs, config, routes
+from gateway.errors import ConfigError, GatewayError
+from gateway.intake import ADMIN, Envelope, Intake
+from gateway.spool.store import Store
+
+LIST_COLUMNS = ("id", "zd_number", "kind", "state", "destination", "sender_agb", "recipient_agb",
+                "reason")
+
+
+class NotFound(GatewayError):
+    code = "E-NOT-FOUND"
+
+
+def open_config(args) -> "config.Config":
+    path = args.config or os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        raise ConfigError("no configuration: pass -c CONFIG or set GATEWAY_CONFIG "
+                          "(gatewayctl init DIR writes one)", code="E-CONFIG-FILE")
+    return config.load(Path(path))
+
+
+def open_intake(args) -> Intake:
+    settings = open_config(args)
+    store = Store(settings.paths_spool, time.time)
+    return Intake(store, routes.load(settings.paths_routes), settings.limits_max_message_bytes)
+
+
+def cmd_init(args, out) -> int:
+    """Write a working local setup in DIR: configuration, sample route tables, spool."""
+    folder = Path(args.dir)
+    target = folder / "gatewayd.toml"
+    if target.exists():
+        raise ConfigError(f"{target} exists already; not overwriting it", code="E-CONFIG-EXISTS")
+    (folder / "routes").mkdir(parents=True, exist_ok=True)
+    target.write_text(config.render(), encoding="utf-8")
+    samples = resources.files("gateway.routes") / "samples"
+    for name in ("institutions.csv", "referrers.csv"):
+        with resources.as_file(samples / name) as source:
+            shutil.copyfile(source, folder / "routes" / name)
+    settings = config.load(target)
+    Store(settings.paths_spool, time.time).close()
+    made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
+            "spool": str(settings.paths_spool)}
+    out(json.dumps(made, indent=2) if args.json else
+        "\n".join(f"{key:8} {value}" for key, value in made.items()))
+    return 0
+
+
+def cmd_submit(args, out) -> int:
+    """Ingest a file as if received, as the local administrator."""
+    from gateway.cli import read_input
+    intake = open_intake(args)
+    receipts = intake.accept(read_input(args.file), Envelope(ADMIN, "cli"))
+    rows = [vars(receipt) for receipt in receipts]
+    out(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) if args.json else
+        _table(rows, ("id", "zd_number", "state", "destination", "duplicate")))
+    return 0
+
+
+def cmd_status(args, out) -> int:
+    """A message's state and history, by ZD number or id."""
+    store = open_intake(args).store
+    rows = store.by_zd(args.key) if not args.key.isdigit() else [r for r in [store.get(int(args.key))] if r]
+    if not rows:
+        raise NotFound(f"no message with ZD number or id {args.key}")
+    data = [{**{k: row[k] for k in LIST_COLUMNS}, "history": [
+        {"at": _iso(h["at"]), "state": h["state"], "actor": h["actor"], "reason": h["reason"]}
+        for h in store.history(row["id"])]} for row in rows]
+    if args.json:
+        out(json.dumps(data, indent=2))
+        return 0
+    for item in data:
+        out(_table([item], LIST_COLUMNS))
+        out(_table(item["history"], ("at", "state", "actor", "reason")))
+    return 0
+
+
+def cmd_queue_ls(args, out) -> int:
+    """Messages, newest first, or those in one state."""
+    rows = open_intake(args).store.listing(args.state)
+    data = [{k: row[k] for k in LIST_COLUMNS} for row in rows]
+    out(json.dumps(data, indent=2) if args.json else _table(data, LIST_COLUMNS))
+    return 0
+
+
+def cmd_routes_check(args, out) -> int:
+    """Load the route tables and report every problem as file:line: problem."""
+    settings = open_config(args)
+    tables = routes.load(settings.paths_routes)
+    out(f"ok: {len(tables.institutions)} institutions, {len(tables.referrers)} referrers")
+    return 0
+
+
+def cmd_routes_ls(args, out) -> int:
+    """The route tables in force."""
+    tables = routes.load(open_config(args).paths_routes)
+    institutions = [{"agb": i.agb, "name": i.name, "format": i.format, "delivery": i.delivery,
+                     "options": ";".join(sorted(i.options))} for i in tables.institutions.values()]
+    referrers = [{"agb": r.agb, "name": r.name, "answer_address": r.answer_address,
+                  "institutions": "*" if r.institutions is None else ";".join(sorted(r.institutions))}
+                 for r in tables.referrers.values()]
+    if args.json:
+        out(json.dumps({"institutions": institutions, "referrers": referrers}, indent=2))
+    else:
+        out(_table(institutions, ("agb", "name", "format", "delivery", "options")))
+        out("")
+        out(_table(referrers, ("agb", "name", "institutions", "answer_address")))
+    return 0
+
+
+def cmd_routes_explain(args, out) -> int:
+    """Where would this message go, and why — without storing it."""
+    from gateway.cli import read_input
+    intake = open_intake(args)
+    data = read_input(args.file)
+    found = []
+    for control_id, doc in codecs.get(codecs.sniff(data)).decode_messages(data):
+        route, _ = intake.route(doc)
+        found.append({"zd_number": doc.zd_number, "kind": str(doc.kind),
+                      "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
+                      "destination": route.destination, "format": route.format,
+                      "delivery": route.delivery, "fallback": route.fallback})
+    out(json.dumps(found[0] if len(found) == 1 else found, indent=2) if args.json else "\n".join(
+        f"{f['zd_number']} ({f['kind']}): "
+        + (f"FALLBACK at {f['destination']}: {f['fallback']}" if f["fallback"] else
+           f"to {f['destination']} as {f['format']}, {f['delivery']}") for f in found))
+    return 0
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)

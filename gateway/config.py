@@ -1,0 +1,118 @@
+"""Every setting of gatewayd, declared once: name, type, default, bounds, help.
+
+``load(path)`` reads a TOML file into a frozen Config; an unknown key, a wrong
+type or a value out of bounds is a ConfigError that names the key. Paths are
+taken relative to the configuration file's folder. ``render()`` writes the
+default file that ``gatewayctl init`` installs, so it never drifts from here.
+"""
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str            # "section.name" in the TOML file
+    type: type          # int or str or Path
+    default: object
+    help: str
+    low: int | None = None
+    high: int | None = None
+
+    @property
+    def attribute(self) -> str:
+        return self.key.replace(".", "_")
+
+
+MINUTE, HOUR, DAY = 60, 3600, 86400
+SETTINGS = (
+    Setting("paths.spool", Path, "spool", "spool: SQLite database and payload files"),
+    Setting("paths.routes", Path, "routes", "route tables (institutions.csv, referrers.csv)"),
+    Setting("retry.first_seconds", int, 5 * MINUTE, "first retry of a failed push", 1, DAY),
+    Setting("retry.max_seconds", int, HOUR, "longest gap between retries", 1, 7 * DAY),
+    Setting("retry.lifetime_seconds", int, 5 * DAY,
+            "after this long undelivered, a push goes to fallback", MINUTE, 60 * DAY),
+    Setting("delivery.max_in_flight", int, 4, "pushes at once per destination", 1, 100),
+    Setting("limits.max_message_bytes", int, 16 * 1024 * 1024, "largest message accepted",
+            1024, 256 * 1024 * 1024),
+    Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
+            "sending", 1, 3650),
+)
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+Config = dataclasses.make_dataclass(
+    "Config", [(s.attribute, s.type) for s in SETTINGS] + [("base", Path)], frozen=True)
+Config.__doc__ = "The settings in force; build it with load() or defaults()."
+
+
+def defaults(base: Path = Path(".")) -> "Config":
+    """A Config with every default, paths relative to ``base``."""
+    return _build({}, base)
+
+
+def load(path: Path) -> "Config":
+    """Read the TOML file at ``path``; raise ConfigError naming any bad key."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", code="E-CONFIG-FILE") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=str(path), code="E-CONFIG-SYNTAX") from None
+    values = {}
+    for section, entries in data.items():
+        if not isinstance(entries, dict):
+            raise ConfigError(f"unknown setting {section!r}", where=str(path), code="E-CONFIG-KEY")
+        for name, value in entries.items():
+            values[f"{section}.{name}"] = value
+    return _build(values, Path(path).resolve().parent, str(path))
+
+
+def _build(values: dict, base: Path, where: str = "defaults") -> "Config":
+    unknown = sorted(set(values) - set(_BY_KEY))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(_BY_KEY)})",
+                          where=where, code="E-CONFIG-KEY")
+    built = {}
+    for setting in SETTINGS:
+        value = values.get(setting.key, setting.default)
+        built[setting.attribute] = _check(setting, value, base, where)
+    return Config(**built, base=base)
+
+
+def _check(setting: Setting, value, base: Path, where: str):
+    if setting.type is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{setting.key} must be a path", where=where, code="E-CONFIG-VALUE")
+        return (base / value).resolve()
+    if setting.type is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{setting.key} must be a whole number", where=where,
+                              code="E-CONFIG-VALUE")
+        if not setting.low <= value <= setting.high:
+            raise ConfigError(f"{setting.key} = {value} is outside {setting.low}..{setting.high}",
+                              where=where, code="E-CONFIG-VALUE")
+        return value
+    if not isinstance(value, setting.type):
+        raise ConfigError(f"{setting.key} must be a {setting.type.__name__}", where=where,
+                          code="E-CONFIG-VALUE")
+    return value
+
+
+def render() -> str:
+    """The default configuration file, with each setting's help and bounds as comments."""
+    lines = ["# gatewayd configuration: every setting with its default.", ""]
+    section = None
+    for setting in SETTINGS:
+        head, name = setting.key.split(".")
+        if head != section:
+            lines += ([""] if section else []) + [f"[{head}]"]
+            section = head
+        bounds = f" ({setting.low}..{setting.high})" if setting.low is not None else ""
+        lines.append(f"# {setting.help}{bounds}")
+        value = f'"{setting.default}"' if setting.type in (str, Path) else str(setting.default)
+        lines.append(f"{name} = {value}")
+    return "\n".join(lines) + "\n"

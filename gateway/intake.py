@@ -1,0 +1,157 @@
+"""accept(raw, envelope) -> receipts: the one place the intake chain is assembled.
+
+sniff -> decode -> authorise (the identity's mandates) -> dedup -> route ->
+encode -> store. Payload files are fsynced before the rows are committed, and
+``accept`` returns only after that commit: a transport acknowledges a sender
+only with a receipt in hand. Input that cannot be read is stored as
+``rejected`` with its reason, then the DecodeError is raised to the transport.
+"""
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+
+from gateway import codecs, routes
+from gateway.document import Document, Kind
+from gateway.errors import DecodeError, EncodeError, GatewayError
+from gateway.spool.store import Entry, Store
+
+ADMIN = "admin"
+
+
+class NotMandated(GatewayError):
+    """The sending identity may not send for this AGB code (HL7 AR, HTTP 403)."""
+
+    code = "E-NOT-MANDATED"
+
+
+class DuplicateConflict(GatewayError):
+    """A control id already used by this identity arrives with different content."""
+
+    code = "E-DUPLICATE-CONFLICT"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who sent the bytes, and for which AGB codes they may send (None: any, the local admin)."""
+
+    identity: str
+    channel: str
+    mandates: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    id: int
+    zd_number: str
+    state: str
+    destination: str
+    duplicate: bool = False
+
+
+class Intake:
+    """The intake chain over one Store and the route tables in force."""
+
+    def __init__(self, store: Store, tables: routes.Tables, max_bytes: int):
+        self.store, self.tables, self.max_bytes = store, tables, max_bytes
+
+    def accept(self, raw: bytes, envelope: Envelope) -> list[Receipt]:
+        """Store ``raw`` durably and return a receipt per document in it.
+
+        Raises DecodeError (stored as rejected), NotMandated or DuplicateConflict
+        (nothing stored)."""
+        try:
+            if len(raw) > self.max_bytes:
+                raise DecodeError(f"message is larger than {self.max_bytes} bytes",
+                                  where="byte 1", code="E-TOO-LARGE")
+            decoded = codecs.get(codecs.sniff(raw)).decode_messages(raw)
+        except DecodeError as exc:
+            self._reject(raw, envelope, exc)
+            raise
+        for _, doc in decoded:
+            self._authorise(doc, envelope)
+        content = hashlib.sha256(raw).hexdigest()
+        receipts: list[Receipt | None] = []
+        fresh = []
+        for part, (control_id, doc) in enumerate(decoded):
+            existing = self.store.find(envelope.identity, control_id)
+            if existing is None:
+                receipts.append(None)
+                fresh.append((part, control_id, doc))
+            elif existing["content_sha256"] == content:
+                receipts.append(_receipt(existing, duplicate=True))
+            else:
+                raise DuplicateConflict(f"control id {control_id[:40]!r} was used before for "
+                                        "other content", where="control id")
+        if fresh:
+            stored = self._store(raw, content, envelope, fresh)
+            stored_iter = iter(stored)
+            receipts = [r if r is not None else next(stored_iter) for r in receipts]
+        return receipts
+
+    def _authorise(self, doc: Document, envelope: Envelope) -> None:
+        mandates = envelope.mandates
+        if mandates is not None and doc.sender.agb not in mandates:
+            raise NotMandated(f"identity {envelope.identity!r} may not send for AGB "
+                              f"{doc.sender.agb}", where="sender AGB")
+
+    def _store(self, raw: bytes, content: str, envelope: Envelope, fresh) -> list[Receipt]:
+        raw_name, raw_sha = self.store.write_payload(raw)
+        entries, written = [], []
+        for part, control_id, doc in fresh:
+            route, out = self.route(doc)
+            out_name = out_sha = None
+            if out is not None:
+                out_name, out_sha = self.store.write_payload(out)
+                written.append(out_name)
+            state = "fallback" if route.fallback else ("ready" if route.delivery == "pull"
+                                                        else "outbound")
+            entries.append(Entry(values={
+                "identity": envelope.identity, "control_id": control_id, "part": part,
+                "content_sha256": content, "zd_number": doc.zd_number, "kind": str(doc.kind),
+                "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
+                "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(),
+                "destination": route.destination, "format": route.format,
+                "delivery": route.delivery, "state": state, "reason": route.fallback,
+                "raw_name": raw_name, "raw_sha256": raw_sha, "out_name": out_name,
+                "out_sha256": out_sha}, path=("received", state)))
+        try:
+            ids = self.store.insert(entries, actor=f"{envelope.channel}:{envelope.identity}")
+        except sqlite3.IntegrityError:
+            for name in [raw_name, *written]:
+                self.store.discard_payload(name)
+            raise DuplicateConflict("control id stored meanwhile by another writer; send again",
+                                    where="control id") from None
+        return [Receipt(i, e.values["zd_number"], e.values["state"], e.values["destination"])
+                for i, e in zip(ids, entries)]
+
+    def route(self, doc: Document) -> tuple[routes.Route, bytes | None]:
+        """The route for ``doc`` and its payload in the destination's format (None in
+        fallback; a document the format cannot carry goes to fallback with the reason)."""
+        route = routes.match(doc, self.tables, self._requester(doc))
+        if route.fallback:
+            return route, None
+        try:
+            return route, codecs.get(route.format).encode(doc)
+        except EncodeError as exc:
+            return routes.Route(route.destination, route.format, route.delivery,
+                                f"cannot be written as {route.format}: {exc}"), None
+
+    def _requester(self, doc: Document) -> str | None:
+        if doc.kind is not Kind.TELECONSULT_ANSWER or not doc.in_reply_to:
+            return None
+        requests = [row for row in self.store.by_zd(doc.in_reply_to)
+                    if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
+        return requests[0]["sender_agb"] if requests else None
+
+    def _reject(self, raw: bytes, envelope: Envelope, error: DecodeError) -> None:
+        name, sha = self.store.write_payload(raw)
+        self.store.insert([Entry(values={
+            "identity": envelope.identity, "control_id": None, "part": 0,
+            "content_sha256": hashlib.sha256(raw).hexdigest(), "state": "rejected",
+            "reason": str(error), "raw_name": name, "raw_sha256": sha}, path=("received", "rejected"))],
+            actor=f"{envelope.channel}:{envelope.identity}")
+
+
+def _receipt(row, duplicate: bool = False) -> Receipt:
+    return Receipt(row["id"], row["zd_number"], row["state"], row["destination"], duplicate)

@@ -1,0 +1,151 @@
+"""AGB route tables: load and validate the administrators' CSV files.
+
+``institutions.csv``: ``agb,name,format,delivery,options`` — the receiving
+institution's AGB code; output format ``xml``, ``hl7`` or ``edifact``; delivery
+``pull``, ``mllp://host:port`` or ``sftp:ACCOUNT``; options, ``;``-separated,
+from ``cancel``, ``supplement``, ``attachments``.
+
+``referrers.csv``: ``agb,name,institutions,answer_address`` — a referrer's
+personal AGB code; the institutions that know this referrer (``;``-separated
+AGB codes, or ``*``); where answers for this referrer go (``sftp:ACCOUNT``, or
+empty when answers are not delivered automatically).
+
+Blank lines and lines starting with ``#`` are ignored; the header row is
+required. Every problem is reported as ``file:line: problem``; a table with any
+problem is refused as a whole.
+"""
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.document import agb_problem
+from gateway.errors import ConfigError
+
+FORMATS = ("edifact", "hl7", "xml")
+OPTIONS = ("cancel", "supplement", "attachments")
+INSTITUTION_COLUMNS = ("agb", "name", "format", "delivery", "options")
+REFERRER_COLUMNS = ("agb", "name", "institutions", "answer_address")
+_DELIVERY = re.compile(r"pull|mllp://[A-Za-z0-9.-]+:\d{1,5}|sftp:[a-z_][a-z0-9_-]{0,31}")
+_ANSWER = re.compile(r"sftp:[a-z_][a-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True)
+class Institution:
+    agb: str
+    name: str
+    format: str
+    delivery: str
+    options: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Referrer:
+    agb: str
+    name: str
+    institutions: frozenset[str] | None   # None means every institution ("*")
+    answer_address: str
+
+    def known_to(self, institution_agb: str) -> bool:
+        return self.institutions is None or institution_agb in self.institutions
+
+
+@dataclass(frozen=True)
+class Tables:
+    institutions: dict[str, Institution]
+    referrers: dict[str, Referrer]
+
+
+class TableError(ConfigError):
+    """A route table failed to load; ``problems`` lists every ``file:line: problem``."""
+
+    code = "E-ROUTES"
+
+    def __init__(self, problems: list[str]):
+        shown = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        super().__init__(f"route tables refused: {shown}")
+        self.problems = problems
+
+
+def load(folder: Path) -> Tables:
+    """Load both tables from ``folder``; raise TableError listing every problem."""
+    problems: list[str] = []
+    institutions = _load_institutions(Path(folder) / "institutions.csv", problems)
+    referrers = _load_referrers(Path(folder) / "referrers.csv", set(institutions), problems)
+    if problems:
+        raise TableError(problems)
+    return Tables(institutions, referrers)
+
+
+def _rows(path: Path, columns: tuple[str, ...], problems: list[str]):
+    """Yield (line number, row dict) for each data row of the CSV file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}:0: cannot read: {getattr(exc, 'strerror', None) or exc}")
+        return
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        problems.append(f"{path}:1: no header row ({','.join(columns)})")
+        return
+    header_line, header = lines[0]
+    found = tuple(cell.strip() for cell in next(csv.reader([header])))
+    if found != columns:
+        problems.append(f"{path}:{header_line}: header must be {','.join(columns)}, "
+                        f"not {','.join(found)}")
+        return
+    for number, line in lines[1:]:
+        cells = [cell.strip() for cell in next(csv.reader([line]))]
+        if len(cells) != len(columns):
+            problems.append(f"{path}:{number}: {len(cells)} columns, expected {len(columns)}")
+            continue
+        yield number, dict(zip(columns, cells))
+
+
+def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution]:
+    found: dict[str, Institution] = {}
+    for number, row in _rows(path, INSTITUTION_COLUMNS, problems):
+        where = f"{path}:{number}"
+        options = frozenset(o.strip() for o in row["options"].split(";") if o.strip())
+        checks = [
+            (agb_problem(row["agb"]), f"agb {row['agb']!r} {agb_problem(row['agb'])}"),
+            (row["agb"] in found, f"agb {row['agb']} appears twice"),
+            (not row["name"], "name is empty"),
+            (row["format"] not in FORMATS, f"format {row['format']!r} is not one of {', '.join(FORMATS)}"),
+            (not _DELIVERY.fullmatch(row["delivery"]),
+             f"delivery {row['delivery']!r} is not pull, mllp://host:port or sftp:ACCOUNT"),
+            (bool(options - set(OPTIONS)),
+             f"unknown option(s) {', '.join(sorted(options - set(OPTIONS)))} (known: {', '.join(OPTIONS)})"),
+        ]
+        bad = [f"{where}: {text}" for failed, text in checks if failed]
+        problems += bad
+        if not bad:
+            found[row["agb"]] = Institution(row["agb"], row["name"], row["format"], row["delivery"],
+                                            options)
+    return found
+
+
+def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> dict[str, Referrer]:
+    found: dict[str, Referrer] = {}
+    for number, row in _rows(path, REFERRER_COLUMNS, problems):
+        where = f"{path}:{number}"
+        known = None if row["institutions"] == "*" else frozenset(
+            a.strip() for a in row["institutions"].split(";") if a.strip())
+        checks = [
+            (agb_problem(row["agb"]), f"agb {row['agb']!r} {agb_problem(row['agb'])}"),
+            (row["agb"] in found, f"agb {row['agb']} appears twice"),
+            (not row["name"], "name is empty"),
+            (known is not None and not known, "institutions is empty (use * for all)"),
+            (known is not None and bool(known - institutions),
+             f"institution(s) {', '.join(sorted((known or set()) - institutions))} not in "
+             "institutions.csv"),
+            (bool(row["answer_address"]) and not _ANSWER.fullmatch(row["answer_address"]),
+             f"answer_address {row['answer_address']!r} is not sftp:ACCOUNT"),
+        ]
+        bad = [f"{where}: {text}" for failed, text in checks if failed]
+        problems += bad
+        if not bad:
+            found[row["agb"]] = Referrer(row["agb"], row["name"], known, row["answer_address"])
+    return found

@@ -1,0 +1,33 @@
+"""Message states and the transitions allowed between them (standards as data).
+
+received   accepted and stored; routed in the same transaction
+ready      waiting for the institution to pull it
+outbound   to be pushed (MLLP or SFTP outbox)
+deferred   a push failed; retried at ``next_attempt_at``
+delivered  picked up (pull) or acknowledged (push)
+fallback   no route, not accepted, or undeliverable; an administrator decides
+held       stopped by an administrator until released
+expired    past its lifetime without delivery
+cancelled  withdrawn; never delivered again
+rejected   input that could not be read; kept with its reason for an administrator
+"""
+
+STATES = ("received", "ready", "outbound", "deferred", "delivered", "fallback", "held",
+          "expired", "cancelled", "rejected")
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "received": frozenset({"ready", "outbound", "fallback", "rejected"}),
+    "ready": frozenset({"delivered", "held", "fallback", "expired", "cancelled"}),
+    "outbound": frozenset({"delivered", "deferred", "fallback", "held", "cancelled"}),
+    "deferred": frozenset({"outbound", "fallback", "held", "expired", "cancelled"}),
+    "delivered": frozenset({"ready", "outbound"}),
+    "fallback": frozenset({"ready", "outbound", "held", "cancelled"}),
+    "held": frozenset({"ready", "outbound", "fallback", "cancelled"}),
+    "expired": frozenset({"fallback", "cancelled"}),
+    "cancelled": frozenset(),
+    "rejected": frozenset(),
+}
+
+
+def allowed(old: str, new: str) -> bool:
+    return new in TRANSITIONS.get(old, frozenset())
