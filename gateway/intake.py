@@ -137,6 +137,24 @@ class Intake:
             return routes.Route(route.destination, route.format, route.delivery,
                                 f"cannot be written as {route.format}: {exc}"), None
 
+    def reroute_fallback(self, actor: str) -> list[Receipt]:
+        """Route every message in fallback again (after the tables changed); those that
+        now have a route move on. Returns receipts for the ones that moved."""
+        moved = []
+        for row in self.store.listing("fallback"):
+            raw = self.store.payload(row["raw_name"], row["raw_sha256"])
+            doc = codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]]
+            route, out = self.route(doc)
+            if route.fallback:
+                continue
+            out_name, out_sha = self.store.write_payload(out)
+            state = "ready" if route.delivery == "pull" else "outbound"
+            self.store.transition(row["id"], state, actor, None, destination=route.destination,
+                                  format=route.format, delivery=route.delivery,
+                                  out_name=out_name, out_sha256=out_sha)
+            moved.append(Receipt(row["id"], row["zd_number"], state, route.destination))
+        return moved
+
     def _requester(self, doc: Document) -> str | None:
         if doc.kind is not Kind.TELECONSULT_ANSWER or not doc.in_reply_to:
             return None

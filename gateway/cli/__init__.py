@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="fallback_command", metavar="ACTION", required=True, parser_class=_Parser)
     command(fallback, "ls", admin.cmd_queue_ls, "list messages in fallback").set_defaults(
         state="fallback")
+    command(fallback, "reroute", admin.cmd_fallback_reroute,
+            "route the messages in fallback again with the tables in force")
     tables = commands.add_parser("routes", help="AGB route tables").add_subparsers(
         dest="routes_command", metavar="ACTION", required=True, parser_class=_Parser)
     command(tables, "check", admin.cmd_routes_check, "validate the route tables", json_flag=False)

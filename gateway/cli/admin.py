@@ -97,6 +97,15 @@ def cmd_queue_ls(args, out) -> int:
     return 0
 
 
+def cmd_fallback_reroute(args, out) -> int:
+    """Route the messages in fallback again with the tables in force."""
+    moved = open_intake(args).reroute_fallback(actor="cli:admin")
+    rows = [vars(receipt) for receipt in moved]
+    out(json.dumps(rows, indent=2) if args.json else
+        _table(rows, ("id", "zd_number", "state", "destination")))
+    return 0
+
+
 def cmd_routes_check(args, out) -> int:
     """Load the route tables and report every problem as file:line: problem."""
     settings = open_config(args)

@@ -106,12 +106,13 @@ def _rows(path: Path, columns: tuple[str, ...], problems: list[str]):
 
 def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution]:
     found: dict[str, Institution] = {}
+    seen: set[str] = set()
     for number, row in _rows(path, INSTITUTION_COLUMNS, problems):
         where = f"{path}:{number}"
         options = frozenset(o.strip() for o in row["options"].split(";") if o.strip())
         checks = [
             (agb_problem(row["agb"]), f"agb {row['agb']!r} {agb_problem(row['agb'])}"),
-            (row["agb"] in found, f"agb {row['agb']} appears twice"),
+            (row["agb"] in seen, f"agb {row['agb']} appears twice"),
             (not row["name"], "name is empty"),
             (row["format"] not in FORMATS, f"format {row['format']!r} is not one of {', '.join(FORMATS)}"),
             (not _DELIVERY.fullmatch(row["delivery"]),
@@ -121,6 +122,7 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
         ]
         bad = [f"{where}: {text}" for failed, text in checks if failed]
         problems += bad
+        seen.add(row["agb"])
         if not bad:
             found[row["agb"]] = Institution(row["agb"], row["name"], row["format"], row["delivery"],
                                             options)
@@ -129,13 +131,14 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
 
 def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> dict[str, Referrer]:
     found: dict[str, Referrer] = {}
+    seen: set[str] = set()
     for number, row in _rows(path, REFERRER_COLUMNS, problems):
         where = f"{path}:{number}"
         known = None if row["institutions"] == "*" else frozenset(
             a.strip() for a in row["institutions"].split(";") if a.strip())
         checks = [
             (agb_problem(row["agb"]), f"agb {row['agb']!r} {agb_problem(row['agb'])}"),
-            (row["agb"] in found, f"agb {row['agb']} appears twice"),
+            (row["agb"] in seen, f"agb {row['agb']} appears twice"),
             (not row["name"], "name is empty"),
             (known is not None and not known, "institutions is empty (use * for all)"),
             (known is not None and bool(known - institutions),
@@ -146,6 +149,7 @@ def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> 
         ]
         bad = [f"{where}: {text}" for failed, text in checks if failed]
         problems += bad
+        seen.add(row["agb"])
         if not bad:
             found[row["agb"]] = Referrer(row["agb"], row["name"], known, row["answer_address"])
     return found

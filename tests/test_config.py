@@ -1,0 +1,37 @@
+"""Settings declared once: defaults, bounds, unknown keys, the rendered default file."""
+
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_rendered_defaults_load_back(tmp_path):
+    """The file init writes loads into exactly the defaults, paths relative to it."""
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(config.render())
+    loaded = config.load(path)
+    assert loaded == config.defaults(tmp_path.resolve())
+    assert loaded.paths_spool == (tmp_path / "spool").resolve()
+    assert loaded.retry_first_seconds == 300 and loaded.retry_lifetime_seconds == 5 * 86400
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[retry]\nfirst_secnds = 5\n", "retry.first_secnds"),
+    ("[retry]\nfirst_seconds = 0\n", "outside"),
+    ("[retry]\nfirst_seconds = \"5\"\n", "whole number"),
+    ("[paths]\nspool = 3\n", "path"),
+    ("[retry\n", "TOML"),
+    ("debug = true\n", "debug"),
+])
+def test_bad_settings_are_named(tmp_path, text, words):
+    """Unknown keys, wrong types, values out of bounds and bad TOML are errors naming the key."""
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert words in str(caught.value)

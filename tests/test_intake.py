@@ -1,0 +1,130 @@
+"""intake.accept: durable store, dedup across restarts, rejects kept, mandates,
+fallback and re-routing, and no patient data in the SQLite metadata."""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway import routes
+from gateway.codecs import edifact, hl7v2, zdxml
+from gateway.errors import DecodeError
+from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.spool.store import Store
+
+ROOT = Path(__file__).parent.parent
+SAMPLES = ROOT / "gateway" / "routes" / "samples"
+FIXTURES = ROOT / "fixtures"
+REFERRAL = (FIXTURES / "medvri" / "referral-crlf.edi").read_bytes()
+ADMIN = Envelope("admin", "test")
+
+
+def make_intake(spool: Path, tables: Path = SAMPLES) -> Intake:
+    return Intake(Store(spool, time.time), routes.load(tables), 16 * 1024 * 1024)
+
+
+def test_referral_is_stored_converted_and_ready(tmp_path):
+    """A referral is stored raw and as the institution's XML, ready for pickup."""
+    intake = make_intake(tmp_path)
+    (receipt,) = intake.accept(REFERRAL, ADMIN)
+    assert (receipt.state, receipt.destination, receipt.duplicate) == ("ready", "06005678", False)
+    row = intake.store.get(receipt.id)
+    assert intake.store.payload(row["raw_name"], row["raw_sha256"]) == REFERRAL
+    out = intake.store.payload(row["out_name"], row["out_sha256"])
+    assert zdxml.decode(out) == edifact.decode(REFERRAL)
+    assert [h["state"] for h in intake.store.history(receipt.id)] == ["received", "ready"]
+
+
+def test_resend_returns_first_receipt_even_after_restart(tmp_path):
+    """The same control id and content from the same identity is stored once, across restarts."""
+    (first,) = make_intake(tmp_path).accept(REFERRAL, ADMIN)
+    (again,) = make_intake(tmp_path).accept(REFERRAL, ADMIN)
+    assert again.id == first.id and again.duplicate
+    assert len(make_intake(tmp_path).store.listing()) == 1
+
+
+def test_same_control_id_other_content_is_refused(tmp_path):
+    """A control id reused for other content is refused and nothing more is stored."""
+    intake = make_intake(tmp_path)
+    intake.accept(REFERRAL, ADMIN)
+    with pytest.raises(DuplicateConflict):
+        intake.accept(REFERRAL.replace(b"Geachte collega", b"Beste collega"), ADMIN)
+    assert len(intake.store.listing()) == 1
+
+
+def test_unreadable_input_is_kept_as_rejected(tmp_path):
+    """Bad input raises DecodeError and is kept, with its reason, for an administrator."""
+    intake = make_intake(tmp_path)
+    bad = REFERRAL.replace(b"UNT+16+42", b"UNT+15+42")
+    with pytest.raises(DecodeError):
+        intake.accept(bad, ADMIN)
+    (row,) = intake.store.listing("rejected")
+    assert row["reason"].startswith("E-EDI-COUNT")
+    assert intake.store.payload(row["raw_name"], row["raw_sha256"]) == bad
+
+
+def test_identity_may_only_send_for_its_mandates(tmp_path):
+    """An identity sending for an AGB code it is not mandated for is refused; nothing is stored."""
+    intake = make_intake(tmp_path)
+    with pytest.raises(NotMandated):
+        intake.accept(REFERRAL, Envelope("his-other", "test", frozenset({"01765432"})))
+    assert intake.store.listing() == []
+    (receipt,) = intake.accept(REFERRAL, Envelope("his-brink", "test", frozenset({"01234567"})))
+    assert receipt.state == "ready"
+
+
+def test_answer_routes_to_the_requester(tmp_path):
+    """An answer goes to the answer address of whoever sent the request, found in the store."""
+    intake = make_intake(tmp_path)
+    intake.accept((FIXTURES / "hl7" / "teleconsult-request.hl7").read_bytes(), ADMIN)
+    (receipt,) = intake.accept((FIXTURES / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes(), ADMIN)
+    assert (receipt.state, receipt.destination) == ("outbound", "answers:01234567")
+    row = intake.store.get(receipt.id)
+    assert row["delivery"] == "sftp:brink"
+    assert edifact.decode(intake.store.payload(row["out_name"], row["out_sha256"]))[0].kind == \
+        "teleconsult-answer"
+
+
+def test_format_that_cannot_carry_the_document_is_fallback(tmp_path):
+    """A teleconsult request for an EDIFACT institution waits in fallback with the reason."""
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n"
+                                             "06005678,Eemland,edifact,pull,attachments\n")
+    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n01234567,V,*,\n")
+    intake = make_intake(tmp_path / "spool", folder)
+    (receipt,) = intake.accept((FIXTURES / "hl7" / "teleconsult-request.hl7").read_bytes(), ADMIN)
+    assert receipt.state == "fallback"
+    assert "cannot be written as edifact" in intake.store.get(receipt.id)["reason"]
+
+
+def test_fallback_is_rerouted_when_tables_change(tmp_path):
+    """A referral from an unknown referrer waits in fallback and moves on once the table knows it."""
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "institutions.csv").write_text((SAMPLES / "institutions.csv").read_text())
+    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n")
+    intake = make_intake(tmp_path / "spool", folder)
+    (receipt,) = intake.accept(REFERRAL, ADMIN)
+    assert intake.store.get(receipt.id)["reason"] == "referrer AGB 01234567 not in the table"
+    assert intake.reroute_fallback("test") == []
+    (folder / "referrers.csv").write_text((SAMPLES / "referrers.csv").read_text())
+    intake.tables = routes.load(folder)
+    (moved,) = intake.reroute_fallback("test")
+    assert (moved.id, moved.state) == (receipt.id, "ready")
+    assert [h["state"] for h in intake.store.history(receipt.id)] == ["received", "fallback", "ready"]
+
+
+def test_sqlite_holds_no_patient_data(tmp_path):
+    """Marker BSN, name and letter text appear in no SQLite file, only in payloads."""
+    doc = edifact.decode(REFERRAL)[0]
+    marked = dataclasses.replace(
+        doc, patient=dataclasses.replace(doc.patient, bsn="123456782", family_name="Zyxmarker"),
+        body=("Letterlinemarker qwv",))
+    intake = make_intake(tmp_path)
+    intake.accept(hl7v2.encode(marked), ADMIN)
+    intake.store.close()
+    for path in tmp_path.glob("gateway.db*"):
+        data = path.read_bytes()
+        assert b"123456782" not in data and b"Zyxmarker" not in data and b"Letterlinemarker" not in data

@@ -1,0 +1,77 @@
+"""AGB route tables: loading errors with file:line, and matching."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gateway import routes
+from gateway.codecs import edifact, hl7v2
+from gateway.document import Attachment, Kind
+
+ROOT = Path(__file__).parent.parent
+SAMPLES = ROOT / "gateway" / "routes" / "samples"
+REFERRAL = edifact.decode((ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes())[0]
+
+
+def write_tables(folder: Path, institutions: str, referrers: str) -> Path:
+    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n" + institutions)
+    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n" + referrers)
+    return folder
+
+
+def test_samples_load():
+    """The sample tables that init installs are valid."""
+    tables = routes.load(SAMPLES)
+    assert "06005678" in tables.institutions and "01234567" in tables.referrers
+
+
+def test_every_problem_is_reported_with_file_and_line(tmp_path):
+    """Each bad row is named as file:line: problem, and the whole table is refused."""
+    write_tables(tmp_path, "06005678,Eemland,pdf,pull,\n0600567,X,xml,ftp://x,cancel;fax\n",
+                 "# comment\n\n01234567,Visser,06009999,sftp:brink\n01234567,Twice,*,mail:x\n")
+    with pytest.raises(routes.TableError) as caught:
+        routes.load(tmp_path)
+    problems = caught.value.problems
+    inst, ref = tmp_path / "institutions.csv", tmp_path / "referrers.csv"
+    assert f"{inst}:2: format 'pdf' is not one of edifact, hl7, xml" in problems
+    assert any(p.startswith(f"{inst}:3: agb '0600567'") for p in problems)
+    assert any(p.startswith(f"{inst}:3: delivery") for p in problems)
+    assert f"{inst}:3: unknown option(s) fax (known: cancel, supplement, attachments)" in problems
+    assert f"{ref}:4: institution(s) 06009999 not in institutions.csv" in problems
+    assert f"{ref}:5: agb 01234567 appears twice" in problems
+    assert any(p.startswith(f"{ref}:5: answer_address") for p in problems)
+
+
+def test_match_routes_known_referrer_to_institution():
+    """A known referrer's referral goes to the recipient institution in its format."""
+    route = routes.match(REFERRAL, routes.load(SAMPLES))
+    assert route == routes.Route("06005678", "xml", "pull", None)
+
+
+def test_unknown_referrer_goes_to_that_institutions_fallback(tmp_path):
+    """A referrer the institution does not know lands in that institution's fallback queue."""
+    tables = routes.load(write_tables(tmp_path, "06005678,Eemland,xml,pull,\n",
+                                      "01765432,Other,06005678,\n"))
+    route = routes.match(REFERRAL, tables)
+    assert route.destination == "06005678"
+    assert route.fallback == "referrer AGB 01234567 not in the table"
+
+
+def test_unknown_recipient_and_missing_options(tmp_path):
+    """An unknown recipient AGB, or a kind or attachment the institution does not take, is fallback."""
+    tables = routes.load(write_tables(tmp_path, "06005678,Eemland,xml,pull,\n",
+                                      "01234567,Visser,*,\n"))
+    other = dataclasses.replace(REFERRAL, recipient=dataclasses.replace(REFERRAL.recipient, agb="06000001"))
+    assert routes.match(other, tables).fallback == "recipient AGB 06000001 not in the table"
+    cancel = dataclasses.replace(REFERRAL, kind=Kind.CANCELLATION)
+    assert routes.match(cancel, tables).fallback == "institution 06005678 does not accept cancellations"
+    attached = dataclasses.replace(REFERRAL, attachments=(Attachment("a.pdf", "application/pdf", b"x"),))
+    assert "attachments" in routes.match(attached, tables).fallback
+
+
+def test_answer_goes_to_the_requesters_answer_address():
+    """An answer routes back to the requesting referrer's answer address, as MEDVRI."""
+    answer = hl7v2.decode((ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes())[0]
+    route = routes.match(answer, routes.load(SAMPLES), requester_agb="01765432")
+    assert route == routes.Route("answers:01765432", "edifact", "sftp:hoogveld", None)
