@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gateway import codecs, routes
 from gateway.document import Document, Kind
 from gateway.errors import DecodeError, EncodeError, GatewayError
+from gateway.spool import payloads
 from gateway.spool.store import Entry, Store
 
 ADMIN = "admin"
@@ -96,14 +97,12 @@ class Intake:
                               f"{doc.sender.agb}", where="sender AGB")
 
     def _store(self, raw: bytes, content: str, envelope: Envelope, fresh) -> list[Receipt]:
-        raw_name, raw_sha = self.store.write_payload(raw)
-        entries, written = [], []
-        for part, control_id, doc in fresh:
-            route, out = self.route(doc)
-            out_name = out_sha = None
-            if out is not None:
-                out_name, out_sha = self.store.write_payload(out)
-                written.append(out_name)
+        routed = [(part, control_id, doc, *self.route(doc)) for part, control_id, doc in fresh]
+        outputs = [out for *_, out in routed if out is not None]
+        raw_part, *out_parts = self.store.write_payloads([raw, *outputs])
+        out_parts = iter(out_parts)
+        entries = []
+        for part, control_id, doc, route, out in routed:
             state = "fallback" if route.fallback else ("ready" if route.delivery == "pull"
                                                         else "outbound")
             entries.append(Entry(values={
@@ -113,13 +112,13 @@ class Intake:
                 "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(),
                 "destination": route.destination, "format": route.format,
                 "delivery": route.delivery, "state": state, "reason": route.fallback,
-                "raw_name": raw_name, "raw_sha256": raw_sha, "out_name": out_name,
-                "out_sha256": out_sha}, path=("received", state)))
+                **_part_columns("raw", raw_part),
+                **(_part_columns("out", next(out_parts)) if out is not None else {})},
+                path=("received", state)))
         try:
             ids = self.store.insert(entries, actor=f"{envelope.channel}:{envelope.identity}")
         except sqlite3.IntegrityError:
-            for name in [raw_name, *written]:
-                self.store.discard_payload(name)
+            self.store.discard_payload(raw_part.name)
             raise DuplicateConflict("control id stored meanwhile by another writer; send again",
                                     where="control id") from None
         return [Receipt(i, e.values["zd_number"], e.values["state"], e.values["destination"])
@@ -142,16 +141,16 @@ class Intake:
         now have a route move on. Returns receipts for the ones that moved."""
         moved = []
         for row in self.store.listing("fallback"):
-            raw = self.store.payload(row["raw_name"], row["raw_sha256"])
+            raw = self.store.payload(row, "raw")
             doc = codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]]
             route, out = self.route(doc)
             if route.fallback:
                 continue
-            out_name, out_sha = self.store.write_payload(out)
+            (out_part,) = self.store.write_payloads([out])
             state = "ready" if route.delivery == "pull" else "outbound"
             self.store.transition(row["id"], state, actor, None, destination=route.destination,
                                   format=route.format, delivery=route.delivery,
-                                  out_name=out_name, out_sha256=out_sha)
+                                  **_part_columns("out", out_part))
             moved.append(Receipt(row["id"], row["zd_number"], state, route.destination))
         return moved
 
@@ -163,13 +162,18 @@ class Intake:
         return requests[0]["sender_agb"] if requests else None
 
     def _reject(self, raw: bytes, envelope: Envelope, error: DecodeError) -> None:
-        name, sha = self.store.write_payload(raw)
+        (raw_part,) = self.store.write_payloads([raw])
         self.store.insert([Entry(values={
             "identity": envelope.identity, "control_id": None, "part": 0,
-            "content_sha256": hashlib.sha256(raw).hexdigest(), "state": "rejected",
-            "reason": str(error), "raw_name": name, "raw_sha256": sha}, path=("received", "rejected"))],
+            "content_sha256": raw_part.sha256, "state": "rejected", "reason": str(error),
+            **_part_columns("raw", raw_part)}, path=("received", "rejected"))],
             actor=f"{envelope.channel}:{envelope.identity}")
 
 
 def _receipt(row, duplicate: bool = False) -> Receipt:
     return Receipt(row["id"], row["zd_number"], row["state"], row["destination"], duplicate)
+
+
+def _part_columns(which: str, part: payloads.Part) -> dict:
+    return {f"{which}_name": part.name, f"{which}_offset": part.offset,
+            f"{which}_length": part.length, f"{which}_sha256": part.sha256}

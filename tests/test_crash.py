@@ -48,10 +48,11 @@ def check(spool: Path, acked: set[str]) -> list[str]:
     counts = dict(db.execute("SELECT control_id, count(*) FROM messages GROUP BY control_id"))
     problems += [f"{c} acknowledged but missing" for c in sorted(acked) if c not in counts]
     problems += [f"{c} stored {n} times" for c, n in counts.items() if n != 1]
-    for name, sha in db.execute("SELECT raw_name, raw_sha256 FROM messages UNION "
-                                "SELECT out_name, out_sha256 FROM messages WHERE out_name IS NOT NULL"):
+    for row in db.execute("SELECT raw_name, raw_offset, raw_length, raw_sha256 FROM messages "
+                          "UNION SELECT out_name, out_offset, out_length, out_sha256 FROM messages "
+                          "WHERE out_name IS NOT NULL"):
         try:
-            payloads.read(spool / "payloads", name, sha)
+            payloads.read(spool / "payloads", payloads.Part(*row))
         except payloads.PayloadCorrupt as exc:
             problems.append(str(exc))
     return problems

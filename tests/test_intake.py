@@ -30,8 +30,8 @@ def test_referral_is_stored_converted_and_ready(tmp_path):
     (receipt,) = intake.accept(REFERRAL, ADMIN)
     assert (receipt.state, receipt.destination, receipt.duplicate) == ("ready", "06005678", False)
     row = intake.store.get(receipt.id)
-    assert intake.store.payload(row["raw_name"], row["raw_sha256"]) == REFERRAL
-    out = intake.store.payload(row["out_name"], row["out_sha256"])
+    assert intake.store.payload(row, "raw") == REFERRAL
+    out = intake.store.payload(row, "out")
     assert zdxml.decode(out) == edifact.decode(REFERRAL)
     assert [h["state"] for h in intake.store.history(receipt.id)] == ["received", "ready"]
 
@@ -61,7 +61,7 @@ def test_unreadable_input_is_kept_as_rejected(tmp_path):
         intake.accept(bad, ADMIN)
     (row,) = intake.store.listing("rejected")
     assert row["reason"].startswith("E-EDI-COUNT")
-    assert intake.store.payload(row["raw_name"], row["raw_sha256"]) == bad
+    assert intake.store.payload(row, "raw") == bad
 
 
 def test_identity_may_only_send_for_its_mandates(tmp_path):
@@ -82,7 +82,7 @@ def test_answer_routes_to_the_requester(tmp_path):
     assert (receipt.state, receipt.destination) == ("outbound", "answers:01234567")
     row = intake.store.get(receipt.id)
     assert row["delivery"] == "sftp:brink"
-    assert edifact.decode(intake.store.payload(row["out_name"], row["out_sha256"]))[0].kind == \
+    assert edifact.decode(intake.store.payload(row, "out"))[0].kind == \
         "teleconsult-answer"
 
 

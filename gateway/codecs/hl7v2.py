@@ -236,7 +236,7 @@ def _attachments(msg: Segments) -> tuple[Attachment, ...]:
         data = msg.components(obx, 5) + [""] * 5
         try:
             content = base64.b64decode(data[4], validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):
             raise DecodeError("attachment data is not valid Base64", where=f"OBX {index}, OBX-5",
                               code="E-HL7-ATTACHMENT") from None
         media_type = f"{msg.unescape(data[1])}/{msg.unescape(data[2])}"

@@ -220,7 +220,7 @@ def _attachments(composition: Node, resources: dict) -> tuple[Attachment, ...]:
                              "Composition.section.entry", "E-XML-ATTACHMENT")
             try:
                 data = base64.b64decode(val(binary, "content"), validate=True)
-            except binascii.Error:
+            except (binascii.Error, ValueError):
                 raise _error("not valid Base64", "Binary.content", "E-XML-ATTACHMENT") from None
             found.append(Attachment(val(entry, "display"), val(binary, "contentType"), data))
     return tuple(found)

@@ -40,8 +40,12 @@ CREATE TABLE IF NOT EXISTS messages (
     next_attempt_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     raw_name TEXT NOT NULL,
+    raw_offset INTEGER NOT NULL DEFAULT 0,
+    raw_length INTEGER NOT NULL DEFAULT 0,
     raw_sha256 TEXT NOT NULL,
     out_name TEXT,
+    out_offset INTEGER,
+    out_length INTEGER,
     out_sha256 TEXT,
     UNIQUE (identity, control_id)
 );
@@ -60,7 +64,8 @@ CREATE INDEX IF NOT EXISTS history_message ON history (message_id);
 """
 COLUMNS = ("identity", "control_id", "part", "content_sha256", "zd_number", "kind", "sender_agb",
            "recipient_agb", "in_reply_to", "sent_at", "destination", "format", "delivery",
-           "state", "reason", "raw_name", "raw_sha256", "out_name", "out_sha256")
+           "state", "reason", "raw_name", "raw_offset", "raw_length", "raw_sha256", "out_name",
+           "out_offset", "out_length", "out_sha256")
 
 
 class StateError(GatewayError):
@@ -90,20 +95,24 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        payloads.prepare(self.payload_root)
         payloads.sweep(self.payload_root)
 
     def close(self) -> None:
         self.db.close()
 
-    def write_payload(self, data: bytes) -> tuple[str, str]:
-        """Store ``data`` durably; return (name, sha256) to put in an Entry."""
-        return payloads.write(self.payload_root, data)
+    def write_payloads(self, parts: list[bytes]) -> list[payloads.Part]:
+        """Store ``parts`` durably in one file; return where each is, for an Entry."""
+        return payloads.write(self.payload_root, parts)
 
     def discard_payload(self, name: str) -> None:
         payloads.remove(self.payload_root, name)
 
-    def payload(self, name: str, sha256: str) -> bytes:
-        return payloads.read(self.payload_root, name, sha256)
+    def payload(self, row, which: str = "raw") -> bytes:
+        """The ``raw`` or ``out`` payload of a message row; raise PayloadCorrupt if damaged."""
+        return payloads.read(self.payload_root, payloads.Part(
+            row[f"{which}_name"], row[f"{which}_offset"], row[f"{which}_length"],
+            row[f"{which}_sha256"]))
 
     def find(self, identity: str, control_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM messages WHERE identity = ? AND control_id = ?",
