@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_zd ON messages (zd_number);
 CREATE INDEX IF NOT EXISTS messages_queue ON messages (state, destination);
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
     message_id INTEGER NOT NULL REFERENCES messages (id),

@@ -1,0 +1,128 @@
+"""Push deliveries: due messages to a Deliverer, backoff, lifetime, in-flight limits.
+
+New pushes (``outbound``) and retries that are due (``deferred``) go to the
+Deliverer, at most ``delivery.max_in_flight`` at once per destination. A failure
+defers the message by Postfix-style backoff — ``retry.first_seconds``, doubling,
+at most ``retry.max_seconds``; once a message is older than
+``retry.lifetime_seconds`` it moves to fallback and an ALERT line is logged.
+Administrators can hold, release and retry a message at once.
+"""
+
+from typing import Callable, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.spool.store import StateError, Store
+
+PUSH_STATES = ("outbound", "deferred")
+
+
+class Deliverer(Protocol):
+    """Pushes one message's payload to its destination; the Deferred fails on any problem."""
+
+    def deliver(self, row, payload: bytes) -> defer.Deferred: ...
+
+
+def backoff(attempts: int, first: int, maximum: int) -> int:
+    """Seconds to wait after the ``attempts``-th failed attempt: first, doubling, capped."""
+    return min(maximum, first * 2 ** min(attempts - 1, 40))
+
+
+class Dispatcher:
+    """Runs push deliveries from a Store; call ``tick()`` periodically (a LoopingCall)."""
+
+    log = Logger()
+
+    def __init__(self, store: Store, config, deliverer: Deliverer, clock: Callable[[], float]):
+        self.store, self.config, self.deliverer, self.clock = store, config, deliverer, clock
+        self.in_flight: dict[str, int] = {}
+        self.busy: set[int] = set()
+
+    def tick(self) -> list[defer.Deferred]:
+        """Start every due delivery the in-flight limits allow; return their Deferreds."""
+        now = self.clock()
+        started = []
+        rows = self.store.db.execute(
+            "SELECT * FROM messages WHERE state IN ('outbound', 'deferred') "
+            "AND coalesce(next_attempt_at, 0) <= ? ORDER BY coalesce(next_attempt_at, 0), id "
+            "LIMIT 1000", (now,)).fetchall()
+        for row in rows:
+            destination = row["destination"]
+            if row["id"] in self.busy or \
+                    self.in_flight.get(destination, 0) >= self.config.delivery_max_in_flight:
+                continue
+            started.append(self._start(row))
+        return started
+
+    def _start(self, row) -> defer.Deferred:
+        if row["state"] == "deferred":
+            self.store.transition(row["id"], "outbound", "delivery", None)
+        destination = row["destination"]
+        self.in_flight[destination] = self.in_flight.get(destination, 0) + 1
+        self.busy.add(row["id"])
+        attempt = defer.maybeDeferred(self.deliverer.deliver, row, self.store.payload(row, "out"))
+        attempt.addBoth(lambda result: self._settle(row, result))
+        attempt.addCallbacks(lambda _: self._delivered(row), lambda failure: self._failed(row, failure))
+        return attempt
+
+    def _settle(self, row, result):
+        self.in_flight[row["destination"]] -= 1
+        self.busy.discard(row["id"])
+        return result
+
+    def _delivered(self, row) -> None:
+        self.store.transition(row["id"], "delivered", "delivery", None, next_attempt_at=None)
+        self.log.info("delivered id={id} destination={destination}", id=row["id"],
+                      destination=row["destination"])
+
+    def _failed(self, row, failure) -> None:
+        reason = _reason(failure)
+        attempts = row["attempts"] + 1
+        now = self.clock()
+        if now - row["received_at"] >= self.config.retry_lifetime_seconds:
+            days = self.config.retry_lifetime_seconds / 86400
+            self.store.transition(row["id"], "fallback", "delivery",
+                                  f"undeliverable for {days:g} days: {reason}",
+                                  attempts=attempts, next_attempt_at=None)
+            self.log.critical("ALERT delivery expired id={id} zd={zd} destination={destination} "
+                              "attempts={attempts}: moved to fallback", id=row["id"],
+                              zd=row["zd_number"], destination=row["destination"], attempts=attempts)
+            return
+        delay = backoff(attempts, self.config.retry_first_seconds, self.config.retry_max_seconds)
+        self.store.transition(row["id"], "deferred", "delivery", reason, attempts=attempts,
+                              next_attempt_at=now + delay)
+
+
+def _reason(failure) -> str:
+    error = failure.value
+    code = getattr(error, "code", type(error).__name__)
+    return f"{code}: {getattr(error, 'message', None) or error}"[:300]
+
+
+def hold(store: Store, message_id: int, actor: str) -> None:
+    """Stop a message until it is released."""
+    store.transition(message_id, "held", actor, "held by an administrator", next_attempt_at=None)
+
+
+def release(store: Store, message_id: int, actor: str) -> None:
+    """Put a held message back: ready for pickup, or outbound for a push."""
+    row = _row(store, message_id)
+    if row["state"] != "held":
+        raise StateError(f"message {message_id} is {row['state']}, not held")
+    store.transition(message_id, "ready" if row["delivery"] == "pull" else "outbound", actor, None)
+
+
+def retry_now(store: Store, message_id: int, actor: str) -> None:
+    """Try a deferred push again at once."""
+    row = _row(store, message_id)
+    if row["state"] != "deferred":
+        raise StateError(f"message {message_id} is {row['state']}; only deferred messages retry")
+    store.transition(message_id, "outbound", actor, "retry requested", next_attempt_at=None)
+
+
+def _row(store: Store, message_id: int):
+    row = store.get(message_id)
+    if row is None:
+        raise StateError(f"no message {message_id}", code="E-NOT-FOUND")
+    return row

@@ -1,0 +1,113 @@
+"""Push deliveries on a fake clock: backoff, lifetime to fallback with an alert,
+in-flight limits per destination, hold, release and retry."""
+
+from pathlib import Path
+
+import pytest
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from gateway import config, routes
+from gateway.errors import DeliveryError
+from gateway.intake import Envelope, Intake
+from gateway.spool import delivery
+from gateway.spool.store import StateError, Store
+
+ROOT = Path(__file__).parent.parent
+TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
+DAY = 86400
+
+
+def message(index: int) -> bytes:
+    return TEMPLATE.replace(b"HISX-000042", f"PUSH-{index}".encode()).replace(
+        b"ZD100200300", f"ZD{500000000 + index}".encode())
+
+
+class Down:
+    """A destination that refuses every delivery."""
+
+    def deliver(self, row, payload):
+        return defer.fail(DeliveryError("connection refused", code="E-DELIVERY-CONNECT"))
+
+
+class Pending:
+    """A destination whose deliveries stay open until the test fires them."""
+
+    def __init__(self):
+        self.open: list[defer.Deferred] = []
+
+    def deliver(self, row, payload):
+        self.open.append(defer.Deferred())
+        return self.open[-1]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    folder = tmp_path / "routes"
+    folder.mkdir()
+    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n"
+                                             "06005678,Eemland,hl7,mllp://127.0.0.1:2575,\n")
+    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n01234567,V,*,\n")
+    clock = task.Clock()
+    clock.advance(1_800_000_000)
+    store = Store(tmp_path / "spool", clock.seconds)
+    intake = Intake(store, routes.load(folder), 1 << 24)
+    return clock, store, intake, config.defaults(tmp_path)
+
+
+def test_backoff_doubles_to_the_maximum():
+    """Gaps start at the first retry time and double up to the maximum."""
+    assert [delivery.backoff(n, 300, 3600) for n in range(1, 8)] == \
+        [300, 600, 1200, 2400, 3600, 3600, 3600]
+
+
+def test_destination_down_for_days_goes_to_fallback_with_alert(setup):
+    """Retry gaps grow from 5 minutes to an hour; at 5 days the message is in fallback and an ALERT is logged."""
+    clock, store, intake, settings = setup
+    (receipt,) = intake.accept(message(1), Envelope("admin", "test"))
+    events = []
+    dispatcher = delivery.Dispatcher(store, settings, Down(), clock.seconds)
+    dispatcher.log = Logger(observer=events.append)
+    gaps, last = [], clock.seconds()
+    while store.get(receipt.id)["state"] != "fallback":
+        dispatcher.tick()
+        row = store.get(receipt.id)
+        if row["state"] == "deferred":
+            gaps.append(row["next_attempt_at"] - clock.seconds())
+            clock.advance(row["next_attempt_at"] - clock.seconds())
+    assert gaps[:5] == [300, 600, 1200, 2400, 3600] and set(gaps[5:]) == {3600}
+    assert 5 * DAY <= clock.seconds() - last < 5 * DAY + 3600
+    row = store.get(receipt.id)
+    assert row["reason"].startswith("undeliverable for 5 days: E-DELIVERY-CONNECT")
+    assert any(e["log_level"].name == "critical" and "ALERT" in e["log_format"] for e in events)
+
+
+def test_in_flight_limit_per_destination(setup):
+    """At most max_in_flight pushes run at once per destination; a finished one frees a place."""
+    clock, store, intake, settings = setup
+    for index in range(10):
+        intake.accept(message(index), Envelope("admin", "test"))
+    destination = Pending()
+    dispatcher = delivery.Dispatcher(store, settings, destination, clock.seconds)
+    assert len(dispatcher.tick()) == settings.delivery_max_in_flight == 4
+    assert dispatcher.tick() == []
+    destination.open[0].callback(None)
+    assert len(dispatcher.tick()) == 1
+    assert len(store.listing("delivered")) == 1
+
+
+def test_hold_release_and_retry(setup):
+    """A held message is not delivered; release puts it back; retry makes a deferred one due now."""
+    clock, store, intake, settings = setup
+    (receipt,) = intake.accept(message(1), Envelope("admin", "test"))
+    delivery.hold(store, receipt.id, "admin")
+    dispatcher = delivery.Dispatcher(store, settings, Down(), clock.seconds)
+    assert dispatcher.tick() == []
+    delivery.release(store, receipt.id, "admin")
+    dispatcher.tick()
+    assert store.get(receipt.id)["state"] == "deferred"
+    assert dispatcher.tick() == []
+    delivery.retry_now(store, receipt.id, "admin")
+    assert len(dispatcher.tick()) == 1
+    with pytest.raises(StateError):
+        delivery.release(store, receipt.id, "admin")
