@@ -72,12 +72,19 @@ class Dispatcher:
         return result
 
     def _delivered(self, row) -> None:
+        state = self.store.get(row["id"])["state"]
+        if state not in ("outbound", "held"):
+            self.log.error("delivered id={id}, but it was {state} meanwhile; left {state}",
+                           id=row["id"], state=state)
+            return
         self.store.transition(row["id"], "delivered", "delivery", None, next_attempt_at=None)
         self.log.info("delivered id={id} destination={destination}", id=row["id"],
                       destination=row["destination"])
 
     def _failed(self, row, failure) -> None:
         reason = _reason(failure)
+        if self.store.get(row["id"])["state"] != "outbound":
+            return    # held or cancelled while the attempt ran: the administrator decides
         attempts = row["attempts"] + 1
         now = self.clock()
         if now - row["received_at"] >= self.config.retry_lifetime_seconds:

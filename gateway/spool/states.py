@@ -6,7 +6,8 @@ outbound   to be pushed (MLLP or SFTP outbox)
 deferred   a push failed; retried at ``next_attempt_at``
 delivered  picked up (pull) or acknowledged (push)
 fallback   no route, not accepted, or undeliverable; an administrator decides
-held       stopped by an administrator until released
+held       stopped by an administrator until released (a push already under way
+           when it was held may still complete: held -> delivered)
 expired    past its lifetime without delivery
 cancelled  withdrawn; never delivered again
 rejected   input that could not be read; kept with its reason for an administrator
@@ -22,7 +23,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "deferred": frozenset({"outbound", "fallback", "held", "expired", "cancelled"}),
     "delivered": frozenset({"ready", "outbound"}),
     "fallback": frozenset({"ready", "outbound", "held", "cancelled"}),
-    "held": frozenset({"ready", "outbound", "fallback", "cancelled"}),
+    "held": frozenset({"ready", "outbound", "fallback", "cancelled", "delivered"}),
     "expired": frozenset({"fallback", "cancelled"}),
     "cancelled": frozenset(),
     "rejected": frozenset(),
