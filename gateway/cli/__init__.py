@@ -8,6 +8,7 @@ failure is one line on stderr, ``gatewayctl: error E-…: what, where``.
 """
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -84,6 +85,13 @@ def cmd_validate(args, out) -> int:
     return EX_OK
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gatewayctl", description="Administer gatewayd and convert messages.")
     parser.add_argument("--version", action="version", version=f"gatewayctl {__version__}")
@@ -120,6 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
         dest="queue_command", metavar="ACTION", required=True, parser_class=_Parser)
     command(queue, "ls", admin.cmd_queue_ls, "list messages, optionally in one state").add_argument(
         "--state", choices=STATES)
+    for action, text in (("hold", "stop a message until released"),
+                         ("release", "put a held message back in its queue"),
+                         ("retry", "try a deferred push again now")):
+        command(queue, action, admin.cmd_queue_action, text).add_argument("id", type=int,
+                                                                            metavar="ID")
+    command(commands, "resend", admin.cmd_resend, "offer a delivered referral again").add_argument(
+        "zd", metavar="ZD")
+    cancel = command(commands, "cancel", admin.cmd_cancel, "cancel a referral")
+    cancel.add_argument("zd", metavar="ZD")
+    cancel.add_argument("--reason", required=True, help="why (sent to the institution)")
+    supplement = command(commands, "supplement", admin.cmd_supplement,
+                         "send additional information after a referral")
+    supplement.add_argument("zd", metavar="ZD")
+    supplement.add_argument("file", metavar="FILE", help="a text file (its lines) or an attachment")
+    export = command(commands, "export", admin.cmd_export, "CSV report of a period (stdout)",
+                     json_flag=False)
+    export.add_argument("--from", dest="start", required=True, type=_date, metavar="YYYY-MM-DD")
+    export.add_argument("--to", dest="end", required=True, type=_date, metavar="YYYY-MM-DD")
+    command(commands, "stats", admin.cmd_stats, "queue depth and oldest age per destination")
     fallback = commands.add_parser("fallback", help="the fallback queue").add_subparsers(
         dest="fallback_command", metavar="ACTION", required=True, parser_class=_Parser)
     command(fallback, "ls", admin.cmd_queue_ls, "list messages in fallback").set_defaults(

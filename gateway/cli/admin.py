@@ -12,9 +12,12 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from gateway import codecs, config, routes
+import datetime as dt
+
+from gateway import codecs, config, operations, routes
 from gateway.errors import ConfigError, GatewayError
 from gateway.intake import ADMIN, Envelope, Intake
+from gateway.spool import delivery
 from gateway.spool.store import Store
 
 LIST_COLUMNS = ("id", "zd_number", "kind", "state", "destination", "sender_agb", "recipient_agb",
@@ -94,6 +97,63 @@ def cmd_queue_ls(args, out) -> int:
     rows = open_intake(args).store.listing(args.state)
     data = [{k: row[k] for k in LIST_COLUMNS} for row in rows]
     out(json.dumps(data, indent=2) if args.json else _table(data, LIST_COLUMNS))
+    return 0
+
+
+def cmd_queue_action(args, out) -> int:
+    """hold, release or retry one message by id."""
+    store = open_intake(args).store
+    action = {"hold": delivery.hold, "release": delivery.release, "retry": delivery.retry_now}
+    action[args.queue_command](store, args.id, "cli:admin")
+    row = store.get(args.id)
+    out(json.dumps({"id": row["id"], "state": row["state"]}) if args.json else
+        f"{row['id']}: {row['state']}")
+    return 0
+
+
+def cmd_resend(args, out) -> int:
+    """Offer a delivered referral to its institution again."""
+    return _receipt_out(args, out, operations.resend(open_intake(args), args.zd, "cli:admin"))
+
+
+def cmd_cancel(args, out) -> int:
+    """Cancel a referral and send the institution a cancellation."""
+    intake = open_intake(args)
+    settings = open_config(args)
+    receipt = operations.cancel(intake, args.zd, args.reason, _now(), settings.operations_cancel_days,
+                                "cli:admin")
+    return _receipt_out(args, out, receipt)
+
+
+def cmd_supplement(args, out) -> int:
+    """Send additional information after a referral (a text file's lines, or an attachment)."""
+    from gateway.cli import read_input
+    path = Path(args.file)
+    read_input(args.file)
+    return _receipt_out(args, out, operations.supplement(open_intake(args), args.zd, path, _now()))
+
+
+def cmd_export(args, out) -> int:
+    """CSV of messages received in a period, without patient data."""
+    out(operations.export(open_intake(args), args.start, args.end).rstrip("\n"))
+    return 0
+
+
+def cmd_stats(args, out) -> int:
+    """Queue depth and oldest age per destination and state."""
+    rows = operations.stats(open_intake(args), time.time())
+    out(json.dumps(rows, indent=2) if args.json else
+        _table(rows, ("destination", "state", "depth", "oldest_age_seconds")))
+    return 0
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _receipt_out(args, out, receipt) -> int:
+    out(json.dumps(vars(receipt), indent=2) if args.json else
+        _table([vars(receipt)], ("id", "zd_number", "state", "destination")))
     return 0
 
 

@@ -21,7 +21,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "ready": frozenset({"delivered", "held", "fallback", "expired", "cancelled"}),
     "outbound": frozenset({"delivered", "deferred", "fallback", "held", "cancelled"}),
     "deferred": frozenset({"outbound", "fallback", "held", "expired", "cancelled"}),
-    "delivered": frozenset({"ready", "outbound"}),
+    "delivered": frozenset({"ready", "outbound", "cancelled"}),
     "fallback": frozenset({"ready", "outbound", "held", "cancelled"}),
     "held": frozenset({"ready", "outbound", "fallback", "cancelled", "delivered"}),
     "expired": frozenset({"fallback", "cancelled"}),

@@ -1,0 +1,139 @@
+"""Operations from practice, by ZD number: resend, cancel, supplement, export, stats.
+
+Each refuses with one clear line when it cannot be done. A cancellation or
+supplement is a new document (same ZD number, ``in_reply_to`` the referral)
+that goes through ``Intake.accept`` like any other message, as the local
+administrator; the referral itself is marked cancelled.
+"""
+
+import csv
+import dataclasses
+import datetime as dt
+import io
+import mimetypes
+from pathlib import Path
+
+from gateway import codecs, routes
+from gateway.document import Attachment, Document, Kind, local_time
+from gateway.errors import GatewayError
+from gateway.intake import ADMIN, Envelope, Intake, Receipt
+
+REFERRAL_KINDS = (str(Kind.REFERRAL), str(Kind.TELECONSULT_REQUEST))
+EXPORT_COLUMNS = ("date", "zd_number", "kind", "sender_agb", "recipient_agb", "state",
+                  "received_at", "updated_at")
+
+
+class Refused(GatewayError):
+    """An operation that cannot be done on this message; the message says why."""
+
+    code = "E-REFUSED"
+
+
+def referral(intake: Intake, zd_number: str):
+    """The stored referral (or teleconsult request) with this ZD number; raise Refused."""
+    rows = [r for r in intake.store.by_zd(zd_number) if r["kind"] in REFERRAL_KINDS]
+    if not rows:
+        raise Refused(f"no referral with ZD number {zd_number}", code="E-NOT-FOUND")
+    return rows[-1]
+
+
+def resend(intake: Intake, zd_number: str, actor: str) -> Receipt:
+    """Offer a referral to its institution again."""
+    row = referral(intake, zd_number)
+    if row["state"] == "cancelled":
+        raise Refused(f"{zd_number} was cancelled on {_date(row['updated_at'])}; not resent")
+    if row["destination"] != row["recipient_agb"]:
+        raise Refused(f"{zd_number} was routed to institution {row['destination']}, not to its "
+                      f"recipient {row['recipient_agb']}; not resent")
+    if row["state"] != "delivered":
+        raise Refused(f"{zd_number} is {row['state']}, not delivered; nothing to resend")
+    state = "ready" if row["delivery"] == "pull" else "outbound"
+    intake.store.transition(row["id"], state, actor, "resent by an administrator",
+                            next_attempt_at=None)
+    return Receipt(row["id"], zd_number, state, row["destination"])
+
+
+def cancel(intake: Intake, zd_number: str, reason: str, now: dt.datetime, cancel_days: int,
+           actor: str) -> Receipt:
+    """Withdraw a referral: check the institution takes cancellations and the referral is
+    younger than ``cancel_days``; send a cancellation and mark the referral cancelled."""
+    row = referral(intake, zd_number)
+    if row["state"] == "cancelled":
+        raise Refused(f"{zd_number} was cancelled already on {_date(row['updated_at'])}")
+    sent = dt.datetime.fromisoformat(row["sent_at"])
+    if local_time(now) - sent > dt.timedelta(days=cancel_days):
+        raise Refused(f"{zd_number} was sent on {sent:%Y-%m-%d}, more than {cancel_days} days ago; "
+                      "it can no longer be cancelled")
+    original = _document(intake, row)
+    receipt = _follow_up(intake, original, Kind.CANCELLATION, (reason,), (), now)
+    intake.store.transition(row["id"], "cancelled", actor, f"cancelled: {receipt.zd_number}",
+                            next_attempt_at=None)
+    return receipt
+
+
+def supplement(intake: Intake, zd_number: str, path: Path, now: dt.datetime) -> Receipt:
+    """Send additional information after a referral: a text file's lines, or any other
+    file as an attachment."""
+    row = referral(intake, zd_number)
+    if row["state"] == "cancelled":
+        raise Refused(f"{zd_number} was cancelled on {_date(row['updated_at'])}; no supplement")
+    data = path.read_bytes()
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if media_type == "text/plain":
+        body, attachments = tuple(data.decode("utf-8", errors="replace").splitlines()), ()
+    else:
+        body, attachments = (), (Attachment(path.name, media_type, data),)
+    return _follow_up(intake, _document(intake, row), Kind.SUPPLEMENT, body, attachments, now)
+
+
+def _document(intake: Intake, row) -> Document:
+    raw = intake.store.payload(row, "raw")
+    return codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]]
+
+
+def _follow_up(intake: Intake, original: Document, kind: Kind, body, attachments,
+               now: dt.datetime) -> Receipt:
+    doc = dataclasses.replace(original, kind=kind, in_reply_to=original.zd_number, body=body,
+                              attachments=attachments,
+                              sent_at=local_time(now).replace(microsecond=0))
+    route = routes.match(doc, intake.tables)
+    if route.fallback:
+        raise Refused(f"{original.zd_number}: {route.fallback}")
+    (receipt,) = intake.accept(codecs.get("xml").encode(doc), Envelope(ADMIN, "cli"))
+    return receipt
+
+
+def export(intake: Intake, start: dt.date, end: dt.date) -> str:
+    """CSV of the messages received from ``start`` to ``end`` inclusive: identifiers,
+    states and times only, no patient data."""
+    low = dt.datetime.combine(start, dt.time()).timestamp()
+    high = dt.datetime.combine(end + dt.timedelta(days=1), dt.time()).timestamp()
+    rows = intake.store.db.execute(
+        "SELECT * FROM messages WHERE received_at >= ? AND received_at < ? AND state != 'rejected' "
+        "ORDER BY received_at, id", (low, high))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        writer.writerow([_date(row["received_at"]), row["zd_number"], row["kind"], row["sender_agb"],
+                         row["recipient_agb"], row["state"], _iso(row["received_at"]),
+                         _iso(row["updated_at"])])
+    return out.getvalue()
+
+
+def stats(intake: Intake, now: float) -> list[dict]:
+    """Queue depth and the oldest message's age (seconds) per destination and state."""
+    rows = intake.store.db.execute(
+        "SELECT destination, state, count(*) AS depth, min(received_at) AS oldest FROM messages "
+        "WHERE state NOT IN ('delivered', 'cancelled') GROUP BY destination, state "
+        "ORDER BY destination, state").fetchall()
+    return [{"destination": r["destination"], "state": r["state"], "depth": r["depth"],
+             "oldest_age_seconds": round(now - r["oldest"])} for r in rows]
+
+
+def _date(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d")
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds).isoformat(timespec="seconds")
