@@ -70,3 +70,17 @@ def test_bad_submit_is_rejected_and_listed(tmp_path):
     assert result.returncode == 65 and result.stderr.startswith(b"gatewayctl: error E-")
     rows = json.loads(ctl("queue", "ls", "--state", "rejected", "--json", env_config=config).stdout)
     assert len(rows) == 1 and rows[0]["reason"].startswith("E-")
+
+
+def test_route_changes_are_logged_and_reroute_fallback(tmp_path):
+    """Removing and re-adding a referrer is logged; the waiting referral leaves fallback."""
+    config = Path(json.loads(ctl("init", str(tmp_path), "--json").stdout)["config"])
+    ctl("routes", "rm", "referrer", "01234567", env_config=config)
+    receipt = json.loads(ctl("submit", str(REFERRAL), "--json", env_config=config).stdout)
+    assert receipt["state"] == "fallback"
+    result = ctl("routes", "add", "referrer", "01234567", "M. Visser", "06005678",
+                 "--answer-address", "sftp:brink", env_config=config)
+    assert b"1 message(s) moved out of fallback" in result.stdout
+    log = json.loads(ctl("routes", "log", "--json", env_config=config).stdout)
+    assert [entry["change"] for entry in log] == ["+ referrer 01234567", "- referrer 01234567"]
+    assert all(entry["actor"] == "cli:admin" for entry in log)

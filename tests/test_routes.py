@@ -75,3 +75,35 @@ def test_answer_goes_to_the_requesters_answer_address():
     answer = hl7v2.decode((ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes())[0]
     route = routes.match(answer, routes.load(SAMPLES), requester_agb="01765432")
     assert route == routes.Route("answers:01765432", "edifact", "sftp:hoogveld", None)
+
+
+def copy_samples(folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("institutions.csv", "referrers.csv"):
+        (folder / name).write_text((SAMPLES / name).read_text())
+    return folder
+
+
+def test_add_and_remove_rows_are_validated_before_applying(tmp_path):
+    """A bad new row is refused with the real file and line, and the tables stay as they were."""
+    from gateway.routes import editing
+    folder = copy_samples(tmp_path / "routes")
+    before = (folder / "institutions.csv").read_text()
+    with pytest.raises(routes.TableError) as caught:
+        editing.add_row(folder, "institution", ["0600", "X", "xml", "pull", ""])
+    assert caught.value.problems == [f"{folder / 'institutions.csv'}:5: agb '0600' is not an AGB "
+                                     "code (8 digits)"]
+    assert (folder / "institutions.csv").read_text() == before
+    old = routes.load(folder)
+    new = editing.add_row(folder, "institution", ["06001111", "Nieuw", "hl7", "pull", "cancel"])
+    new = editing.remove_row(folder, "referrer", "01765432")
+    assert editing.describe(old, new) == ["+ institution 06001111", "- referrer 01765432"]
+    assert routes.load(folder) == new
+
+
+def test_removing_an_institution_still_named_by_a_referrer_is_refused(tmp_path):
+    """Removing an institution that a referrer row names would break the table: refused."""
+    from gateway.routes import editing
+    folder = copy_samples(tmp_path / "routes")
+    with pytest.raises(routes.TableError, match="06005678 not in institutions.csv"):
+        editing.remove_row(folder, "institution", "06005678")

@@ -16,6 +16,7 @@ import datetime as dt
 
 from gateway import codecs, config, operations, routes
 from gateway.errors import ConfigError, GatewayError
+from gateway.routes import editing
 from gateway.intake import ADMIN, Envelope, Intake
 from gateway.spool import delivery
 from gateway.spool.store import Store
@@ -26,6 +27,10 @@ LIST_COLUMNS = ("id", "zd_number", "kind", "state", "destination", "sender_agb",
 
 class NotFound(GatewayError):
     code = "E-NOT-FOUND"
+
+
+class UsageError(GatewayError):
+    code = "E-USAGE"
 
 
 def open_config(args) -> "config.Config":
@@ -163,6 +168,58 @@ def cmd_fallback_reroute(args, out) -> int:
     rows = [vars(receipt) for receipt in moved]
     out(json.dumps(rows, indent=2) if args.json else
         _table(rows, ("id", "zd_number", "state", "destination")))
+    return 0
+
+
+def cmd_routes_change(args, out) -> int:
+    """add, rm or import: validate, apply, log what changed, re-route the fallback queue."""
+    intake = open_intake(args)
+    folder = open_config(args).paths_routes
+    old = intake.tables
+    if args.routes_command == "add":
+        values = [args.agb, args.name, *args.values]
+        if args.table == "institution":
+            if len(args.values) != 2:
+                raise UsageError("routes add institution AGB NAME FORMAT DELIVERY [--options A;B]")
+            values.append(args.options or "")
+        else:
+            if len(args.values) != 1:
+                raise UsageError("routes add referrer AGB NAME INSTITUTIONS [--answer-address sftp:X]")
+            values.append(args.answer_address or "")
+        new = editing.add_row(folder, args.table, values)
+    elif args.routes_command == "rm":
+        try:
+            new = editing.remove_row(folder, args.table, args.agb)
+        except KeyError:
+            raise NotFound(f"no {args.table} with AGB {args.agb} in the table") from None
+    else:
+        source = Path(args.folder)
+        new = editing.apply(folder, {name: (source / name).read_text(encoding="utf-8")
+                                     for name, _ in editing.FILES.values()})
+    changes = editing.describe(old, new)
+    intake.store.record_route_changes("cli:admin", changes or ["(no change)"])
+    intake.tables = new
+    moved = intake.reroute_fallback("cli:admin")
+    out("\n".join(changes or ["no change"]) + f"\n{len(moved)} message(s) moved out of fallback")
+    return 0
+
+
+def cmd_routes_export(args, out) -> int:
+    """Copy the tables in force to FOLDER."""
+    source = open_config(args).paths_routes
+    target = Path(args.folder)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, _ in editing.FILES.values():
+        shutil.copyfile(source / name, target / name)
+    out(f"exported to {target}")
+    return 0
+
+
+def cmd_routes_log(args, out) -> int:
+    """Changes applied to the route tables: when, by whom, what."""
+    rows = [{"at": _iso(r["at"]), "actor": r["actor"], "change": r["change"]}
+            for r in open_intake(args).store.route_changes()]
+    out(json.dumps(rows, indent=2) if args.json else _table(rows, ("at", "actor", "change")))
     return 0
 
 

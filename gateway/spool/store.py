@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS history (
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS history_message ON history (message_id);
+CREATE TABLE IF NOT EXISTS route_changes (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    change TEXT NOT NULL
+);
 """
 COLUMNS = ("identity", "control_id", "part", "content_sha256", "zd_number", "kind", "sender_agb",
            "recipient_agb", "in_reply_to", "sent_at", "destination", "format", "delivery",
@@ -170,6 +176,17 @@ class Store:
                                    (limit,)).fetchall()
         return self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id LIMIT ?",
                                (state, limit)).fetchall()
+
+    def record_route_changes(self, actor: str, changes: list[str]) -> None:
+        """Keep what changed in the route tables, when and by whom (one transaction)."""
+        now = self.clock()
+        with self._transaction():
+            self.db.executemany("INSERT INTO route_changes (at, actor, change) VALUES (?, ?, ?)",
+                                [(now, actor, change) for change in changes])
+
+    def route_changes(self, limit: int = 1000) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM route_changes ORDER BY id DESC LIMIT ?",
+                               (limit,)).fetchall()
 
     def _history(self, message_id: int, at: float, state: str, actor: str, reason: str | None):
         self.db.execute("INSERT INTO history (message_id, at, state, actor, reason) "

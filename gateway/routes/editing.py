@@ -1,0 +1,86 @@
+"""Changing the route tables: add, remove, import — validated whole before applying.
+
+A change is written to copies of both CSV files, the copies are loaded (which
+checks everything), and only then do they replace the files in force (temporary
+name, fsync, rename). A change that fails validation leaves the tables as they
+were. ``describe`` says what changed, for the change log.
+"""
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from gateway.routes.tables import INSTITUTION_COLUMNS, REFERRER_COLUMNS, TableError, Tables, load
+
+FILES = {"institution": ("institutions.csv", INSTITUTION_COLUMNS),
+         "referrer": ("referrers.csv", REFERRER_COLUMNS)}
+
+
+def add_row(folder: Path, table: str, values: list[str]) -> Tables:
+    """Append a row to ``table`` (institution or referrer); return the new tables."""
+    name, _ = FILES[table]
+    text = (folder / name).read_text(encoding="utf-8")
+    line = _csv_line(values)
+    return apply(folder, {name: text + ("" if text.endswith("\n") or not text else "\n") + line})
+
+
+def remove_row(folder: Path, table: str, agb: str) -> Tables:
+    """Remove the row for ``agb`` from ``table``; raise KeyError if there is none."""
+    name, _ = FILES[table]
+    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if next(csv.reader([line]), [""])[0:1] != [agb]]
+    if len(kept) == len(lines):
+        raise KeyError(agb)
+    return apply(folder, {name: "".join(kept)})
+
+
+def apply(folder: Path, replacements: dict[str, str]) -> Tables:
+    """Validate the tables with ``replacements`` (file name -> text) and, if they load,
+    put them in force. Raises TableError (nothing changed) otherwise."""
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        for name, _ in FILES.values():
+            text = replacements.get(name)
+            if text is None:
+                text = (folder / name).read_text(encoding="utf-8")
+            (Path(scratch) / name).write_text(text, encoding="utf-8")
+        try:
+            tables = load(Path(scratch))
+        except TableError as exc:
+            raise TableError([p.replace(scratch, str(folder)) for p in exc.problems]) from None
+        for name, text in replacements.items():
+            _replace(folder / name, text)
+    return tables
+
+
+def describe(old: Tables, new: Tables) -> list[str]:
+    """What changed between two versions of the tables, one line per AGB code."""
+    changes = []
+    for label, before, after in (("institution", old.institutions, new.institutions),
+                                 ("referrer", old.referrers, new.referrers)):
+        changes += [f"+ {label} {agb}" for agb in sorted(set(after) - set(before))]
+        changes += [f"- {label} {agb}" for agb in sorted(set(before) - set(after))]
+        changes += [f"~ {label} {agb}" for agb in sorted(set(before) & set(after))
+                    if before[agb] != after[agb]]
+    return changes
+
+
+def _csv_line(values: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(values)
+    return out.getvalue()
+
+
+def _replace(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(temporary, path)
+    descriptor = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
