@@ -35,3 +35,8 @@ def test_bad_settings_are_named(tmp_path, text, words):
     with pytest.raises(ConfigError) as caught:
         config.load(path)
     assert words in str(caught.value)
+
+
+def test_example_file_matches_the_declared_settings():
+    """conf/gatewayd.toml is exactly what the code declares (regenerate it with config.render())."""
+    assert (ROOT / "conf" / "gatewayd.toml").read_text() == config.render()
