@@ -111,3 +111,34 @@ def test_hold_release_and_retry(setup):
     assert len(dispatcher.tick()) == 1
     with pytest.raises(StateError):
         delivery.release(store, receipt.id, "admin")
+
+
+def test_corrupted_payload_is_quarantined_not_delivered(setup):
+    """A payload file altered on disk is detected, the message goes to fallback, nothing is sent."""
+    clock, store, intake, settings = setup
+    (receipt,) = intake.accept(message(1), Envelope("admin", "test"))
+    row = store.get(receipt.id)
+    path = store.payload_root / row["out_name"]
+    data = bytearray(path.read_bytes())
+    data[row["out_offset"] + 10] ^= 0x01
+    path.write_bytes(bytes(data))
+    destination = Pending()
+    events = []
+    dispatcher = delivery.Dispatcher(store, settings, destination, clock.seconds)
+    dispatcher.log = Logger(observer=events.append)
+    dispatcher.tick()
+    assert destination.open == []
+    row = store.get(receipt.id)
+    assert row["state"] == "fallback" and row["reason"].startswith("E-PAYLOAD-CORRUPT")
+    assert any("ALERT payload corrupt" in e["log_format"] for e in events)
+
+
+def test_truncated_payload_is_quarantined(setup):
+    """A truncated payload file is caught the same way."""
+    clock, store, intake, settings = setup
+    (receipt,) = intake.accept(message(2), Envelope("admin", "test"))
+    row = store.get(receipt.id)
+    path = store.payload_root / row["out_name"]
+    path.write_bytes(path.read_bytes()[:row["out_offset"] + 5])
+    delivery.Dispatcher(store, settings, Pending(), clock.seconds).tick()
+    assert store.get(receipt.id)["state"] == "fallback"

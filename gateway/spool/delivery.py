@@ -5,7 +5,9 @@ Deliverer, at most ``delivery.max_in_flight`` at once per destination. A failure
 defers the message by Postfix-style backoff — ``retry.first_seconds``, doubling,
 at most ``retry.max_seconds``; once a message is older than
 ``retry.lifetime_seconds`` it moves to fallback and an ALERT line is logged.
-Administrators can hold, release and retry a message at once.
+A payload whose SHA-256 no longer matches is never delivered: the message is
+quarantined in fallback with the reason and an ALERT line. Administrators can
+hold, release and retry a message at once.
 """
 
 from typing import Callable, Protocol
@@ -13,6 +15,7 @@ from typing import Callable, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gateway.spool import payloads
 from gateway.spool.store import StateError, Store
 
 PUSH_STATES = ("outbound", "deferred")
@@ -56,12 +59,21 @@ class Dispatcher:
         return started
 
     def _start(self, row) -> defer.Deferred:
+        try:
+            payload = self.store.payload(row, "out")
+        except payloads.PayloadCorrupt as exc:
+            self.store.transition(row["id"], "fallback", "delivery", f"E-PAYLOAD-CORRUPT: {exc}",
+                                  next_attempt_at=None)
+            self.log.critical("ALERT payload corrupt id={id} destination={destination}: "
+                              "quarantined in fallback, not delivered", id=row["id"],
+                              destination=row["destination"])
+            return defer.succeed(None)
         if row["state"] == "deferred":
             self.store.transition(row["id"], "outbound", "delivery", None)
         destination = row["destination"]
         self.in_flight[destination] = self.in_flight.get(destination, 0) + 1
         self.busy.add(row["id"])
-        attempt = defer.maybeDeferred(self.deliverer.deliver, row, self.store.payload(row, "out"))
+        attempt = defer.maybeDeferred(self.deliverer.deliver, row, payload)
         attempt.addBoth(lambda result: self._settle(row, result))
         attempt.addCallbacks(lambda _: self._delivered(row), lambda failure: self._failed(row, failure))
         return attempt
