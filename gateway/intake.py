@@ -75,6 +75,7 @@ class Intake:
         receipts: list[Receipt | None] = []
         fresh = []
         for part, (control_id, doc) in enumerate(decoded):
+            control_id = control_id or f"sha256:{content}/{part}"   # a sender without ids
             existing = self.store.find(envelope.identity, control_id)
             if existing is None:
                 receipts.append(None)
@@ -85,9 +86,8 @@ class Intake:
                 raise DuplicateConflict(f"control id {control_id[:40]!r} was used before for "
                                         "other content", where="control id")
         if fresh:
-            stored = self._store(raw, content, envelope, fresh)
-            stored_iter = iter(stored)
-            receipts = [r if r is not None else next(stored_iter) for r in receipts]
+            stored = iter(self._store(raw, content, envelope, fresh))
+            receipts = [r if r is not None else next(stored) for r in receipts]
         return receipts
 
     def _authorise(self, doc: Document, envelope: Envelope) -> None:

@@ -128,3 +128,13 @@ def test_sqlite_holds_no_patient_data(tmp_path):
     for path in tmp_path.glob("gateway.db*"):
         data = path.read_bytes()
         assert b"123456782" not in data and b"Zyxmarker" not in data and b"Letterlinemarker" not in data
+
+
+def test_messages_without_control_id_are_told_apart_by_content(tmp_path):
+    """HL7 without MSH-10: equal content is a resend, other content a new message."""
+    intake = make_intake(tmp_path)
+    hl7 = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes().replace(b"HISX-000042", b"")
+    (first,) = intake.accept(hl7, ADMIN)
+    (again,) = intake.accept(hl7, ADMIN)
+    (other,) = intake.accept(hl7.replace(b"Geachte collega", b"Beste collega"), ADMIN)
+    assert again.duplicate and again.id == first.id and other.id != first.id
