@@ -3,7 +3,9 @@ single-row SQLite WAL commits with synchronous=FULL on the same disk, measured i
 same run; then again with about a million messages already stored, to show that
 the cost per message stays flat.
 
-Run: ``.venv/bin/python bench/intake.py [--messages N] [--prefill N] [--dir DIR]``.
+Run: ``.venv/bin/python bench/intake.py [--messages N] [--prefill N] [--dir DIR]``
+(``--dir`` outside the repository: the run leaves nothing behind, but git should
+not see its temporary files).
 Targets (issue 3): intake >= 0.3x the bare commit rate, and within 10% of that
 with a million messages stored. The pre-filled rows are metadata only (their
 payload files are not created), which is what could make the cost grow.
@@ -21,13 +23,11 @@ sys.path.insert(0, str(ROOT))
 from gateway import routes  # noqa: E402
 from gateway.intake import Envelope, Intake  # noqa: E402
 from gateway.spool.store import Store  # noqa: E402
-
-TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
+from tests.helpers.fakes import numbered_referral  # noqa: E402
 
 
 def message(index: int) -> bytes:
-    return TEMPLATE.replace(b"HISX-000042", f"BENCH-{index:08d}".encode()).replace(
-        b"ZD100200300", f"ZD{600000000 + index}".encode())
+    return numbered_referral(index, "BENCH", 600_000_000)
 
 
 def bare_commits(folder: Path, count: int) -> float:

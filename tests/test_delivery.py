@@ -1,8 +1,6 @@
 """Push deliveries on a fake clock: backoff, lifetime to fallback with an alert,
 in-flight limits per destination, hold, release and retry."""
 
-from pathlib import Path
-
 import pytest
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -12,15 +10,13 @@ from gateway.errors import DeliveryError
 from gateway.intake import Envelope, Intake
 from gateway.spool import delivery
 from gateway.spool.store import StateError, Store
+from tests.helpers.fakes import PendingDestination, numbered_referral, write_tables
 
-ROOT = Path(__file__).parent.parent
-TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
 DAY = 86400
 
 
 def message(index: int) -> bytes:
-    return TEMPLATE.replace(b"HISX-000042", f"PUSH-{index}".encode()).replace(
-        b"ZD100200300", f"ZD{500000000 + index}".encode())
+    return numbered_referral(index, "PUSH")
 
 
 class Down:
@@ -30,24 +26,10 @@ class Down:
         return defer.fail(DeliveryError("connection refused", code="E-DELIVERY-CONNECT"))
 
 
-class Pending:
-    """A destination whose deliveries stay open until the test fires them."""
-
-    def __init__(self):
-        self.open: list[defer.Deferred] = []
-
-    def deliver(self, row, payload):
-        self.open.append(defer.Deferred())
-        return self.open[-1]
-
-
 @pytest.fixture
 def setup(tmp_path):
-    folder = tmp_path / "routes"
-    folder.mkdir()
-    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n"
-                                             "06005678,Eemland,hl7,mllp://127.0.0.1:2575,\n")
-    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n01234567,V,*,\n")
+    folder = write_tables(tmp_path / "routes", "06005678,Eemland,hl7,mllp://127.0.0.1:2575,\n",
+                          "01234567,V,*,\n")
     clock = task.Clock()
     clock.advance(1_800_000_000)
     store = Store(tmp_path / "spool", clock.seconds)
@@ -87,7 +69,7 @@ def test_in_flight_limit_per_destination(setup):
     clock, store, intake, settings = setup
     for index in range(10):
         intake.accept(message(index), Envelope("admin", "test"))
-    destination = Pending()
+    destination = PendingDestination()
     dispatcher = delivery.Dispatcher(store, settings, destination, clock.seconds)
     assert len(dispatcher.tick()) == settings.delivery_max_in_flight == 4
     assert dispatcher.tick() == []
@@ -122,7 +104,7 @@ def test_corrupted_payload_is_quarantined_not_delivered(setup):
     data = bytearray(path.read_bytes())
     data[row["out_offset"] + 10] ^= 0x01
     path.write_bytes(bytes(data))
-    destination = Pending()
+    destination = PendingDestination()
     events = []
     dispatcher = delivery.Dispatcher(store, settings, destination, clock.seconds)
     dispatcher.log = Logger(observer=events.append)
@@ -140,5 +122,5 @@ def test_truncated_payload_is_quarantined(setup):
     row = store.get(receipt.id)
     path = store.payload_root / row["out_name"]
     path.write_bytes(path.read_bytes()[:row["out_offset"] + 5])
-    delivery.Dispatcher(store, settings, Pending(), clock.seconds).tick()
+    delivery.Dispatcher(store, settings, PendingDestination(), clock.seconds).tick()
     assert store.get(receipt.id)["state"] == "fallback"

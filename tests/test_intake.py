@@ -12,6 +12,7 @@ from gateway.codecs import edifact, hl7v2, zdxml
 from gateway.errors import DecodeError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
 from gateway.spool.store import Store
+from tests.helpers.fakes import write_tables
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
@@ -88,11 +89,8 @@ def test_answer_routes_to_the_requester(tmp_path):
 
 def test_format_that_cannot_carry_the_document_is_fallback(tmp_path):
     """A teleconsult request for an EDIFACT institution waits in fallback with the reason."""
-    folder = tmp_path / "routes"
-    folder.mkdir()
-    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n"
-                                             "06005678,Eemland,edifact,pull,attachments\n")
-    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n01234567,V,*,\n")
+    folder = write_tables(tmp_path / "routes", "06005678,Eemland,edifact,pull,attachments\n",
+                          "01234567,V,*,\n")
     intake = make_intake(tmp_path / "spool", folder)
     (receipt,) = intake.accept((FIXTURES / "hl7" / "teleconsult-request.hl7").read_bytes(), ADMIN)
     assert receipt.state == "fallback"
@@ -101,10 +99,8 @@ def test_format_that_cannot_carry_the_document_is_fallback(tmp_path):
 
 def test_fallback_is_rerouted_when_tables_change(tmp_path):
     """A referral from an unknown referrer waits in fallback and moves on once the table knows it."""
-    folder = tmp_path / "routes"
-    folder.mkdir()
+    folder = write_tables(tmp_path / "routes", "", "")
     (folder / "institutions.csv").write_text((SAMPLES / "institutions.csv").read_text())
-    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n")
     intake = make_intake(tmp_path / "spool", folder)
     (receipt,) = intake.accept(REFERRAL, ADMIN)
     assert intake.store.get(receipt.id)["reason"] == "referrer AGB 01234567 not in the table"

@@ -7,27 +7,15 @@ from pathlib import Path
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from gateway import config, routes
 from gateway.errors import DeliveryError
 from gateway.intake import Envelope, Intake
 from gateway.spool import delivery, states
 from gateway.spool.store import StateError, Store
+from tests.helpers.fakes import PendingDestination, numbered_referral, write_tables
 
-ROOT = Path(__file__).parent.parent
-TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
-
-
-class Destination:
-    """Deliveries stay open until the machine settles them, one way or the other."""
-
-    def __init__(self):
-        self.open: list[defer.Deferred] = []
-
-    def deliver(self, row, payload):
-        self.open.append(defer.Deferred())
-        return self.open[-1]
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -35,16 +23,12 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         import tempfile
         self.folder = Path(tempfile.mkdtemp())
-        routes_dir = self.folder / "routes"
-        routes_dir.mkdir()
-        (routes_dir / "institutions.csv").write_text(
-            "agb,name,format,delivery,options\n06005678,Eemland,hl7,mllp://127.0.0.1:2575,\n"
-            "06009876,Zuid,xml,pull,\n")
-        (routes_dir / "referrers.csv").write_text("agb,name,institutions,answer_address\n01234567,V,*,\n")
+        routes_dir = write_tables(self.folder / "routes", "06005678,Eemland,hl7,mllp://127.0.0.1:2575,"
+                                  "\n06009876,Zuid,xml,pull,\n", "01234567,V,*,\n")
         self.clock = task.Clock()
         self.store = Store(self.folder / "spool", self.clock.seconds)
         self.intake = Intake(self.store, routes.load(routes_dir), 1 << 24)
-        self.destination = Destination()
+        self.destination = PendingDestination()
         self.dispatcher = delivery.Dispatcher(self.store, config.defaults(self.folder),
                                               self.destination, self.clock.seconds)
         self.settled: list = []
@@ -54,8 +38,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(pull=st.booleans())
     def arrive(self, pull):
         self.count += 1
-        data = TEMPLATE.replace(b"HISX-000042", f"Q-{self.count}".encode()).replace(
-            b"ZD100200300", f"ZD{400000000 + self.count}".encode())
+        data = numbered_referral(self.count, "Q")
         if pull:
             data = data.replace(b"06005678^VEKTIS", b"06009876^VEKTIS")
         for receipt in self.intake.accept(data, Envelope("admin", "test")):

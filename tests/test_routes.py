@@ -8,16 +8,11 @@ import pytest
 from gateway import routes
 from gateway.codecs import edifact, hl7v2
 from gateway.document import Attachment, Kind
+from tests.helpers.fakes import write_tables
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
 REFERRAL = edifact.decode((ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes())[0]
-
-
-def write_tables(folder: Path, institutions: str, referrers: str) -> Path:
-    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n" + institutions)
-    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n" + referrers)
-    return folder
 
 
 def test_samples_load():

@@ -11,15 +11,11 @@ from gateway import routes
 from gateway.intake import ADMIN, Envelope, Intake
 from gateway.spool.store import Store
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
+from tests.helpers.fakes import ROOT, numbered_referral
 
 
 def message(index: int) -> tuple[str, bytes]:
-    control_id = f"CRASH-{index:06d}"
-    data = TEMPLATE.replace(b"HISX-000042", control_id.encode()).replace(
-        b"ZD100200300", f"ZD{700000000 + index}".encode())
-    return control_id, data
+    return f"CRASH-{index:06d}", numbered_referral(index, "CRASH", 700_000_000)
 
 
 def main(spool: str, start: int, count: int, early: bool) -> None:

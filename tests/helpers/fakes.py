@@ -1,0 +1,33 @@
+"""Shared test material: numbered referrals, route tables on disk, a push destination."""
+
+from pathlib import Path
+
+from twisted.internet import defer
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
+
+
+def numbered_referral(index: int, prefix: str = "T", zd_base: int = 500_000_000) -> bytes:
+    """The HL7 referral fixture with its own control id and ZD number."""
+    return TEMPLATE.replace(b"HISX-000042", f"{prefix}-{index:06d}".encode()).replace(
+        b"ZD100200300", f"ZD{zd_base + index}".encode())
+
+
+def write_tables(folder: Path, institutions: str, referrers: str) -> Path:
+    """Route tables in ``folder`` with the given data rows (headers added)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n" + institutions)
+    (folder / "referrers.csv").write_text("agb,name,institutions,answer_address\n" + referrers)
+    return folder
+
+
+class PendingDestination:
+    """A push destination whose deliveries stay open until the test settles them."""
+
+    def __init__(self):
+        self.open: list[defer.Deferred] = []
+
+    def deliver(self, row, payload):
+        self.open.append(defer.Deferred())
+        return self.open[-1]
