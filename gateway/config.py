@@ -4,6 +4,7 @@
 type or a value out of bounds is a ConfigError that names the key. Paths are
 taken relative to the configuration file's folder. ``render()`` writes the
 default file that ``gatewayctl init`` installs, so it never drifts from here.
+Identities (``[identities.NAME]``) are described in ``gateway/identities.py``.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import identities
 from gateway.errors import ConfigError
 
 
@@ -45,8 +47,17 @@ SETTINGS = (
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 
 Config = dataclasses.make_dataclass(
-    "Config", [(s.attribute, s.type) for s in SETTINGS] + [("base", Path)], frozen=True)
+    "Config", [(s.attribute, s.type) for s in SETTINGS] + [("base", Path), ("identities", tuple)],
+    frozen=True)
 Config.__doc__ = "The settings in force; build it with load() or defaults()."
+
+
+def identity(settings: "Config", name: str) -> "identities.Identity":
+    """The identity called ``name``; raise ConfigError if there is none."""
+    for found in settings.identities:
+        if found.name == name:
+            return found
+    raise ConfigError(f"no identity {name!r} in the configuration", code="E-CONFIG-IDENTITY")
 
 
 def defaults(base: Path = Path(".")) -> "Config":
@@ -62,16 +73,18 @@ def load(path: Path) -> "Config":
         raise ConfigError(f"cannot read {path}: {exc.strerror}", code="E-CONFIG-FILE") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", where=str(path), code="E-CONFIG-SYNTAX") from None
+    found = identities.parse(data.pop("identities", {}), str(path))
     values = {}
     for section, entries in data.items():
         if not isinstance(entries, dict):
             raise ConfigError(f"unknown setting {section!r}", where=str(path), code="E-CONFIG-KEY")
         for name, value in entries.items():
             values[f"{section}.{name}"] = value
-    return _build(values, Path(path).resolve().parent, str(path))
+    return _build(values, Path(path).resolve().parent, str(path), found)
 
 
-def _build(values: dict, base: Path, where: str = "defaults") -> "Config":
+def _build(values: dict, base: Path, where: str = "defaults",
+           known: tuple = ()) -> "Config":
     unknown = sorted(set(values) - set(_BY_KEY))
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(_BY_KEY)})",
@@ -80,7 +93,7 @@ def _build(values: dict, base: Path, where: str = "defaults") -> "Config":
     for setting in SETTINGS:
         value = values.get(setting.key, setting.default)
         built[setting.attribute] = _check(setting, value, base, where)
-    return Config(**built, base=base)
+    return Config(**built, base=base, identities=known)
 
 
 def _check(setting: Setting, value, base: Path, where: str):
@@ -102,8 +115,9 @@ def _check(setting: Setting, value, base: Path, where: str):
     return value
 
 
-def render() -> str:
-    """The default configuration file, with each setting's help and bounds as comments."""
+def render(samples: bool = False) -> str:
+    """The default configuration file, with each setting's help and bounds as comments;
+    with ``samples``, also the sample identities that match the sample route tables."""
     lines = ["# gatewayd configuration: every setting with its default.", ""]
     section = None
     for setting in SETTINGS:
@@ -115,4 +129,4 @@ def render() -> str:
         lines.append(f"# {setting.help}{bounds}")
         value = f'"{setting.default}"' if setting.type in (str, Path) else str(setting.default)
         lines.append(f"{name} = {value}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (identities.SAMPLES if samples else "")

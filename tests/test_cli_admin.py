@@ -84,3 +84,15 @@ def test_route_changes_are_logged_and_reroute_fallback(tmp_path):
     log = json.loads(ctl("routes", "log", "--json", env_config=config).stdout)
     assert [entry["change"] for entry in log] == ["+ referrer 01234567", "- referrer 01234567"]
     assert all(entry["actor"] == "cli:admin" for entry in log)
+
+
+def test_submit_as_an_identity_obeys_its_mandates(tmp_path):
+    """submit --as sends with that identity's mandates: another practice's referral is refused."""
+    config = Path(json.loads(ctl("init", str(tmp_path), "--json").stdout)["config"])
+    refused = ctl("submit", str(REFERRAL), "--as", "his-hoogveld", env_config=config)
+    assert refused.returncode == 65 and b"E-NOT-MANDATED" in refused.stderr
+    accepted = json.loads(ctl("submit", str(REFERRAL), "--as", "his-brink", "--json",
+                              env_config=config).stdout)
+    assert accepted["state"] == "ready"
+    unknown = ctl("submit", str(REFERRAL), "--as", "nobody", env_config=config)
+    assert unknown.returncode == 78 and b"E-CONFIG-IDENTITY" in unknown.stderr

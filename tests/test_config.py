@@ -39,4 +39,27 @@ def test_bad_settings_are_named(tmp_path, text, words):
 
 def test_example_file_matches_the_declared_settings():
     """conf/gatewayd.toml is exactly what the code declares (regenerate it with config.render())."""
-    assert (ROOT / "conf" / "gatewayd.toml").read_text() == config.render()
+    assert (ROOT / "conf" / "gatewayd.toml").read_text() == config.render(samples=True)
+
+
+def test_sample_identities_load(tmp_path):
+    """The identities init writes load, with their mandates and spools."""
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(config.render(samples=True))
+    brink = config.identity(config.load(path), "his-brink")
+    assert (brink.kind, brink.agb, brink.pull) == ("his", frozenset({"01234567"}), "")
+    assert config.identity(config.load(path), "zis-eemland").pull == "06005678"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[identities.x]\nkind = "gp"\n', "identities.x.kind"),
+    ('[identities.x]\nkind = "his"\nagb = ["123"]\n', "identities.x.agb"),
+    ('[identities.x]\nkind = "his"\nagb = []\npull = "06005678"\n', "identities.x.pull"),
+    ('[identities.x]\nkind = "his"\ncert = "a.pem"\n', "identities.x.cert"),
+])
+def test_bad_identities_are_named(tmp_path, text, words):
+    """A bad identity names its key."""
+    path = tmp_path / "gatewayd.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        config.load(path)

@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     codec_command("validate", cmd_validate, "check a message without converting it")
     command(commands, "init", admin.cmd_init, "write a working local setup in DIR").add_argument(
         "dir", metavar="DIR")
-    command(commands, "submit", admin.cmd_submit, "ingest a message as the local administrator",
-            file=True)
+    command(commands, "submit", admin.cmd_submit, "ingest a message as if received",
+            file=True).add_argument("--as", dest="identity", metavar="IDENTITY",
+                                    help="send as this identity (default: the local administrator)")
     command(commands, "status", admin.cmd_status, "state and history of a message").add_argument(
         "key", metavar="ZD|ID")
     queue = commands.add_parser("queue", help="list queued messages").add_subparsers(

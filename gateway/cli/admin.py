@@ -54,7 +54,7 @@ def cmd_init(args, out) -> int:
     if target.exists():
         raise ConfigError(f"{target} exists already; not overwriting it", code="E-CONFIG-EXISTS")
     (folder / "routes").mkdir(parents=True, exist_ok=True)
-    target.write_text(config.render(), encoding="utf-8")
+    target.write_text(config.render(samples=True), encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
     for name in ("institutions.csv", "referrers.csv"):
         with resources.as_file(samples / name) as source:
@@ -69,10 +69,15 @@ def cmd_init(args, out) -> int:
 
 
 def cmd_submit(args, out) -> int:
-    """Ingest a file as if received, as the local administrator."""
+    """Ingest a file as if received: as the local administrator (any AGB code), or
+    ``--as`` an identity, with only that identity's mandates."""
     from gateway.cli import read_input
     intake = open_intake(args)
-    receipts = intake.accept(read_input(args.file), Envelope(ADMIN, "cli"))
+    envelope = Envelope(ADMIN, "cli")
+    if args.identity:
+        found = config.identity(open_config(args), args.identity)
+        envelope = Envelope(found.name, "cli", found.agb)
+    receipts = intake.accept(read_input(args.file), envelope)
     rows = [vars(receipt) for receipt in receipts]
     out(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) if args.json else
         _table(rows, ("id", "zd_number", "state", "destination", "duplicate")))
