@@ -156,27 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
             "route the messages in fallback again with the tables in force")
     tables = commands.add_parser("routes", help="AGB route tables").add_subparsers(
         dest="routes_command", metavar="ACTION", required=True, parser_class=_Parser)
-    command(tables, "check", admin.cmd_routes_check, "validate the route tables", json_flag=False)
+    command(tables, "check", admin.cmd_routes_check, "validate the route tables")
     command(tables, "ls", admin.cmd_routes_ls, "show the route tables")
     command(tables, "explain", admin.cmd_routes_explain, "where would this message go, and why",
             file=True)
-    add = command(tables, "add", admin.cmd_routes_change, "add an institution or a referrer",
-                  json_flag=False)
+    add = command(tables, "add", admin.cmd_routes_change, "add an institution or a referrer")
     add.add_argument("table", choices=("institution", "referrer"))
     add.add_argument("agb", metavar="AGB")
     add.add_argument("name", metavar="NAME")
     add.add_argument("values", nargs="*", metavar="FORMAT DELIVERY | INSTITUTIONS")
     add.add_argument("--options", help="institution options, ;-separated")
     add.add_argument("--answer-address", help="referrer's answer address (sftp:ACCOUNT)")
-    remove = command(tables, "rm", admin.cmd_routes_change, "remove an institution or a referrer",
-                     json_flag=False)
+    remove = command(tables, "rm", admin.cmd_routes_change, "remove an institution or a referrer")
     remove.add_argument("table", choices=("institution", "referrer"))
     remove.add_argument("agb", metavar="AGB")
     command(tables, "import", admin.cmd_routes_change,
-            "replace both tables with the CSV files in FOLDER", json_flag=False).add_argument(
+            "replace both tables with the CSV files in FOLDER").add_argument(
         "folder", metavar="FOLDER")
-    command(tables, "export", admin.cmd_routes_export, "copy both tables to FOLDER",
-            json_flag=False).add_argument("folder", metavar="FOLDER")
+    command(tables, "export", admin.cmd_routes_export, "copy both tables to FOLDER").add_argument(
+        "folder", metavar="FOLDER")
     command(tables, "log", admin.cmd_routes_log, "changes applied to the tables")
     return parser
 

@@ -205,7 +205,8 @@ def cmd_routes_change(args, out) -> int:
     intake.store.record_route_changes("cli:admin", changes or ["(no change)"])
     intake.tables = new
     moved = intake.reroute_fallback("cli:admin")
-    out("\n".join(changes or ["no change"]) + f"\n{len(moved)} message(s) moved out of fallback")
+    out(json.dumps({"changes": changes, "moved": [vars(r) for r in moved]}, indent=2) if args.json
+        else "\n".join(changes or ["no change"]) + f"\n{len(moved)} message(s) moved out of fallback")
     return 0
 
 
@@ -216,7 +217,7 @@ def cmd_routes_export(args, out) -> int:
     target.mkdir(parents=True, exist_ok=True)
     for name, _ in editing.FILES.values():
         shutil.copyfile(source / name, target / name)
-    out(f"exported to {target}")
+    out(json.dumps({"exported": str(target)}) if args.json else f"exported to {target}")
     return 0
 
 
@@ -232,7 +233,9 @@ def cmd_routes_check(args, out) -> int:
     """Load the route tables and report every problem as file:line: problem."""
     settings = open_config(args)
     tables = routes.load(settings.paths_routes)
-    out(f"ok: {len(tables.institutions)} institutions, {len(tables.referrers)} referrers")
+    counts = {"institutions": len(tables.institutions), "referrers": len(tables.referrers)}
+    out(json.dumps(counts) if args.json else
+        f"ok: {counts['institutions']} institutions, {counts['referrers']} referrers")
     return 0
 
 
