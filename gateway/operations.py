@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import io
 import mimetypes
-from pathlib import Path
 
 from gateway import codecs, routes
 from gateway.document import Attachment, Document, Kind, local_time
@@ -71,18 +70,18 @@ def cancel(intake: Intake, zd_number: str, reason: str, now: dt.datetime, cancel
     return receipt
 
 
-def supplement(intake: Intake, zd_number: str, path: Path, now: dt.datetime) -> Receipt:
+def supplement(intake: Intake, zd_number: str, file_name: str, data: bytes,
+               now: dt.datetime) -> Receipt:
     """Send additional information after a referral: a text file's lines, or any other
     file as an attachment."""
     row = referral(intake, zd_number)
     if row["state"] == "cancelled":
         raise Refused(f"{zd_number} was cancelled on {_date(row['updated_at'])}; no supplement")
-    data = path.read_bytes()
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    media_type = mimetypes.guess_type(file_name)[0] or "application/octet-stream"
     if media_type == "text/plain":
         body, attachments = tuple(data.decode("utf-8", errors="replace").splitlines()), ()
     else:
-        body, attachments = (), (Attachment(path.name, media_type, data),)
+        body, attachments = (), (Attachment(file_name, media_type, data),)
     return _follow_up(intake, _document(intake, row), Kind.SUPPLEMENT, body, attachments, now)
 
 

@@ -77,12 +77,12 @@ def test_supplement_text_and_attachment(intake, tmp_path):
     """A text file's lines become the supplement's letter; a PDF becomes an attachment."""
     note = tmp_path / "note.txt"
     note.write_text("Aanvullend: MRI gepland.\nGroet")
-    row = intake.store.get(operations.supplement(intake, "ZD100200300", note, SENT).id)
+    row = intake.store.get(operations.supplement(intake, "ZD100200300", note.name, note.read_bytes(), SENT).id)
     doc = zdxml.decode(intake.store.payload(row, "out"))[0]
     assert (doc.kind, doc.body) == (Kind.SUPPLEMENT, ("Aanvullend: MRI gepland.", "Groet"))
     pdf = tmp_path / "uitslag.pdf"
     pdf.write_bytes(b"%PDF-1.4 synthetic")
-    row = intake.store.get(operations.supplement(intake, "ZD100200300", pdf, SENT).id)
+    row = intake.store.get(operations.supplement(intake, "ZD100200300", pdf.name, pdf.read_bytes(), SENT).id)
     (attachment,) = zdxml.decode(intake.store.payload(row, "out"))[0].attachments
     assert (attachment.file_name, attachment.media_type) == ("uitslag.pdf", "application/pdf")
 

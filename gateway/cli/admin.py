@@ -15,6 +15,7 @@ from pathlib import Path
 import datetime as dt
 
 from gateway import codecs, config, operations, routes
+from gateway.cli.common import UsageError, read_input
 from gateway.errors import ConfigError, GatewayError
 from gateway.routes import editing
 from gateway.intake import ADMIN, Envelope, Intake
@@ -27,10 +28,6 @@ LIST_COLUMNS = ("id", "zd_number", "kind", "state", "destination", "sender_agb",
 
 class NotFound(GatewayError):
     code = "E-NOT-FOUND"
-
-
-class UsageError(GatewayError):
-    code = "E-USAGE"
 
 
 def open_config(args) -> "config.Config":
@@ -71,7 +68,6 @@ def cmd_init(args, out) -> int:
 def cmd_submit(args, out) -> int:
     """Ingest a file as if received: as the local administrator (any AGB code), or
     ``--as`` an identity, with only that identity's mandates."""
-    from gateway.cli import read_input
     intake = open_intake(args)
     envelope = Envelope(ADMIN, "cli")
     if args.identity:
@@ -137,10 +133,9 @@ def cmd_cancel(args, out) -> int:
 
 def cmd_supplement(args, out) -> int:
     """Send additional information after a referral (a text file's lines, or an attachment)."""
-    from gateway.cli import read_input
-    path = Path(args.file)
-    read_input(args.file)
-    return _receipt_out(args, out, operations.supplement(open_intake(args), args.zd, path, _now()))
+    receipt = operations.supplement(open_intake(args), args.zd, Path(args.file).name,
+                                    read_input(args.file), _now())
+    return _receipt_out(args, out, receipt)
 
 
 def cmd_export(args, out) -> int:
@@ -258,7 +253,6 @@ def cmd_routes_ls(args, out) -> int:
 
 def cmd_routes_explain(args, out) -> int:
     """Where would this message go, and why — without storing it."""
-    from gateway.cli import read_input
     intake = open_intake(args)
     data = read_input(args.file)
     found = []

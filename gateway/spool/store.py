@@ -10,6 +10,7 @@ only in the payload files.
 """
 
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -192,19 +193,13 @@ class Store:
         self.db.execute("INSERT INTO history (message_id, at, state, actor, reason) "
                         "VALUES (?, ?, ?, ?, ?)", (message_id, at, state, actor, reason))
 
+    @contextmanager
     def _transaction(self):
-        return _Transaction(self.db)
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back when the block raises."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back when the block raises."""
         self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, value, traceback):
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
-        return False
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
