@@ -1,0 +1,136 @@
+"""MLLP framing on StringTransport and task.Clock: split and batched frames, garbage,
+oversize frames, idle timeout, ACKs in order."""
+
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from gateway.transports.mllp import END, START, MLLPFactory
+
+
+class Echo:
+    """Acknowledges each message with b'ACK:' + the message, optionally later."""
+
+    def __init__(self, delayed: bool = False):
+        self.delayed = delayed
+        self.waiting: list[tuple[defer.Deferred, bytes]] = []
+        self.seen: list[bytes] = []
+
+    def handle(self, message, peer):
+        self.seen.append(message)
+        if not self.delayed:
+            return b"ACK:" + message
+        result = defer.Deferred()
+        self.waiting.append((result, message))
+        return result
+
+
+def connect(handler, max_frame=1000, idle=30.0, clock=None):
+    protocol = MLLPFactory(handler, max_frame, idle).buildProtocol(None)
+    if clock is not None:
+        protocol.callLater = clock.callLater
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def frame(message: bytes) -> bytes:
+    return START + message + END
+
+
+def acks(transport) -> list[bytes]:
+    return [part[1:] for part in transport.value().split(END) if part]
+
+
+def test_hundred_messages_in_one_write_are_acknowledged_in_order():
+    """100 frames in one write get 100 ACKs, in order."""
+    handler = Echo()
+    protocol, transport = connect(handler)
+    protocol.dataReceived(b"".join(frame(b"M%03d" % i) for i in range(100)))
+    assert acks(transport) == [b"ACK:M%03d" % i for i in range(100)]
+
+
+def test_one_byte_writes_give_the_same_result():
+    """The same stream fed one byte at a time gives the same ACKs; garbage between frames is dropped."""
+    stream = b"noise" + frame(b"FIRST") + b"\r\n junk \x1c" + frame(b"SECOND")
+    handler = Echo()
+    protocol, transport = connect(handler)
+    for byte in stream:
+        protocol.dataReceived(bytes([byte]))
+    assert handler.seen == [b"FIRST", b"SECOND"]
+    assert acks(transport) == [b"ACK:FIRST", b"ACK:SECOND"]
+
+
+def test_oversize_frame_without_end_closes_with_bounded_buffer():
+    """A frame that never ends is cut off once it passes the cap; the buffer never grows past it."""
+    protocol, transport = connect(Echo(), max_frame=1000)
+    protocol.dataReceived(START)
+    for _ in range(20):
+        if transport.disconnecting:
+            break
+        protocol.dataReceived(b"x" * 300)
+        assert len(protocol.buffer) <= 1000 + 300
+    assert transport.disconnecting and protocol.buffer == bytearray()
+
+
+def test_next_message_waits_for_the_previous_ack():
+    """ACKs leave in arrival order even when the first takes longer."""
+    handler = Echo(delayed=True)
+    protocol, transport = connect(handler)
+    protocol.dataReceived(frame(b"A") + frame(b"B"))
+    assert handler.seen == [b"A"]
+    first, _ = handler.waiting.pop(0)
+    first.callback(b"ACK:A")
+    assert handler.seen == [b"A", b"B"]
+    handler.waiting.pop(0)[0].callback(b"ACK:B")
+    assert acks(transport) == [b"ACK:A", b"ACK:B"]
+
+
+def test_handler_failure_closes_without_ack():
+    """When the handler fails (nothing was stored), no ACK is sent and the connection closes."""
+    class Broken:
+        def handle(self, message, peer):
+            raise OSError("disk full")
+
+    protocol, transport = connect(Broken())
+    protocol.dataReceived(frame(b"A"))
+    assert transport.value() == b"" and transport.disconnecting
+
+
+def test_idle_connection_is_closed():
+    """A connection that sends nothing for the idle timeout is closed."""
+    clock = task.Clock()
+    protocol, transport = connect(Echo(), idle=30, clock=clock)
+    clock.advance(29)
+    protocol.dataReceived(b"\x0b")
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(2)
+    assert transport.disconnecting
+
+
+def test_acks_from_the_intake(tmp_path):
+    """Over MLLP: AA after storing (and again for a resend, one copy), AE for bad content,
+    AR for an unmandated sender; MSA-2 is always the MSH-10."""
+    import time
+    from pathlib import Path
+
+    from gateway import routes
+    from gateway.intake import Envelope, Intake
+    from gateway.spool.store import Store
+    from gateway.transports.hl7handler import AckingHandler
+    from tests.helpers.fakes import numbered_referral
+
+    samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
+    intake = Intake(Store(tmp_path, time.time), routes.load(samples), 1 << 24)
+    mandates = {"brink": frozenset({"01234567"}), "other": frozenset({"01765432"})}
+    handler = AckingHandler(intake.accept, lambda peer: Envelope(peer, "mllp", mandates[peer]))
+    message = numbered_referral(1, "MLLP")
+    bad = message.replace(b"123456782^^^NLMINBIZA", b"123456789^^^NLMINBIZA")
+    replies = [handler.handle(m, peer) for m, peer in
+               ((message, "brink"), (message, "brink"), (bad.replace(b"MLLP-000001", b"MLLP-2"), "brink"),
+                (numbered_referral(3, "MLLP"), "other"))]
+    msa = [reply.split(b"\r")[1].split(b"|")[:3] for reply in replies]
+    assert msa == [[b"MSA", b"AA", b"MLLP-000001"], [b"MSA", b"AA", b"MLLP-000001"],
+                   [b"MSA", b"AE", b"MLLP-2"], [b"MSA", b"AR", b"MLLP-000003"]]
+    assert b"ERR|" in replies[2] and b"E-HL7-BSN" in replies[2]
+    assert [row["state"] for row in intake.store.listing()] == ["rejected", "ready"]
