@@ -41,6 +41,15 @@ SETTINGS = (
     Setting("delivery.max_in_flight", int, 4, "pushes at once per destination", 1, 100),
     Setting("limits.max_message_bytes", int, 16 * 1024 * 1024, "largest message accepted",
             1024, 256 * 1024 * 1024),
+    Setting("listen.host", str, "127.0.0.1", "address the listeners bind to"),
+    Setting("listen.mllp_port", int, 2575, "HL7 over MLLP with mutual TLS", 1, 65535),
+    Setting("tls.ca", Path, "tls/ca.pem", "CA that client certificates must chain to"),
+    Setting("tls.cert", Path, "tls/server.pem", "the gateway's certificate"),
+    Setting("tls.key", Path, "tls/server.key", "the gateway's private key (0600)"),
+    Setting("limits.max_frame_bytes", int, 16 * 1024 * 1024,
+            "largest MLLP frame; a larger one closes the connection", 1024, 256 * 1024 * 1024),
+    Setting("limits.idle_timeout_seconds", int, 300,
+            "close connections (or handshakes) silent this long", 1, 86400),
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
             "sending", 1, 3650),
 )
@@ -118,15 +127,16 @@ def _check(setting: Setting, value, base: Path, where: str):
 def render(samples: bool = False) -> str:
     """The default configuration file, with each setting's help and bounds as comments;
     with ``samples``, also the sample identities that match the sample route tables."""
-    lines = ["# gatewayd configuration: every setting with its default.", ""]
-    section = None
-    for setting in SETTINGS:
-        head, name = setting.key.split(".")
-        if head != section:
-            lines += ([""] if section else []) + [f"[{head}]"]
-            section = head
-        bounds = f" ({setting.low}..{setting.high})" if setting.low is not None else ""
-        lines.append(f"# {setting.help}{bounds}")
-        value = f'"{setting.default}"' if setting.type in (str, Path) else str(setting.default)
-        lines.append(f"{name} = {value}")
+    lines = ["# gatewayd configuration: every setting with its default."]
+    sections = dict.fromkeys(setting.key.split(".")[0] for setting in SETTINGS)
+    for section in sections:
+        lines += ["", f"[{section}]"]
+        for setting in SETTINGS:
+            head, name = setting.key.split(".")
+            if head != section:
+                continue
+            bounds = f" ({setting.low}..{setting.high})" if setting.low is not None else ""
+            lines.append(f"# {setting.help}{bounds}")
+            value = f'"{setting.default}"' if setting.type in (str, Path) else str(setting.default)
+            lines.append(f"{name} = {value}")
     return "\n".join(lines) + "\n" + (identities.SAMPLES if samples else "")

@@ -1,15 +1,73 @@
-"""gatewayd: the daemon (TLS, SFTP and delivery come with the daemon issue).
+"""gatewayd: wires the configuration to the listeners and runs the Twisted reactor.
 
-Until then ``gatewayd`` says so and exits with EX_UNAVAILABLE; ``make run``
-shows the codecs at work instead.
+``gatewayd -c CONFIG`` runs in the foreground (systemd does the daemonizing) and
+logs one line per event to stdout, never patient data. Today it serves HL7 over
+MLLP with mutual TLS: every message goes through the same ``Intake.accept`` as
+``gatewayctl submit``, and the ACK is written only after the store committed.
+A client certificate's common name names its identity; an unknown name has no
+mandates, so everything it sends is refused (AR). SIGTERM and SIGINT stop it.
 """
 
+import argparse
+import os
 import sys
+from pathlib import Path
 
-EX_UNAVAILABLE = 69
+from twisted.internet import reactor
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+from gateway import config, routes
+from gateway.errors import GatewayError
+from gateway.intake import Envelope, Intake
+from gateway.spool.store import Store
+from gateway.transports import tls
+from gateway.transports.hl7handler import AckingHandler
+from gateway.transports.mllp import MLLPFactory
+
+EX_CONFIG = 78
+log = Logger(namespace="gatewayd")
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("gatewayd: the network daemon is not part of this release yet; "
-          "use gatewayctl inspect/convert/validate", file=sys.stderr)
-    return EX_UNAVAILABLE
+    parser = argparse.ArgumentParser(prog="gatewayd", description="Run the gateway.")
+    parser.add_argument("-c", "--config", default=os.environ.get("GATEWAY_CONFIG"),
+                        help="configuration file (default: $GATEWAY_CONFIG)")
+    args = parser.parse_args(argv)
+    if not args.config:
+        print("gatewayd: error E-CONFIG-FILE: pass -c CONFIG or set GATEWAY_CONFIG "
+              "(gatewayctl init DIR writes one)", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        settings = config.load(Path(args.config))
+        start(settings)
+    except GatewayError as exc:
+        print(f"gatewayd: error {exc}", file=sys.stderr)
+        return EX_CONFIG
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    reactor.run()
+    return 0
+
+
+def start(settings) -> None:
+    """Open the store and route tables and start listening; raise GatewayError."""
+    store = Store(settings.paths_spool, reactor.seconds)
+    intake = Intake(store, routes.load(settings.paths_routes), settings.limits_max_message_bytes)
+    identities = {identity.name: identity for identity in settings.identities}
+
+    def envelope_for(peer: str) -> Envelope:
+        identity = identities.get(peer)
+        return Envelope(peer, "mllp", identity.agb if identity else frozenset())
+
+    handler = AckingHandler(intake.accept, envelope_for)
+    factory = MLLPFactory(handler, settings.limits_max_frame_bytes,
+                          settings.limits_idle_timeout_seconds, tls.peer_identity)
+    options = tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key)
+    port = reactor.listenSSL(settings.listen_mllp_port, factory, options,
+                             interface=settings.listen_host)
+    address = port.getHost()
+    log.info("gatewayd listening mllp={host}:{port}", host=address.host, port=address.port)
+    reactor.addSystemEventTrigger("before", "shutdown", store.close)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

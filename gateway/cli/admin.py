@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datetime as dt
 
-from gateway import codecs, config, operations, routes
+from gateway import codecs, config, operations, pki, routes
 from gateway.cli.common import UsageError, read_input
 from gateway.errors import ConfigError, GatewayError
 from gateway.routes import editing
@@ -51,18 +51,41 @@ def cmd_init(args, out) -> int:
     if target.exists():
         raise ConfigError(f"{target} exists already; not overwriting it", code="E-CONFIG-EXISTS")
     (folder / "routes").mkdir(parents=True, exist_ok=True)
-    target.write_text(config.render(samples=True), encoding="utf-8")
+    text = config.render(samples=True)
+    if args.mllp_port:
+        text = text.replace("mllp_port = 2575", f"mllp_port = {args.mllp_port}")
+    target.write_text(text, encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
     for name in ("institutions.csv", "referrers.csv"):
         with resources.as_file(samples / name) as source:
             shutil.copyfile(source, folder / "routes" / name)
     settings = config.load(target)
     Store(settings.paths_spool, time.time).close()
+    identities = _make_tls(settings)
     made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
-            "spool": str(settings.paths_spool)}
+            "spool": str(settings.paths_spool), "ca": str(settings.tls_ca),
+            "ports": {"mllp": settings.listen_mllp_port}, "identities": identities}
     out(json.dumps(made, indent=2) if args.json else
-        "\n".join(f"{key:8} {value}" for key, value in made.items()))
+        "\n".join(f"{key:10} {value}" for key, value in made.items() if key != "identities")
+        + "".join(f"\nidentity   {i['name']} ({i['kind']}): {i['cert']}" for i in identities))
     return 0
+
+
+def _make_tls(settings) -> list[dict]:
+    """A development CA, the server certificate and one client certificate per identity
+    (common name = identity name), keys 0600, next to the configured TLS paths."""
+    authority = pki.Authority()
+    folder = settings.tls_ca.parent
+    pki.write(folder, settings.tls_ca.stem, authority.cert, authority.key)
+    cert, key = authority.issue("localhost", server=True)
+    pki.write(folder, settings.tls_cert.stem, cert, key)
+    made = []
+    for identity in settings.identities:
+        cert, key = authority.issue(identity.name)
+        cert_path, key_path = pki.write(folder / "clients", identity.name, cert, key)
+        made.append({"name": identity.name, "kind": identity.kind, "agb": sorted(identity.agb),
+                     "cert": str(cert_path), "key": str(key_path)})
+    return made
 
 
 def cmd_submit(args, out) -> int:

@@ -52,8 +52,9 @@ def _codec_commands(commands) -> None:
 
 
 def _message_commands(commands) -> None:
-    _command(commands, "init", admin.cmd_init, "write a working local setup in DIR").add_argument(
-        "dir", metavar="DIR")
+    init = _command(commands, "init", admin.cmd_init, "write a working local setup in DIR")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--mllp-port", type=int, help="port for HL7 over MLLP/TLS (default 2575)")
     _command(commands, "submit", admin.cmd_submit, "ingest a message as if received", file=True
              ).add_argument("--as", dest="identity", metavar="IDENTITY",
                             help="send as this identity (default: the local administrator)")

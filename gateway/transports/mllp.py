@@ -9,7 +9,7 @@ handled one at a time, in order: the next frame waits until the previous one's
 ACK is written, so ACKs leave in the order their messages arrived.
 """
 
-from typing import Protocol as Interface
+from typing import Callable, Protocol as Interface
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -24,11 +24,18 @@ class Handler(Interface):
     def handle(self, message: bytes, peer: str) -> defer.Deferred: ...
 
 
+def _address(transport) -> str:
+    peer = transport.getPeer()
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
 class MLLPProtocol(protocol.Protocol, TimeoutMixin):
     log = Logger()
 
-    def __init__(self, handler: Handler, max_frame: int, idle_timeout: float):
+    def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
+                 identify: Callable = _address):
         self.handler, self.max_frame, self.idle_timeout = handler, max_frame, idle_timeout
+        self.identify = identify
         self.buffer = bytearray()
         self.in_frame, self.scanned = False, 0
         self.pending: list[bytes] = []
@@ -36,8 +43,8 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.peer = ""
 
     def connectionMade(self):
-        self.peer = _peer_name(self.transport)
-        self.setTimeout(self.idle_timeout)
+        self.peer = _address(self.transport)
+        self.setTimeout(self.idle_timeout)     # also bounds a TLS handshake that never ends
 
     def dataReceived(self, data: bytes):
         self.resetTimeout()
@@ -69,6 +76,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         if self.busy or not self.pending:
             return
         self.busy = True
+        self.peer = self.identify(self.transport)   # after the handshake: the certificate's name
         frame = self.pending.pop(0)
         result = defer.maybeDeferred(self.handler.handle, frame, self.peer)
         result.addCallbacks(self._reply, self._failed)
@@ -101,15 +109,12 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
 
 class MLLPFactory(protocol.Factory):
-    def __init__(self, handler: Handler, max_frame: int, idle_timeout: float):
+    def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
+                 identify: Callable = _address):
         self.handler, self.max_frame, self.idle_timeout = handler, max_frame, idle_timeout
+        self.identify = identify
 
     def buildProtocol(self, addr):
-        built = MLLPProtocol(self.handler, self.max_frame, self.idle_timeout)
+        built = MLLPProtocol(self.handler, self.max_frame, self.idle_timeout, self.identify)
         built.factory = self
         return built
-
-
-def _peer_name(transport) -> str:
-    peer = transport.getPeer() if transport is not None else None
-    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"

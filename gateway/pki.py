@@ -1,0 +1,78 @@
+"""A development certificate authority, for ``gatewayctl init`` and the tests.
+
+Makes a CA, a server certificate for 127.0.0.1/localhost and client
+certificates whose common name is the identity's name (how gatewayd maps a
+client certificate to an identity). Keys are EC P-256 unless asked otherwise
+and are written with 0600 permissions. Not for production: a hospital's own PKI
+issues real certificates.
+"""
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DAY = dt.timedelta(days=1)
+
+
+class Authority:
+    """A CA certificate and key kept in memory, able to issue certificates."""
+
+    def __init__(self, name: str = "gatewayd development CA", days: int = 3650):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        subject = _name(name)
+        self.cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - DAY).not_valid_after(now + days * DAY)
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                                  False, False), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+
+    def issue(self, common_name: str, server: bool = False, not_before: dt.datetime | None = None,
+              not_after: dt.datetime | None = None, key=None):
+        """A certificate for ``common_name`` signed by this CA; returns (cert, key)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (x509.CertificateBuilder().subject_name(_name(common_name))
+                   .issuer_name(self.cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(not_before or now - DAY).not_valid_after(not_after or now + 825 * DAY)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+        return builder.sign(self.key, hashes.SHA256()), key
+
+
+def weak_rsa_key():
+    """A 1024-bit RSA key, for tests that a weak client key is refused."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def write(folder: Path, stem: str, cert, key) -> tuple[Path, Path]:
+    """Write ``stem.pem`` (certificate) and ``stem.key`` (0600) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(key_path, 0o600)
+    return cert_path, key_path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gatewayd"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
