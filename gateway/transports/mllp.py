@@ -109,6 +109,8 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
 
 class MLLPFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
                  identify: Callable = _address):
         self.handler, self.max_frame, self.idle_timeout = handler, max_frame, idle_timeout
