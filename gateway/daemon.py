@@ -1,9 +1,10 @@
 """gatewayd: wires the configuration to the listeners and runs the Twisted reactor.
 
 ``gatewayd -c CONFIG`` runs in the foreground (systemd does the daemonizing) and
-logs one line per event to stdout, never patient data. Today it serves HL7 over
-MLLP with mutual TLS: every message goes through the same ``Intake.accept`` as
-``gatewayctl submit``, and the ACK is written only after the store committed.
+logs one line per event to stdout, never patient data. It serves HL7 over MLLP
+and the HTTPS API, both with mutual TLS: every message goes through the same
+``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
+after the store committed.
 A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused (AR). SIGTERM and SIGINT stop it.
 """
@@ -15,12 +16,13 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.web import server
 
 from gateway import config, routes
 from gateway.errors import GatewayError
 from gateway.intake import Envelope, Intake
 from gateway.spool.store import Store
-from gateway.transports import tls
+from gateway.transports import http, tls
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
 
@@ -62,10 +64,14 @@ def start(settings) -> None:
     factory = MLLPFactory(handler, settings.limits_max_frame_bytes,
                           settings.limits_idle_timeout_seconds, tls.peer_identity)
     options = tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key)
-    port = reactor.listenSSL(settings.listen_mllp_port, factory, options,
-                             interface=settings.listen_host)
-    address = port.getHost()
-    log.info("gatewayd listening mllp={host}:{port}", host=address.host, port=address.port)
+    mllp = reactor.listenSSL(settings.listen_mllp_port, factory, options,
+                             interface=settings.listen_host).getHost()
+    site = server.Site(http.Api(intake, settings))
+    site.displayTracebacks = False
+    https = reactor.listenSSL(settings.listen_https_port, site, options,
+                              interface=settings.listen_host).getHost()
+    log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https}", host=mllp.host,
+             mllp=mllp.port, https=https.port)
     reactor.addSystemEventTrigger("before", "shutdown", store.close)
 
 

@@ -29,8 +29,8 @@ def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gw")
     port = free_port()
     made = json.loads(subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(port), "--json"],
-        capture_output=True, check=True, cwd=ROOT).stdout)
+        [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(port),
+         "--https-port", str(free_port()), "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
     process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
     for _ in range(200):
@@ -102,6 +102,55 @@ def test_clients_without_a_trusted_certificate_are_refused(gateway, tmp_path, ca
         reply = send(port, made, numbered_referral(3, "E2E"), cert, key)
         if not reply:
             raise ConnectionError("closed without an ACK")
+
+
+def curl(made, path, name=None, data=None, method=None):
+    """curl with the identity's client certificate; returns (status, body)."""
+    url = f"https://127.0.0.1:{made['ports']['https']}{path}"
+    command = ["curl", "-sS", "--cacert", made["ca"], "-o", "-", "-w", "\n%{http_code}", url]
+    if name:
+        who = identity(made, name)
+        command += ["--cert", who["cert"], "--key", who["key"]]
+    if data is not None:
+        command += ["--data-binary", "@-", "-H", "Content-Type: application/octet-stream"]
+    if method:
+        command += ["-X", method]
+    result = subprocess.run(command, input=data, capture_output=True, timeout=30)
+    if result.returncode:
+        return 0, result.stderr
+    body, _, status = result.stdout.rpartition(b"\n")
+    return int(status), body
+
+
+def test_https_post_pull_and_confirm(gateway):
+    """curl posts a referral (202), the hospital lists, pulls the XML and confirms it;
+    another hospital cannot see it; no certificate, no service."""
+    made, _, _ = gateway
+    status, body = curl(made, "/v1/messages", "his-brink",
+                        data=(ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes())
+    assert status == 202 and json.loads(body)["state"] == "ready"
+    message_id = json.loads(body)["id"]
+    status, body = curl(made, "/v1/spool", "zis-eemland")
+    assert message_id in [m["id"] for m in json.loads(body)["messages"]]
+    assert curl(made, f"/v1/messages/{message_id}", "zis-zuid")[0] == 404
+    status, body = curl(made, f"/v1/messages/{message_id}", "zis-eemland")
+    assert status == 200 and body.startswith(b"<?xml") and b"ZD100200300" in body
+    assert curl(made, f"/v1/messages/{message_id}/ack", "zis-eemland", method="POST")[0] == 200
+    status, body = curl(made, "/v1/spool", "zis-eemland")
+    assert message_id not in [m["id"] for m in json.loads(body)["messages"]]
+    assert curl(made, "/v1/spool")[0] == 0
+
+
+def test_https_refusals_are_json(gateway):
+    """Bad content is 400 and an unmandated sender 403, each as {code, message, where}."""
+    made, _, _ = gateway
+    status, body = curl(made, "/v1/messages", "his-brink", data=b"UNB+UNOA:1+x'")
+    assert status == 400 and json.loads(body)["code"].startswith("E-EDI")
+    status, body = curl(made, "/v1/messages", "his-hoogveld",
+                        data=(ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes())
+    assert status == 403 and json.loads(body)["code"] == "E-NOT-MANDATED"
+    status, body = curl(made, "/healthz", "his-brink")
+    assert (status, body.strip()) == (200, b"ok")
 
 
 def test_sigterm_stops_the_daemon(gateway):

@@ -54,6 +54,8 @@ def cmd_init(args, out) -> int:
     text = config.render(samples=True)
     if args.mllp_port:
         text = text.replace("mllp_port = 2575", f"mllp_port = {args.mllp_port}")
+    if args.https_port:
+        text = text.replace("https_port = 8443", f"https_port = {args.https_port}")
     target.write_text(text, encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
     for name in ("institutions.csv", "referrers.csv"):
@@ -64,7 +66,8 @@ def cmd_init(args, out) -> int:
     identities = _make_tls(settings)
     made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
             "spool": str(settings.paths_spool), "ca": str(settings.tls_ca),
-            "ports": {"mllp": settings.listen_mllp_port}, "identities": identities}
+            "ports": {"mllp": settings.listen_mllp_port, "https": settings.listen_https_port},
+            "identities": identities}
     out(json.dumps(made, indent=2) if args.json else
         "\n".join(f"{key:10} {value}" for key, value in made.items() if key != "identities")
         + "".join(f"\nidentity   {i['name']} ({i['kind']}): {i['cert']}" for i in identities))

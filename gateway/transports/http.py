@@ -1,0 +1,145 @@
+"""The HTTPS API (twisted.web over the same mutual TLS as MLLP).
+
+- ``POST /v1/messages`` — body EDIFACT, HL7 or XML (sniffed): 202 with
+  ``{id, zd_number, state}`` after the store committed (a list for several
+  documents), or 4xx with ``{code, message, where}``: 400 unreadable (kept as
+  rejected), 403 not mandated, 409 a reused control id, 413 too large.
+- ``GET /v1/spool`` — the caller's institution's messages waiting for pickup.
+- ``GET /v1/messages/{id}`` — the payload in the institution's format.
+- ``POST /v1/messages/{id}/ack`` — confirms pickup (unconfirmed ones stay offered).
+- ``GET /v1/status/{zd}`` — state of the caller's own messages with that ZD number.
+- ``GET /healthz`` — 200 when the store answers.
+
+An institution sees and pulls only its own spool (its identity's ``pull``);
+anything else is 404, exactly as for a message that does not exist.
+"""
+
+import json
+
+from twisted.logger import Logger
+from twisted.web import resource
+
+from gateway.config import Config
+from gateway.errors import DecodeError, GatewayError
+from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.spool.payloads import PayloadCorrupt
+from gateway.transports import tls
+
+CONTENT_TYPES = {"xml": b"application/fhir+xml", "hl7": b"x-application/hl7-v2+er7",
+                 "edifact": b"application/EDIFACT"}
+
+
+class Api(resource.Resource):
+    """Routes requests by path; each request is answered from the intake and store."""
+
+    isLeaf = True
+    log = Logger(namespace="gatewayd.https")
+
+    def __init__(self, intake: Intake, settings: Config):
+        super().__init__()
+        self.intake = intake
+        self.identities = {identity.name: identity for identity in settings.identities}
+        self.max_bytes = settings.limits_max_message_bytes
+
+    def render(self, request):
+        peer = tls.peer_identity(request.channel.transport)
+        identity = self.identities.get(peer)
+        parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        method = request.method.decode()
+        try:
+            status, body, content_type = self._dispatch(method, parts, peer, identity, request)
+        except GatewayError as exc:
+            status, body, content_type = _error(exc)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type)
+        return body
+
+    def _dispatch(self, method, parts, peer, identity, request):
+        if method == "POST" and parts == ["v1", "messages"]:
+            return self._post(peer, identity, request)
+        if method == "GET" and parts == ["healthz"]:
+            self.intake.store.db.execute("SELECT 1").fetchone()
+            return 200, b"ok\n", b"text/plain"
+        if method == "GET" and parts == ["v1", "spool"]:
+            return self._spool(identity)
+        if len(parts) == 3 and parts[:2] == ["v1", "messages"] and method == "GET":
+            return self._pull(identity, parts[2])
+        if len(parts) == 4 and parts[:2] == ["v1", "messages"] and parts[3] == "ack" \
+                and method == "POST":
+            return self._ack(identity, parts[2], peer)
+        if len(parts) == 3 and parts[:2] == ["v1", "status"] and method == "GET":
+            return self._status(peer, parts[2])
+        raise GatewayError("no such resource", where=f"{method} /{'/'.join(parts)}",
+                           code="E-HTTP-NOT-FOUND")
+
+    def _post(self, peer, identity, request):
+        body = request.content.read(self.max_bytes + 1)
+        envelope = Envelope(peer, "https", identity.agb if identity else frozenset())
+        receipts = self.intake.accept(body, envelope)
+        for receipt in receipts:
+            self.log.info("accepted id={id} zd={zd} state={state} from {peer}", id=receipt.id,
+                          zd=receipt.zd_number, state=receipt.state, peer=peer)
+        data = [{"id": r.id, "zd_number": r.zd_number, "state": r.state} for r in receipts]
+        return 202, _json(data[0] if len(data) == 1 else data), b"application/json"
+
+    def _spool(self, identity):
+        rows = self.intake.store.db.execute(
+            "SELECT id, zd_number, kind, format, received_at FROM messages "
+            "WHERE destination = ? AND state = 'ready' ORDER BY id LIMIT 1000",
+            (_institution(identity),)).fetchall()
+        return 200, _json({"messages": [dict(row) for row in rows]}), b"application/json"
+
+    def _own(self, identity, message_id: str):
+        row = self.intake.store.get(int(message_id)) if message_id.isdigit() else None
+        if row is None or row["destination"] != _institution(identity) or row["state"] != "ready":
+            raise GatewayError("no such message in your spool", where=f"message {message_id}",
+                               code="E-HTTP-NOT-FOUND")
+        return row
+
+    def _pull(self, identity, message_id: str):
+        row = self._own(identity, message_id)
+        try:
+            payload = self.intake.store.payload(row, "out")
+        except PayloadCorrupt as exc:
+            self.intake.store.transition(row["id"], "fallback", "https", f"E-PAYLOAD-CORRUPT: {exc}")
+            self.log.critical("ALERT payload corrupt id={id}: quarantined in fallback", id=row["id"])
+            raise GatewayError("message unavailable", where=f"message {message_id}",
+                               code="E-HTTP-NOT-FOUND") from None
+        return 200, payload, CONTENT_TYPES[row["format"]]
+
+    def _ack(self, identity, message_id: str, peer: str):
+        row = self._own(identity, message_id)
+        self.intake.store.transition(row["id"], "delivered", f"https:{peer}", "pickup confirmed")
+        return 200, _json({"id": row["id"], "state": "delivered"}), b"application/json"
+
+    def _status(self, peer: str, zd_number: str):
+        rows = [row for row in self.intake.store.by_zd(zd_number) if row["identity"] == peer]
+        if not rows:
+            raise GatewayError("no message of yours with that ZD number", where=zd_number,
+                               code="E-HTTP-NOT-FOUND")
+        return 200, _json([{"id": r["id"], "zd_number": r["zd_number"], "kind": r["kind"],
+                            "state": r["state"], "destination": r["destination"]} for r in rows]), \
+            b"application/json"
+
+
+def _institution(identity) -> str:
+    """The spool an identity may pull; none for a HIS or an unknown certificate."""
+    if identity is None or not identity.pull:
+        raise GatewayError("this identity has no spool to pull", where="identity",
+                           code="E-HTTP-FORBIDDEN")
+    return identity.pull
+
+
+STATUS = {"E-NOT-MANDATED": 403, "E-HTTP-FORBIDDEN": 403, "E-DUPLICATE-CONFLICT": 409,
+          "E-TOO-LARGE": 413, "E-HTTP-NOT-FOUND": 404}
+
+
+def _error(exc: GatewayError):
+    status = STATUS.get(exc.code, 400 if isinstance(exc, (DecodeError, DuplicateConflict,
+                                                          NotMandated)) else 500)
+    body = {"code": exc.code, "message": exc.message, "where": exc.where}
+    return status, _json(body), b"application/json"
+
+
+def _json(data) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n"
