@@ -4,7 +4,8 @@
 logs one line per event to stdout, never patient data. It serves HL7 over MLLP
 and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
-after the store committed.
+after the store committed. Every second the dispatcher starts due pushes to
+institutions with ``mllp://`` delivery (SFTP outboxes come with the SFTP server).
 A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused (AR). SIGTERM and SIGINT stop it.
 """
@@ -14,17 +15,19 @@ import os
 import sys
 from pathlib import Path
 
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl, task
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web import server
 
 from gateway import config, routes
 from gateway.errors import GatewayError
 from gateway.intake import Envelope, Intake
+from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, tls
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
+from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_CONFIG = 78
 log = Logger(namespace="gatewayd")
@@ -72,6 +75,14 @@ def start(settings) -> None:
                               interface=settings.listen_host).getHost()
     log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https}", host=mllp.host,
              mllp=mllp.port, https=https.port)
+    deliverer = MLLPDeliverer(reactor, ssl.Certificate.loadPEM(settings.tls_ca.read_bytes()),
+                              ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
+                                                             + settings.tls_key.read_bytes()),
+                              timeout=30)
+    dispatcher = Dispatcher(store, settings, deliverer, reactor.seconds, schemes=("mllp://",))
+    ticking = task.LoopingCall(dispatcher.tick)
+    ticking.clock = reactor
+    ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))
     reactor.addSystemEventTrigger("before", "shutdown", store.close)
 
 

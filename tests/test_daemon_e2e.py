@@ -7,12 +7,14 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from gateway import pki
+from gateway.codecs import hl7v2
 from tests.helpers.fakes import numbered_referral
 
 ROOT = Path(__file__).parent.parent
@@ -31,6 +33,12 @@ def gateway(tmp_path_factory):
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(port),
          "--https-port", str(free_port()), "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
+    institution = FakeInstitution(folder / "tls")
+    institutions = folder / "routes" / "institutions.csv"
+    institutions.write_text(institutions.read_text().replace(
+        "06009876,Ziekenhuis Zuid-Limburg,hl7,pull,cancel",
+        f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
+    made["institution"] = institution
     process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
     for _ in range(200):
@@ -43,6 +51,37 @@ def gateway(tmp_path_factory):
     yield made, port, process
     if process.poll() is None:
         process.kill()
+
+
+class FakeInstitution:
+    """A hospital's MLLP/TLS server (Python's ssl, in a thread) that answers AA with the
+    right MSA-2 and remembers what it received."""
+
+    def __init__(self, tls_folder: Path):
+        self.received: list[bytes] = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls_folder / "ca.pem")
+        context.load_cert_chain(tls_folder / "server.pem", tls_folder / "server.key")
+        context.verify_mode = ssl.CERT_REQUIRED
+        self.server = context.wrap_socket(socket.create_server(("127.0.0.1", 0)), server_side=True)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while not data.endswith(b"\x1c\x0d"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                message = data.strip(b"\x0b\x1c\x0d")
+                self.received.append(message)
+                conn.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
 
 
 def identity(made, name):
@@ -151,6 +190,27 @@ def test_https_refusals_are_json(gateway):
     assert status == 403 and json.loads(body)["code"] == "E-NOT-MANDATED"
     status, body = curl(made, "/healthz", "his-brink")
     assert (status, body.strip()) == (200, b"ok")
+
+
+def test_pushes_to_an_institution_over_mllp(gateway):
+    """Referrals for an institution with mllp:// delivery are pushed as HL7 and count as
+    delivered once its AA names their MSH-10."""
+    made, _, _ = gateway
+    data = (ROOT / "fixtures" / "medvri" / "two-messages-unoc.edi").read_bytes()
+    status, body = curl(made, "/v1/messages", "his-hoogveld", data=data)
+    assert status == 202 and [r["state"] for r in json.loads(body)] == ["outbound", "outbound"]
+    ids = {r["id"] for r in json.loads(body)}
+    for _ in range(100):
+        rows = json.loads(subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "-c", made["config"], "queue", "ls", "--json"],
+            capture_output=True, check=True, cwd=ROOT).stdout)
+        if all(r["state"] == "delivered" for r in rows if r["id"] in ids):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"not delivered: {rows}")
+    pushed = [hl7v2.decode(m)[0].zd_number for m in made["institution"].received]
+    assert sorted(pushed) == ["ZD200300400", "ZD200300401"]
 
 
 def test_sigterm_stops_the_daemon(gateway):

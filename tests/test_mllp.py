@@ -134,3 +134,23 @@ def test_acks_from_the_intake(tmp_path):
                    [b"MSA", b"AE", b"MLLP-2"], [b"MSA", b"AR", b"MLLP-000003"]]
     assert b"ERR|" in replies[2] and b"E-HL7-BSN" in replies[2]
     assert [row["state"] for row in intake.store.listing()] == ["rejected", "ready"]
+
+
+def test_push_counts_only_an_aa_naming_our_control_id():
+    """A push ACK must be AA with MSA-2 = our MSH-10; AE, AR or another MSA-2 is a failure."""
+    import pytest
+
+    from gateway.codecs import hl7v2
+    from gateway.errors import DeliveryError
+    from gateway.transports.mllp_client import _check_ack
+    from tests.helpers.fakes import numbered_referral
+
+    ours, theirs = numbered_referral(1, "PUSH"), numbered_referral(2, "PUSH")
+    _check_ack(hl7v2.ack(ours, "AA"), "PUSH-000001")
+    for ack, code in ((hl7v2.ack(theirs, "AA"), "E-DELIVERY-ACK"),
+                      (hl7v2.ack(ours, "AE", "bad"), "E-DELIVERY-REFUSED"),
+                      (hl7v2.ack(ours, "AR", "no"), "E-DELIVERY-REFUSED"),
+                      (b"MSH|^~\\&|x", "E-DELIVERY-ACK")):
+        with pytest.raises(DeliveryError) as caught:
+            _check_ack(ack, "PUSH-000001")
+        assert caught.value.code == code

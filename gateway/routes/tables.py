@@ -117,6 +117,8 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
             (row["format"] not in FORMATS, f"format {row['format']!r} is not one of {', '.join(FORMATS)}"),
             (not _DELIVERY.fullmatch(row["delivery"]),
              f"delivery {row['delivery']!r} is not pull, mllp://host:port or sftp:ACCOUNT"),
+            (row["delivery"].startswith("mllp://") and row["format"] != "hl7",
+             "delivery over mllp:// needs format hl7"),
             (bool(options - set(OPTIONS)),
              f"unknown option(s) {', '.join(sorted(options - set(OPTIONS)))} (known: {', '.join(OPTIONS)})"),
         ]

@@ -37,8 +37,10 @@ class Dispatcher:
 
     log = Logger()
 
-    def __init__(self, store: Store, config, deliverer: Deliverer, clock: Callable[[], float]):
+    def __init__(self, store: Store, config, deliverer: Deliverer, clock: Callable[[], float],
+                 schemes: tuple[str, ...] = ("mllp://", "sftp:")):
         self.store, self.config, self.deliverer, self.clock = store, config, deliverer, clock
+        self.schemes = schemes    # only deliveries the deliverer can make are started
         self.in_flight: dict[str, int] = {}
         self.busy: set[int] = set()
 
@@ -51,6 +53,8 @@ class Dispatcher:
             "AND coalesce(next_attempt_at, 0) <= ? ORDER BY coalesce(next_attempt_at, 0), id "
             "LIMIT 1000", (now,)).fetchall()
         for row in rows:
+            if not row["delivery"].startswith(self.schemes):
+                continue
             destination = row["destination"]
             if row["id"] in self.busy or \
                     self.in_flight.get(destination, 0) >= self.config.delivery_max_in_flight:
