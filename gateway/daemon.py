@@ -6,12 +6,18 @@ and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
 after the store committed. Every second the dispatcher starts due pushes to
 institutions with ``mllp://`` delivery (SFTP outboxes come with the SFTP server).
+
 A client certificate's common name names its identity; an unknown name has no
-mandates, so everything it sends is refused (AR). SIGTERM and SIGINT stop it.
+mandates, so everything it sends is refused. SIGHUP reloads the route tables,
+identities and TLS certificates (each one that fails to load is refused, the old
+one kept, and a line logged; open connections are not dropped); SIGTERM stops.
+Under systemd it sends READY=1, RELOADING=1/READY=1 around a reload, STOPPING=1
+and WATCHDOG=1 pings.
 """
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +25,7 @@ from twisted.internet import reactor, ssl, task
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web import server
 
-from gateway import config, routes
+from gateway import config, routes, systemd
 from gateway.errors import GatewayError
 from gateway.intake import Envelope, Intake
 from gateway.spool.delivery import Dispatcher
@@ -33,6 +39,80 @@ EX_CONFIG = 78
 log = Logger(namespace="gatewayd")
 
 
+class Gateway:
+    """The running gateway: store, intake, identities and TLS, and what reloads them."""
+
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.settings = settings = config.load(config_path)
+        self.store = Store(settings.paths_spool, reactor.seconds)
+        self.intake = Intake(self.store, routes.load(settings.paths_routes),
+                             settings.limits_max_message_bytes)
+        self.identities = {identity.name: identity for identity in settings.identities}
+        self.tls = tls.Reloadable(self._tls_options(settings))
+
+    def envelope_for(self, channel: str):
+        def envelope(peer: str) -> Envelope:
+            identity = self.identities.get(peer)
+            return Envelope(peer, channel, identity.agb if identity else frozenset())
+        return envelope
+
+    def listen(self) -> None:
+        settings = self.settings
+        factory = MLLPFactory(AckingHandler(self.intake.accept, self.envelope_for("mllp")),
+                              settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
+                              tls.peer_identity)
+        mllp = reactor.listenSSL(settings.listen_mllp_port, factory, self.tls,
+                                 interface=settings.listen_host).getHost()
+        site = server.Site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes))
+        site.displayTracebacks = False
+        https = reactor.listenSSL(settings.listen_https_port, site, self.tls,
+                                  interface=settings.listen_host).getHost()
+        log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https}", host=mllp.host,
+                 mllp=mllp.port, https=https.port)
+
+    def deliver(self) -> None:
+        settings = self.settings
+        deliverer = MLLPDeliverer(reactor, ssl.Certificate.loadPEM(settings.tls_ca.read_bytes()),
+                                  ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
+                                                                 + settings.tls_key.read_bytes()),
+                                  timeout=30)
+        dispatcher = Dispatcher(self.store, settings, deliverer, reactor.seconds, schemes=("mllp://",))
+        ticking = task.LoopingCall(dispatcher.tick)
+        ticking.clock = reactor
+        ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))
+
+    def reload(self) -> None:
+        """Reload route tables, identities and certificates; keep whatever fails to load."""
+        systemd.notify("RELOADING=1")
+        try:
+            settings = config.load(self.config_path)
+        except GatewayError as exc:
+            log.error("reload refused, configuration kept: {error}", error=str(exc))
+            systemd.notify("READY=1")
+            return
+        for name, apply in (("route tables", lambda: self._reload_tables(settings)),
+                            ("certificates", lambda: self.tls.replace(self._tls_options(settings)))):
+            try:
+                apply()
+                log.info("reloaded {name}", name=name)
+            except GatewayError as exc:
+                log.error("reload of {name} refused, old kept: {error}", name=name, error=str(exc))
+        self.identities.clear()
+        self.identities.update({identity.name: identity for identity in settings.identities})
+        systemd.notify("READY=1")
+
+    def _reload_tables(self, settings) -> None:
+        self.intake.tables = routes.load(settings.paths_routes)
+        moved = self.intake.reroute_fallback("reload")
+        if moved:
+            log.info("{count} message(s) moved out of fallback", count=len(moved))
+
+    @staticmethod
+    def _tls_options(settings):
+        return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gatewayd", description="Run the gateway.")
     parser.add_argument("-c", "--config", default=os.environ.get("GATEWAY_CONFIG"),
@@ -43,47 +123,22 @@ def main(argv: list[str] | None = None) -> int:
               "(gatewayctl init DIR writes one)", file=sys.stderr)
         return EX_CONFIG
     try:
-        settings = config.load(Path(args.config))
-        start(settings)
+        gateway = Gateway(Path(args.config))
+        gateway.listen()
     except GatewayError as exc:
         print(f"gatewayd: error {exc}", file=sys.stderr)
         return EX_CONFIG
+    gateway.deliver()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.store.close)
+    interval = systemd.watchdog_interval()
+    if interval:
+        task.LoopingCall(systemd.notify, "WATCHDOG=1").start(interval)
+    reactor.callWhenRunning(systemd.notify, "READY=1")
     reactor.run()
     return 0
-
-
-def start(settings) -> None:
-    """Open the store and route tables and start listening; raise GatewayError."""
-    store = Store(settings.paths_spool, reactor.seconds)
-    intake = Intake(store, routes.load(settings.paths_routes), settings.limits_max_message_bytes)
-    identities = {identity.name: identity for identity in settings.identities}
-
-    def envelope_for(peer: str) -> Envelope:
-        identity = identities.get(peer)
-        return Envelope(peer, "mllp", identity.agb if identity else frozenset())
-
-    handler = AckingHandler(intake.accept, envelope_for)
-    factory = MLLPFactory(handler, settings.limits_max_frame_bytes,
-                          settings.limits_idle_timeout_seconds, tls.peer_identity)
-    options = tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key)
-    mllp = reactor.listenSSL(settings.listen_mllp_port, factory, options,
-                             interface=settings.listen_host).getHost()
-    site = server.Site(http.Api(intake, settings))
-    site.displayTracebacks = False
-    https = reactor.listenSSL(settings.listen_https_port, site, options,
-                              interface=settings.listen_host).getHost()
-    log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https}", host=mllp.host,
-             mllp=mllp.port, https=https.port)
-    deliverer = MLLPDeliverer(reactor, ssl.Certificate.loadPEM(settings.tls_ca.read_bytes()),
-                              ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
-                                                             + settings.tls_key.read_bytes()),
-                              timeout=30)
-    dispatcher = Dispatcher(store, settings, deliverer, reactor.seconds, schemes=("mllp://",))
-    ticking = task.LoopingCall(dispatcher.tick)
-    ticking.clock = reactor
-    ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))
-    reactor.addSystemEventTrigger("before", "shutdown", store.close)
 
 
 if __name__ == "__main__":

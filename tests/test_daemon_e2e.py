@@ -15,15 +15,9 @@ import pytest
 
 from gateway import pki
 from gateway.codecs import hl7v2
-from tests.helpers.fakes import numbered_referral
+from tests.helpers.fakes import free_port, numbered_referral
 
 ROOT = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import json
 from twisted.logger import Logger
 from twisted.web import resource
 
-from gateway.config import Config
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
 from gateway.spool.payloads import PayloadCorrupt
@@ -35,11 +34,9 @@ class Api(resource.Resource):
     isLeaf = True
     log = Logger(namespace="gatewayd.https")
 
-    def __init__(self, intake: Intake, settings: Config):
+    def __init__(self, intake: Intake, identities: dict, max_bytes: int):
         super().__init__()
-        self.intake = intake
-        self.identities = {identity.name: identity for identity in settings.identities}
-        self.max_bytes = settings.limits_max_message_bytes
+        self.intake, self.identities, self.max_bytes = intake, identities, max_bytes
 
     def render(self, request):
         peer = tls.peer_identity(request.channel.transport)

@@ -36,3 +36,17 @@ def peer_identity(transport) -> str:
                 return value.decode("utf-8", errors="replace")
     peer = transport.getPeer()
     return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
+class Reloadable:
+    """A listener's TLS context that can be swapped: connections made after ``replace``
+    use the new certificates, open ones keep theirs."""
+
+    def __init__(self, options: ssl.CertificateOptions):
+        self.options = options
+
+    def replace(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
+
+    def getContext(self):
+        return self.options.getContext()

@@ -1,5 +1,6 @@
 """Shared test material: numbered referrals, route tables on disk, a push destination."""
 
+import socket
 from pathlib import Path
 
 from twisted.internet import defer
@@ -31,3 +32,10 @@ class PendingDestination:
     def deliver(self, row, payload):
         self.open.append(defer.Deferred())
         return self.open[-1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

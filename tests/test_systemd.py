@@ -1,0 +1,73 @@
+"""gatewayd under systemd: the unit verifies, and the daemon speaks the notify protocol
+(READY=1, RELOADING=1/READY=1 around SIGHUP, STOPPING=1) on a test socket."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fakes import free_port
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_unit_file_verifies(tmp_path):
+    """systemd-analyze verify finds nothing wrong with gatewayd.service."""
+    gatewayd = Path(sys.executable).parent / "gatewayd"
+    unit = tmp_path / "gatewayd.service"
+    unit.write_text((ROOT / "gatewayd.service").read_text().replace(
+        "/opt/gatewayd/.venv/bin/gatewayd", str(gatewayd)))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    text = unit.read_text()
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=",
+                 "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                 "CapabilityBoundingSet=\n", "StateDirectory=gatewayd", "ConfigurationDirectory="):
+        assert line in text
+
+
+def test_notify_messages(tmp_path):
+    """READY=1 once listening; RELOADING=1 then READY=1 on SIGHUP, a bad route table refused
+    and the old one kept; STOPPING=1 and exit 0 on SIGTERM."""
+    made = json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "init", str(tmp_path / "gw"), "--mllp-port",
+         str(free_port()), "--https-port", str(free_port()), "--json"],
+        capture_output=True, check=True, cwd=ROOT).stdout)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000",
+           "WATCHDOG_PID": ""}
+    process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        def next_state(skip_watchdog=True):
+            while True:
+                state = notify.recv(4096).decode()
+                if not (skip_watchdog and state == "WATCHDOG=1"):
+                    return state
+
+        assert next_state() == "READY=1"
+        assert notify.recv(4096).decode() in ("WATCHDOG=1", )
+        with open(Path(made["routes"]) / "institutions.csv", "a") as handle:
+            handle.write("bad,row\n")
+        process.send_signal(signal.SIGHUP)
+        assert next_state() == "RELOADING=1"
+        assert next_state() == "READY=1"
+        process.send_signal(signal.SIGTERM)
+        assert next_state() == "STOPPING=1"
+        assert process.wait(timeout=10) == 0
+        output = process.stdout.read()
+        assert "reload of route tables refused, old kept" in output
+        assert "institutions.csv:" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+        notify.close()
