@@ -1,6 +1,7 @@
 """gatewayd for real: started as a process on a free local port, spoken to by an
 MLLP client over TLS with client certificates."""
 
+import datetime as dt
 import json
 import signal
 import socket
@@ -33,15 +34,17 @@ def gateway(tmp_path_factory):
         "06009876,Ziekenhuis Zuid-Limburg,hl7,pull,cancel",
         f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
     made["institution"] = institution
-    process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
-                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    for _ in range(200):
-        line = process.stdout.readline()
-        if "listening" in line:
+    made["log"] = folder / "gatewayd.log"
+    with open(made["log"], "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        if "listening" in made["log"].read_text():
             break
+        time.sleep(0.05)
     else:
         process.kill()
-        pytest.fail("gatewayd did not start")
+        pytest.fail("gatewayd did not start: " + made["log"].read_text())
     yield made, port, process
     if process.poll() is None:
         process.kill()
@@ -78,12 +81,25 @@ class FakeInstitution:
                 conn.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
 
 
+def load_authority(made) -> pki.Authority:
+    """The development CA that init made, to issue test certificates with."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    authority = pki.Authority.__new__(pki.Authority)
+    folder = Path(made["ca"]).parent
+    authority.cert = x509.load_pem_x509_certificate((folder / "ca.pem").read_bytes())
+    authority.key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), None)
+    return authority
+
+
 def identity(made, name):
     return next(i for i in made["identities"] if i["name"] == name)
 
 
-def send(port, made, message: bytes, cert=None, key=None, ca=None) -> bytes:
+def send(port, made, message: bytes, cert=None, key=None, ca=None, weak=False) -> bytes:
     context = ssl.create_default_context(cafile=ca or made["ca"])
+    if weak:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")     # so that only the server can refuse
     if cert:
         context.load_cert_chain(cert, key)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -123,18 +139,39 @@ def test_unmandated_sender_gets_ar(gateway):
     assert msa(reply)[:2] == [b"MSA", b"AR"] and b"E-NOT-MANDATED" in reply
 
 
-@pytest.mark.parametrize("case", ["no certificate", "other CA"])
-def test_clients_without_a_trusted_certificate_are_refused(gateway, tmp_path, case):
-    """No client certificate, or one from another CA: the handshake fails, nothing is stored."""
+CASES = ["no certificate", "other CA", "self-signed", "expired", "not yet valid", "weak key"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_clients_without_a_good_certificate_are_refused(gateway, tmp_path, case):
+    """Only a valid certificate from the configured CA gets in: none, another CA's, a
+    self-signed, an expired, a not yet valid one and one with a weak key are refused."""
     made, port, _ = gateway
     cert = key = None
-    if case == "other CA":
-        stranger = pki.Authority("stranger CA")
-        cert, key = pki.write(tmp_path, "his-brink", *stranger.issue("his-brink"))
+    now = dt.datetime.now(dt.timezone.utc)
+    if case in ("other CA", "self-signed"):
+        stranger = pki.Authority("his-brink" if case == "self-signed" else "stranger CA")
+        pair = (stranger.cert, stranger.key) if case == "self-signed" else stranger.issue("his-brink")
+        cert, key = pki.write(tmp_path, "his-brink", *pair)
+    elif case != "no certificate":
+        authority = load_authority(made)
+        dates = {"expired": (now - 10 * pki.DAY, now - pki.DAY),
+                 "not yet valid": (now + pki.DAY, now + 10 * pki.DAY)}.get(case, (None, None))
+        pair = authority.issue("his-brink", not_before=dates[0], not_after=dates[1],
+                               key=pki.weak_rsa_key() if case == "weak key" else None)
+        cert, key = pki.write(tmp_path, "his-brink", *pair)
+    logged = len(made["log"].read_text())
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        reply = send(port, made, numbered_referral(3, "E2E"), cert, key)
+        reply = send(port, made, numbered_referral(3, "E2E"), cert, key, weak=case == "weak key")
         if not reply:
             raise ConnectionError("closed without an ACK")
+    if case != "no certificate":       # no certificate: OpenSSL ends it before any check
+        for _ in range(50):
+            if "TLS client refused" in made["log"].read_text()[logged:]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the refusal was not logged")
 
 
 def curl(made, path, name=None, data=None, method=None):
@@ -205,6 +242,13 @@ def test_pushes_to_an_institution_over_mllp(gateway):
         pytest.fail(f"not delivered: {rows}")
     pushed = [hl7v2.decode(m)[0].zd_number for m in made["institution"].received]
     assert sorted(pushed) == ["ZD200300400", "ZD200300401"]
+
+
+def test_log_holds_no_patient_data(gateway):
+    """No log line holds the test patient's BSN, name or letter text."""
+    made, _, _ = gateway
+    text = made["log"].read_text()
+    assert "123456782" not in text and "Dijk" not in text and "Geachte" not in text
 
 
 def test_sigterm_stops_the_daemon(gateway):

@@ -59,7 +59,9 @@ class MLLPDeliverer:
                                           clientCertificate=self.certificate)
         endpoint = SSL4ClientEndpoint(self.reactor, found[1], int(found[2]), options,
                                       timeout=self.timeout)
-        connecting = endpoint.connect(protocol.Factory.forProtocol(lambda: _OneShot(payload, done)))
+        factory = protocol.Factory.forProtocol(lambda: _OneShot(payload, done))
+        factory.noisy = False
+        connecting = endpoint.connect(factory)
         connecting.addErrback(lambda failure: done.called or done.errback(DeliveryError(
             f"cannot connect: {failure.getErrorMessage()}"[:200], code="E-DELIVERY-CONNECT")))
         done.addTimeout(self.timeout, self.reactor)

@@ -1,15 +1,22 @@
 """Mutual TLS for every listener: client certificates required and checked against
 the configured CA; TLS 1.2 at least (1.3 offered); ECDHE with AES-GCM or ChaCha20
-only. A client is known by its certificate's common name, which names its identity.
+only; client keys of at least RSA 2048 or EC 256 bits. A client is known by its
+certificate's common name, which names its identity. Every refusal is logged.
 """
 
 from pathlib import Path
 
+from OpenSSL import SSL, crypto
+from zope.interface import implementer
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.logger import Logger
 
 from gateway.errors import ConfigError
 
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+MIN_RSA_BITS, MIN_EC_BITS = 2048, 256
+log = Logger(namespace="gatewayd.tls")
 
 
 def server_options(ca: Path, cert: Path, key: Path) -> ssl.CertificateOptions:
@@ -20,11 +27,32 @@ def server_options(ca: Path, cert: Path, key: Path) -> ssl.CertificateOptions:
     except (OSError, ValueError, Exception) as exc:   # pyOpenSSL raises its own Error types
         raise ConfigError(f"TLS material unusable ({type(exc).__name__}): check {ca}, {cert}, {key}",
                           code="E-CONFIG-TLS") from None
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=server.privateKey.original, certificate=server.original, verify=True,
         caCerts=[authority.original], requireCertificate=True,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS))
+    # CertificateOptions keeps this one context; add our own checks to its verification.
+    options.getContext().set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify)
+    return options
+
+
+def _verify(connection, certificate, error: int, depth: int, ok: int) -> bool:
+    """OpenSSL's verdict, and no weak client key; every refusal is logged."""
+    name = dict(certificate.get_subject().get_components()).get(b"CN", b"?").decode(
+        "utf-8", "replace")
+    if not ok:
+        log.warn("TLS client refused: certificate {name!r} failed verification "
+                 "(OpenSSL error {error})", name=name, error=error)
+        return False
+    key = certificate.get_pubkey()
+    weak = key.type() == crypto.TYPE_RSA and key.bits() < MIN_RSA_BITS or \
+        key.type() != crypto.TYPE_RSA and key.bits() < MIN_EC_BITS
+    if depth == 0 and weak:
+        log.warn("TLS client refused: certificate {name!r} has a weak key ({bits} bits)",
+                 name=name, bits=key.bits())
+        return False
+    return True
 
 
 def peer_identity(transport) -> str:
@@ -38,6 +66,7 @@ def peer_identity(transport) -> str:
     return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
 
+@implementer(IOpenSSLContextFactory)
 class Reloadable:
     """A listener's TLS context that can be swapped: connections made after ``replace``
     use the new certificates, open ones keep theirs."""
