@@ -70,13 +70,7 @@ class FakeInstitution:
             except OSError:
                 return
             with conn:
-                data = b""
-                while not data.endswith(b"\x1c\x0d"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                message = data.strip(b"\x0b\x1c\x0d")
+                message = read_frame(conn)
                 self.received.append(message)
                 conn.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
 
@@ -105,13 +99,18 @@ def send(port, made, message: bytes, cert=None, key=None, ca=None, weak=False) -
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as conn:
             conn.sendall(b"\x0b" + message + b"\x1c\x0d")
-            reply = b""
-            while not reply.endswith(b"\x1c\x0d"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-    return reply.strip(b"\x0b\x1c\x0d")
+            return read_frame(conn)
+
+
+def read_frame(conn) -> bytes:
+    """One MLLP frame's content from a socket (what came, if it closes first)."""
+    data = b""
+    while not data.endswith(b"\x1c\x0d"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.strip(b"\x0b\x1c\x0d")
 
 
 def msa(reply: bytes) -> list[bytes]:
