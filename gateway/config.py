@@ -44,6 +44,8 @@ SETTINGS = (
     Setting("listen.host", str, "127.0.0.1", "address the listeners bind to"),
     Setting("listen.mllp_port", int, 2575, "HL7 over MLLP with mutual TLS", 1, 65535),
     Setting("listen.https_port", int, 8443, "HTTPS API with mutual TLS", 1, 65535),
+    Setting("listen.metrics_port", int, 9464,
+            "/metrics and /healthz without TLS, on 127.0.0.1 only", 1, 65535),
     Setting("tls.ca", Path, "tls/ca.pem", "CA that client certificates must chain to"),
     Setting("tls.cert", Path, "tls/server.pem", "the gateway's certificate"),
     Setting("tls.key", Path, "tls/server.key", "the gateway's private key (0600)"),

@@ -28,6 +28,7 @@ from twisted.web import server
 from gateway import config, routes, systemd
 from gateway.errors import GatewayError
 from gateway.intake import Envelope, Intake
+from gateway.metrics import LocalStatus, Metrics
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, tls
@@ -50,6 +51,8 @@ class Gateway:
                              settings.limits_max_message_bytes)
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
+        self.metrics = Metrics(self.intake, reactor.seconds)
+        self.accept = self.metrics.counting(self.intake.accept)
 
     def envelope_for(self, channel: str):
         def envelope(peer: str) -> Envelope:
@@ -59,17 +62,23 @@ class Gateway:
 
     def listen(self) -> None:
         settings = self.settings
-        factory = MLLPFactory(AckingHandler(self.intake.accept, self.envelope_for("mllp")),
+        factory = MLLPFactory(AckingHandler(self.accept, self.envelope_for("mllp")),
                               settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
                               tls.peer_identity)
         mllp = reactor.listenSSL(settings.listen_mllp_port, factory, self.tls,
                                  interface=settings.listen_host).getHost()
-        site = server.Site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes))
+        site = server.Site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
+                                    self.accept))
         site.displayTracebacks = False
         https = reactor.listenSSL(settings.listen_https_port, site, self.tls,
                                   interface=settings.listen_host).getHost()
-        log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https}", host=mllp.host,
-                 mllp=mllp.port, https=https.port)
+        status = server.Site(LocalStatus(self.metrics))
+        status.displayTracebacks = False
+        metrics = reactor.listenTCP(settings.listen_metrics_port, status,
+                                    interface="127.0.0.1").getHost()
+        log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} "
+                 "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
+                 metrics=metrics.port)
 
     def deliver(self) -> None:
         settings = self.settings
@@ -77,7 +86,8 @@ class Gateway:
                                   ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
                                                                  + settings.tls_key.read_bytes()),
                                   timeout=30)
-        dispatcher = Dispatcher(self.store, settings, deliverer, reactor.seconds, schemes=("mllp://",))
+        dispatcher = Dispatcher(self.store, settings, self.metrics.counting_deliverer(deliverer),
+                                reactor.seconds, schemes=("mllp://",))
         ticking = task.LoopingCall(dispatcher.tick)
         ticking.clock = reactor
         ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))

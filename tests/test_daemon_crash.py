@@ -38,7 +38,8 @@ def test_sigkill_during_mllp_stream(tmp_path):
     port = free_port()
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(tmp_path / "gw"), "--mllp-port", str(port),
-         "--https-port", str(free_port()), "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
+         "--https-port", str(free_port()), "--metrics-port", str(free_port()), "--json"],
+        capture_output=True, check=True, cwd=ROOT).stdout)
     brink = identity(made, "his-brink")
     daemon = Daemon(made["config"], tmp_path / "gatewayd.log")
     daemon.start()

@@ -27,7 +27,8 @@ def gateway(tmp_path_factory):
     port = free_port()
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(port),
-         "--https-port", str(free_port()), "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
+         "--https-port", str(free_port()), "--metrics-port", str(free_port()), "--json"],
+        capture_output=True, check=True, cwd=ROOT).stdout)
     institution = FakeInstitution(folder / "tls")
     institutions = folder / "routes" / "institutions.csv"
     institutions.write_text(institutions.read_text().replace(
@@ -248,6 +249,20 @@ def test_log_holds_no_patient_data(gateway):
     made, _, _ = gateway
     text = made["log"].read_text()
     assert "123456782" not in text and "Dijk" not in text and "Geachte" not in text
+
+
+def test_metrics_on_the_local_port(gateway):
+    """/metrics (no certificate, local port) counts what the other tests sent and shows queues."""
+    made, _, _ = gateway
+    result = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{made['ports']['metrics']}/metrics"],
+                            capture_output=True, text=True, timeout=30)
+    text = result.stdout
+    assert 'gatewayd_received_total{channel="mllp"}' in text
+    assert 'gatewayd_duplicates_total{channel="mllp"} 1' in text
+    assert 'gatewayd_refused_total{channel="https"}' in text
+    assert 'gatewayd_pushes_delivered_total{destination="06009876"} 2' in text
+    assert 'gatewayd_queue_depth{destination="06005678",state="ready"}' in text
+    assert "123456782" not in text
 
 
 def test_sigterm_stops_the_daemon(gateway):

@@ -38,7 +38,8 @@ def test_notify_messages(tmp_path):
     and the old one kept; STOPPING=1 and exit 0 on SIGTERM."""
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(tmp_path / "gw"), "--mllp-port",
-         str(free_port()), "--https-port", str(free_port()), "--json"],
+         str(free_port()), "--https-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--json"],
         capture_output=True, check=True, cwd=ROOT).stdout)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))

@@ -56,6 +56,8 @@ def cmd_init(args, out) -> int:
         text = text.replace("mllp_port = 2575", f"mllp_port = {args.mllp_port}")
     if args.https_port:
         text = text.replace("https_port = 8443", f"https_port = {args.https_port}")
+    if args.metrics_port:
+        text = text.replace("metrics_port = 9464", f"metrics_port = {args.metrics_port}")
     target.write_text(text, encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
     for name in ("institutions.csv", "referrers.csv"):
@@ -66,7 +68,8 @@ def cmd_init(args, out) -> int:
     identities = _make_tls(settings)
     made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
             "spool": str(settings.paths_spool), "ca": str(settings.tls_ca),
-            "ports": {"mllp": settings.listen_mllp_port, "https": settings.listen_https_port},
+            "ports": {"mllp": settings.listen_mllp_port, "https": settings.listen_https_port,
+                      "metrics": settings.listen_metrics_port},
             "identities": identities}
     out(json.dumps(made, indent=2) if args.json else
         "\n".join(f"{key:10} {value}" for key, value in made.items() if key != "identities")

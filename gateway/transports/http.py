@@ -34,9 +34,10 @@ class Api(resource.Resource):
     isLeaf = True
     log = Logger(namespace="gatewayd.https")
 
-    def __init__(self, intake: Intake, identities: dict, max_bytes: int):
+    def __init__(self, intake: Intake, identities: dict, max_bytes: int, accept=None):
         super().__init__()
         self.intake, self.identities, self.max_bytes = intake, identities, max_bytes
+        self.accept = accept or intake.accept
 
     def render(self, request):
         peer = tls.peer_identity(request.channel.transport)
@@ -72,7 +73,7 @@ class Api(resource.Resource):
     def _post(self, peer, identity, request):
         body = request.content.read(self.max_bytes + 1)
         envelope = Envelope(peer, "https", identity.agb if identity else frozenset())
-        receipts = self.intake.accept(body, envelope)
+        receipts = self.accept(body, envelope)
         for receipt in receipts:
             self.log.info("accepted id={id} zd={zd} state={state} from {peer}", id=receipt.id,
                           zd=receipt.zd_number, state=receipt.state, peer=peer)

@@ -1,0 +1,104 @@
+"""Counters and queue gauges in the Prometheus text format, for ``GET /metrics``.
+
+Counters run from the daemon's start: messages received, duplicates, rejected
+(unreadable) and refused (not mandated or a reused control id) per channel;
+pushes delivered and failed per destination. Gauges come from the store: queue
+depth and the oldest message's age per destination and state. Labels carry
+channels, destinations (AGB codes) and states only — never patient data.
+"""
+
+from collections import Counter
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.web import resource
+
+from gateway import operations
+from gateway.errors import DecodeError
+from gateway.intake import DuplicateConflict, NotMandated
+
+HELP = {
+    "gatewayd_received_total": "messages stored, per channel",
+    "gatewayd_duplicates_total": "re-sent messages answered with their first receipt",
+    "gatewayd_rejected_total": "unreadable messages, kept as rejected",
+    "gatewayd_refused_total": "messages refused: not mandated, or a reused control id",
+    "gatewayd_pushes_delivered_total": "pushes acknowledged, per destination",
+    "gatewayd_pushes_failed_total": "pushes that failed and were deferred, per destination",
+}
+
+
+class Metrics:
+    def __init__(self, intake, clock: Callable[[], float]):
+        self.intake, self.clock = intake, clock
+        self.counters: Counter = Counter()
+
+    def counting(self, accept):
+        """Wrap ``accept`` so that every outcome is counted per channel."""
+        def counted(raw: bytes, envelope):
+            label = ("channel", envelope.channel)
+            try:
+                receipts = accept(raw, envelope)
+            except DecodeError:
+                self.counters["gatewayd_rejected_total", label] += 1
+                raise
+            except (NotMandated, DuplicateConflict):
+                self.counters["gatewayd_refused_total", label] += 1
+                raise
+            for receipt in receipts:
+                name = "gatewayd_duplicates_total" if receipt.duplicate else "gatewayd_received_total"
+                self.counters[name, label] += 1
+            return receipts
+        return counted
+
+    def counting_deliverer(self, deliverer):
+        """Wrap a Deliverer so that every push outcome is counted per destination."""
+        metrics = self
+
+        class Counted:
+            def deliver(self, row, payload) -> defer.Deferred:
+                label = ("destination", row["destination"])
+                result = defer.maybeDeferred(deliverer.deliver, row, payload)
+
+                def count(outcome, name):
+                    metrics.counters[name, label] += 1
+                    return outcome
+                result.addCallbacks(count, count, callbackArgs=("gatewayd_pushes_delivered_total",),
+                                    errbackArgs=("gatewayd_pushes_failed_total",))
+                return result
+        return Counted()
+
+    def render(self) -> str:
+        lines = []
+        for name, text in HELP.items():
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
+            lines += [f'{n}{{{key}="{value}"}} {count}'
+                      for (n, (key, value)), count in sorted(self.counters.items()) if n == name]
+        stats = operations.stats(self.intake, self.clock())
+        for name, field, text in (("gatewayd_queue_depth", "depth", "messages per destination and state"),
+                                  ("gatewayd_queue_oldest_age_seconds", "oldest_age_seconds",
+                                   "age of the oldest message per destination and state")):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
+            lines += [f'{name}{{destination="{s["destination"]}",state="{s["state"]}"}} {s[field]}'
+                      for s in stats]
+        return "\n".join(lines) + "\n"
+
+
+class LocalStatus(resource.Resource):
+    """``/metrics`` and ``/healthz`` on the local, certificate-free port."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        if request.path == b"/metrics":
+            request.setHeader(b"content-type", b"text/plain; version=0.0.4")
+            return self.metrics.render().encode()
+        if request.path == b"/healthz":
+            self.metrics.intake.store.db.execute("SELECT 1").fetchone()
+            request.setHeader(b"content-type", b"text/plain")
+            return b"ok\n"
+        request.setResponseCode(404)
+        return b"not found\n"
