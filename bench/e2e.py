@@ -1,0 +1,173 @@
+"""End-to-end throughput of a running gatewayd over MLLP/TLS (and HTTPS posts).
+
+Starts a fresh gatewayd (``gatewayctl init`` in a temporary folder) and, as the
+baseline, a minimal non-durable MLLP/TLS server on Twisted that answers AA at
+once (``bench/echo_server.py``), then drives both with the same client: 1, 8 and
+64 connections sending back to back, a fixed offered load of 200 messages/s for
+p50/p99 ACK latency, and HTTPS posts. Prints messages/s, latencies, the ratio to
+the baseline, and gatewayd's peak RSS.
+
+Run: ``.venv/bin/python bench/e2e.py [--seconds S]``. Targets (issue 4):
+>= 1,000 messages/s with 8 connections, p99 <= 50 ms at 200 messages/s,
+RSS <= 200 MB.
+"""
+
+import argparse
+import http.client
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.helpers.fakes import free_port, numbered_referral  # noqa: E402
+
+
+class Client:
+    """One MLLP/TLS connection that sends a message and waits for its ACK."""
+
+    def __init__(self, port: int, made: dict):
+        brink = next(i for i in made["identities"] if i["name"] == "his-brink")
+        context = ssl.create_default_context(cafile=made["ca"])
+        context.load_cert_chain(brink["cert"], brink["key"])
+        raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.conn = context.wrap_socket(raw, server_hostname="localhost")
+        self.buffer = b""
+
+    def send(self, message: bytes) -> float:
+        start = time.perf_counter()
+        self.conn.sendall(b"\x0b" + message + b"\x1c\x0d")
+        while b"\x1c\x0d" not in self.buffer:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buffer += chunk
+        ack, _, self.buffer = self.buffer.partition(b"\x1c\x0d")
+        if b"MSA|AA|" not in ack:
+            raise RuntimeError(f"not AA: {ack[-80:]!r}")
+        return time.perf_counter() - start
+
+
+def drive(port: int, made: dict, connections: int, seconds: float, prefix: str,
+          rate_each: float | None = None) -> tuple[int, list[float]]:
+    """Send for ``seconds`` on ``connections`` connections (paced at ``rate_each``/s each
+    when given); return (messages acknowledged, latencies)."""
+    latencies: list[float] = []
+    counts = [0] * connections
+    deadline = time.perf_counter() + seconds
+
+    def worker(number: int):
+        client = Client(port, made)
+        sent = 0
+        started = time.perf_counter()
+        while time.perf_counter() < deadline:
+            if rate_each:
+                wait = started + sent / rate_each - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            latencies.append(client.send(numbered_referral(sent, f"{prefix}{number:02d}")))
+            sent += 1
+        counts[number] = sent
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts), latencies
+
+
+def https_posts(made: dict, seconds: float, connections: int = 8) -> int:
+    hoog = next(i for i in made["identities"] if i["name"] == "his-hoogveld")
+    data = (ROOT / "fixtures" / "medvri" / "two-messages-unoc.edi").read_bytes()
+    counts = [0] * connections
+    deadline = time.perf_counter() + seconds
+
+    def worker(number: int):
+        context = ssl.create_default_context(cafile=made["ca"])
+        context.load_cert_chain(hoog["cert"], hoog["key"])
+        conn = http.client.HTTPSConnection("127.0.0.1", made["ports"]["https"], context=context)
+        sent = 0
+        while time.perf_counter() < deadline:
+            body = data.replace(b"REF2604150815", f"H{number:02d}{sent:09d}".encode())
+            conn.request("POST", "/v1/messages", body)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 202, response.status
+            sent += 1
+        counts[number] = sent
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        if "listening" in log.read_text():
+            return process
+        time.sleep(0.05)
+    raise RuntimeError(f"did not start: {log.read_text()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        made = json.loads(subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "init", str(folder / "gw"), "--json",
+             "--mllp-port", str(free_port()), "--https-port", str(free_port()),
+             "--metrics-port", str(free_port())], capture_output=True, check=True, cwd=ROOT).stdout)
+        echo_port = free_port()
+        gateway = start([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                        folder / "gatewayd.log")
+        echo = start([sys.executable, str(ROOT / "bench" / "echo_server.py"), made["config"],
+                      str(echo_port)], folder / "echo.log")
+        try:
+            report(made, echo_port, gateway, args.seconds)
+        finally:
+            gateway.terminate()
+            echo.terminate()
+
+
+def report(made: dict, echo_port: int, gateway: subprocess.Popen, seconds: float) -> None:
+    port = made["ports"]["mllp"]
+    print(f"MLLP/TLS, {seconds:g}s per run; baseline = non-durable Twisted MLLP/TLS server answering AA")
+    print(f"{'connections':>11} {'gatewayd msg/s':>15} {'baseline msg/s':>15} {'ratio':>6}")
+    for connections in (1, 8, 64):
+        done, _ = drive(port, made, connections, seconds, f"C{connections}-")
+        base, _ = drive(echo_port, made, connections, seconds, f"E{connections}-")
+        print(f"{connections:>11} {done / seconds:>15,.0f} {base / seconds:>15,.0f} "
+              f"{done / base:>6.2f}")
+    _, latencies = drive(port, made, 8, seconds, "P-", rate_each=25)
+    _, base = drive(echo_port, made, 8, seconds, "Q-", rate_each=25)
+    print(f"offered 200 msg/s on 8 connections: p50 {percentile(latencies, 0.5):.1f} ms, "
+          f"p99 {percentile(latencies, 0.99):.1f} ms (baseline p50 {percentile(base, 0.5):.1f} ms, "
+          f"p99 {percentile(base, 0.99):.1f} ms)")
+    posts = https_posts(made, seconds)
+    print(f"HTTPS posts (2 messages each), 8 connections: {posts / seconds:,.0f} posts/s")
+    status = Path(f"/proc/{gateway.pid}/status").read_text()
+    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
+    print(f"gatewayd peak RSS: {int(peak) / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
