@@ -5,11 +5,14 @@ encode -> store. Payload files are fsynced before the rows are committed, and
 ``accept`` returns only after that commit: a transport acknowledges a sender
 only with a receipt in hand. Input that cannot be read is stored as
 ``rejected`` with its reason, then the DecodeError is raised to the transport.
+
+``accept_many`` is the same for several inputs at once with one payload file and
+one transaction (group commit): the daemon stores everything that arrived in one
+reactor turn together, so concurrent senders share the cost of the syncs.
 """
 
 import hashlib
-import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway import codecs, routes
 from gateway.document import Document, Kind
@@ -50,6 +53,38 @@ class Receipt:
     duplicate: bool = False
 
 
+@dataclass(eq=False)
+class _New:
+    """A document to store: where it goes and, once written, its entry and id."""
+
+    part: int
+    control_id: str
+    doc: Document
+    route: routes.Route
+    out: bytes | None
+    out_index: int = -1
+    id: int = -1
+
+    def receipt(self, duplicate: bool = False) -> Receipt:
+        state = "fallback" if self.route.fallback else (
+            "ready" if self.route.delivery == "pull" else "outbound")
+        return Receipt(self.id, self.doc.zd_number, state, self.route.destination, duplicate)
+
+
+@dataclass(eq=False)
+class _Plan:
+    """One input on its way into the store: unreadable (``error``), or its documents as
+    slots — a _New, a (_New, "duplicate") within the batch, or a stored Receipt."""
+
+    index: int
+    raw: bytes
+    envelope: Envelope
+    content: str
+    error: DecodeError | None = None
+    slots: list = field(default_factory=list)
+    raw_index: int = -1
+
+
 class Intake:
     """The intake chain over one Store and the route tables in force."""
 
@@ -61,34 +96,65 @@ class Intake:
 
         Raises DecodeError (stored as rejected), NotMandated or DuplicateConflict
         (nothing stored)."""
+        (outcome,) = self.accept_many([(raw, envelope)])
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    def accept_many(self, items: list[tuple[bytes, Envelope]]) -> list:
+        """Store several inputs with one payload file and one transaction. Each item's
+        outcome is its receipts or its GatewayError (as ``accept`` would raise it). If
+        storing itself fails, that exception is raised and no item is stored."""
+        outcomes: list = [None] * len(items)
+        plans: list[_Plan] = []
+        batch: dict[tuple[str, str], tuple[str, _New]] = {}
+        for index, (raw, envelope) in enumerate(items):
+            try:
+                plans.append(self._plan(index, raw, envelope, batch))
+            except (NotMandated, DuplicateConflict) as exc:
+                outcomes[index] = exc
+        self._commit(plans)
+        for plan in plans:
+            outcomes[plan.index] = plan.error or [
+                slot.receipt() if isinstance(slot, _New) else
+                slot[0].receipt(duplicate=True) if isinstance(slot, tuple) else slot
+                for slot in plan.slots]
+        return outcomes
+
+    def _plan(self, index: int, raw: bytes, envelope: Envelope, batch: dict) -> _Plan:
+        plan = _Plan(index, raw, envelope, hashlib.sha256(raw).hexdigest())
         try:
             if len(raw) > self.max_bytes:
                 raise DecodeError(f"message is larger than {self.max_bytes} bytes",
                                   where="byte 1", code="E-TOO-LARGE")
             decoded = codecs.get(codecs.sniff(raw)).decode_messages(raw)
         except DecodeError as exc:
-            self._reject(raw, envelope, exc)
-            raise
+            plan.error = exc
+            return plan
         for _, doc in decoded:
             self._authorise(doc, envelope)
-        content = hashlib.sha256(raw).hexdigest()
-        receipts: list[Receipt | None] = []
-        fresh = []
+        added = {}
         for part, (control_id, doc) in enumerate(decoded):
-            control_id = control_id or f"sha256:{content}/{part}"   # a sender without ids
-            existing = self.store.find(envelope.identity, control_id)
-            if existing is None:
-                receipts.append(None)
-                fresh.append((part, control_id, doc))
-            elif existing["content_sha256"] == content:
-                receipts.append(_receipt(existing, duplicate=True))
-            else:
-                raise DuplicateConflict(f"control id {control_id[:40]!r} was used before for "
-                                        "other content", where="control id")
-        if fresh:
-            stored = iter(self._store(raw, content, envelope, fresh))
-            receipts = [r if r is not None else next(stored) for r in receipts]
-        return receipts
+            control_id = control_id or f"sha256:{plan.content}/{part}"   # a sender without ids
+            key = (envelope.identity, control_id)
+            plan.slots.append(self._slot(key, plan.content, part, doc, batch, added))
+        batch.update(added)          # only once the whole input is accepted
+        return plan
+
+    def _slot(self, key, content: str, part: int, doc: Document, batch: dict, added: dict):
+        if key in batch or key in added:
+            earlier_content, earlier = batch.get(key) or added[key]
+            if earlier_content != content:
+                raise _conflict(key[1])
+            return (earlier, "duplicate")
+        existing = self.store.find(*key)
+        if existing is not None:
+            if existing["content_sha256"] != content:
+                raise _conflict(key[1])
+            return _receipt(existing, duplicate=True)
+        new = _New(part, key[1], doc, *self.route(doc))
+        added[key] = (content, new)
+        return new
 
     def _authorise(self, doc: Document, envelope: Envelope) -> None:
         mandates = envelope.mandates
@@ -96,33 +162,41 @@ class Intake:
             raise NotMandated(f"identity {envelope.identity!r} may not send for AGB "
                               f"{doc.sender.agb}", where="sender AGB")
 
-    def _store(self, raw: bytes, content: str, envelope: Envelope, fresh) -> list[Receipt]:
-        routed = [(part, control_id, doc, *self.route(doc)) for part, control_id, doc in fresh]
-        outputs = [out for *_, out in routed if out is not None]
-        raw_part, *out_parts = self.store.write_payloads([raw, *outputs])
-        out_parts = iter(out_parts)
-        entries = []
-        for part, control_id, doc, route, out in routed:
-            state = "fallback" if route.fallback else ("ready" if route.delivery == "pull"
-                                                        else "outbound")
-            entries.append(Entry(values={
-                "identity": envelope.identity, "control_id": control_id, "part": part,
-                "content_sha256": content, "zd_number": doc.zd_number, "kind": str(doc.kind),
-                "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
-                "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(),
-                "destination": route.destination, "format": route.format,
-                "delivery": route.delivery, "state": state, "reason": route.fallback,
-                **_part_columns("raw", raw_part),
-                **(_part_columns("out", next(out_parts)) if out is not None else {})},
-                path=("received", state)))
+    def _commit(self, plans: list[_Plan]) -> None:
+        """One payload file with every raw input and output, then one transaction."""
+        fresh = [p for p in plans if p.error or any(isinstance(s, _New) for s in p.slots)]
+        if not fresh:
+            return
+        parts: list[bytes] = []
+        for plan in fresh:
+            plan.raw_index = len(parts)
+            parts.append(plan.raw)
+            for new in _news(plan):
+                if new.out is not None:
+                    new.out_index = len(parts)
+                    parts.append(new.out)
+        written = self.store.write_payloads(parts)
+        entries, owners = [], []
+        for plan in fresh:
+            actor = f"{plan.envelope.channel}:{plan.envelope.identity}"
+            raw_columns = _part_columns("raw", written[plan.raw_index])
+            if plan.error:
+                entries.append(Entry(values={
+                    "identity": plan.envelope.identity, "control_id": None, "part": 0,
+                    "content_sha256": plan.content, "state": "rejected", "reason": str(plan.error),
+                    **raw_columns}, path=("received", "rejected"), actor=actor))
+                owners.append(None)
+            for new in _news(plan):
+                entries.append(_entry(plan, new, raw_columns, written, actor))
+                owners.append(new)
         try:
-            ids = self.store.insert(entries, actor=f"{envelope.channel}:{envelope.identity}")
-        except sqlite3.IntegrityError:
-            self.store.discard_payload(raw_part.name)
-            raise DuplicateConflict("control id stored meanwhile by another writer; send again",
-                                    where="control id") from None
-        return [Receipt(i, e.values["zd_number"], e.values["state"], e.values["destination"])
-                for i, e in zip(ids, entries)]
+            ids = self.store.insert(entries)
+        except BaseException:
+            self.store.discard_payload(written[0].name)
+            raise
+        for new, message_id in zip(owners, ids):
+            if new is not None:
+                new.id = message_id
 
     def route(self, doc: Document) -> tuple[routes.Route, bytes | None]:
         """The route for ``doc`` and its payload in the destination's format (None in
@@ -161,19 +235,34 @@ class Intake:
                     if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
         return requests[0]["sender_agb"] if requests else None
 
-    def _reject(self, raw: bytes, envelope: Envelope, error: DecodeError) -> None:
-        (raw_part,) = self.store.write_payloads([raw])
-        self.store.insert([Entry(values={
-            "identity": envelope.identity, "control_id": None, "part": 0,
-            "content_sha256": raw_part.sha256, "state": "rejected", "reason": str(error),
-            **_part_columns("raw", raw_part)}, path=("received", "rejected"))],
-            actor=f"{envelope.channel}:{envelope.identity}")
-
-
 def _receipt(row, duplicate: bool = False) -> Receipt:
+    """The receipt of a stored message row."""
     return Receipt(row["id"], row["zd_number"], row["state"], row["destination"], duplicate)
 
 
 def _part_columns(which: str, part: payloads.Part) -> dict:
     return {f"{which}_name": part.name, f"{which}_offset": part.offset,
             f"{which}_length": part.length, f"{which}_sha256": part.sha256}
+
+
+def _news(plan: _Plan) -> list[_New]:
+    return [slot for slot in plan.slots if isinstance(slot, _New)]
+
+
+def _conflict(control_id: str) -> DuplicateConflict:
+    return DuplicateConflict(f"control id {control_id[:40]!r} was used before for other content",
+                             where="control id")
+
+
+def _entry(plan: _Plan, new: _New, raw_columns: dict, written: list, actor: str) -> Entry:
+    receipt = new.receipt()
+    doc, route = new.doc, new.route
+    return Entry(values={
+        "identity": plan.envelope.identity, "control_id": new.control_id, "part": new.part,
+        "content_sha256": plan.content, "zd_number": doc.zd_number, "kind": str(doc.kind),
+        "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
+        "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(),
+        "destination": route.destination, "format": route.format, "delivery": route.delivery,
+        "state": receipt.state, "reason": route.fallback, **raw_columns,
+        **(_part_columns("out", written[new.out_index]) if new.out is not None else {})},
+        path=("received", receipt.state), actor=actor)

@@ -82,11 +82,12 @@ class StateError(GatewayError):
 
 @dataclass(frozen=True)
 class Entry:
-    """A message to store: its metadata (see COLUMNS) and the states it passed through
-    on the way in (recorded as history in the same transaction)."""
+    """A message to store: its metadata (see COLUMNS), the states it passed through on
+    the way in (recorded as history in the same transaction) and who brought it."""
 
     values: dict
     path: tuple[str, ...]
+    actor: str
 
 
 class Store:
@@ -126,7 +127,7 @@ class Store:
         return self.db.execute("SELECT * FROM messages WHERE identity = ? AND control_id = ?",
                                (identity, control_id)).fetchone()
 
-    def insert(self, entries: list[Entry], actor: str) -> list[int]:
+    def insert(self, entries: list[Entry]) -> list[int]:
         """Commit ``entries`` in one transaction (payloads must already be written);
         return their ids. Raises sqlite3.IntegrityError on a duplicate control id."""
         now = self.clock()
@@ -141,7 +142,7 @@ class Store:
                 ids.append(cursor.lastrowid)
                 for state in entry.path:
                     reason = entry.values.get("reason") if state == entry.values["state"] else None
-                    self._history(cursor.lastrowid, now, state, actor, reason)
+                    self._history(cursor.lastrowid, now, state, entry.actor, reason)
         return ids
 
     def transition(self, message_id: int, state: str, actor: str, reason: str | None = None,
