@@ -4,7 +4,8 @@
 logs one line per event to stdout, never patient data. It serves HL7 over MLLP
 and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
-after the store committed. Every second the dispatcher starts due pushes to
+after the store committed; what arrives in one reactor turn is committed together
+(group commit). Every second the dispatcher starts due pushes to
 institutions with ``mllp://`` delivery (SFTP outboxes come with the SFTP server).
 
 A client certificate's common name names its identity; an unknown name has no
@@ -32,6 +33,7 @@ from gateway.metrics import LocalStatus, Metrics
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, tls
+from gateway.transports.batch import GroupCommit
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
 from gateway.transports.mllp_client import MLLPDeliverer
@@ -52,7 +54,7 @@ class Gateway:
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
         self.metrics = Metrics(self.intake, reactor.seconds)
-        self.accept = self.metrics.counting(self.intake.accept)
+        self.accept = self.metrics.counting(GroupCommit(self.intake, reactor).accept)
 
     def envelope_for(self, channel: str):
         def envelope(peer: str) -> Envelope:

@@ -33,21 +33,27 @@ class Metrics:
         self.counters: Counter = Counter()
 
     def counting(self, accept):
-        """Wrap ``accept`` so that every outcome is counted per channel."""
-        def counted(raw: bytes, envelope):
+        """Wrap ``accept`` (answering at once or with a Deferred) so that every outcome
+        is counted per channel; the wrapper answers with a Deferred."""
+        def counted(raw: bytes, envelope) -> defer.Deferred:
             label = ("channel", envelope.channel)
-            try:
-                receipts = accept(raw, envelope)
-            except DecodeError:
-                self.counters["gatewayd_rejected_total", label] += 1
-                raise
-            except (NotMandated, DuplicateConflict):
-                self.counters["gatewayd_refused_total", label] += 1
-                raise
-            for receipt in receipts:
-                name = "gatewayd_duplicates_total" if receipt.duplicate else "gatewayd_received_total"
-                self.counters[name, label] += 1
-            return receipts
+
+            def receipts_counted(receipts):
+                for receipt in receipts:
+                    name = "gatewayd_duplicates_total" if receipt.duplicate else \
+                        "gatewayd_received_total"
+                    self.counters[name, label] += 1
+                return receipts
+
+            def error_counted(failure):
+                if failure.check(DecodeError):
+                    self.counters["gatewayd_rejected_total", label] += 1
+                elif failure.check(NotMandated, DuplicateConflict):
+                    self.counters["gatewayd_refused_total", label] += 1
+                return failure
+
+            result = defer.maybeDeferred(accept, raw, envelope)
+            return result.addCallbacks(receipts_counted, error_counted)
         return counted
 
     def counting_deliverer(self, deliverer):

@@ -134,3 +134,23 @@ def test_messages_without_control_id_are_told_apart_by_content(tmp_path):
     (again,) = intake.accept(hl7, ADMIN)
     (other,) = intake.accept(hl7.replace(b"Geachte collega", b"Beste collega"), ADMIN)
     assert again.duplicate and again.id == first.id and other.id != first.id
+
+
+def test_accept_many_is_one_file_and_one_transaction(tmp_path):
+    """A batch shares one payload file; each input gets its own outcome: receipts, a
+    duplicate of an earlier one in the same batch, a rejection, a refusal."""
+    from tests.helpers.fakes import numbered_referral
+    intake = make_intake(tmp_path)
+    first, second = numbered_referral(1, "B"), numbered_referral(2, "B")
+    changed = first.replace(b"Geachte collega", b"Beste collega")
+    outcomes = intake.accept_many([
+        (first, ADMIN), (second, ADMIN), (first, ADMIN), (b"garbage", ADMIN),
+        (second, Envelope("his-other", "test", frozenset({"01765432"}))), (changed, ADMIN)])
+    one, two, again, rejected, refused, conflict = outcomes
+    assert one[0].state == two[0].state == "ready" and one[0].id != two[0].id
+    assert again[0].id == one[0].id and again[0].duplicate
+    assert isinstance(rejected, DecodeError) and isinstance(refused, NotMandated)
+    assert isinstance(conflict, DuplicateConflict)
+    rows = intake.store.listing()
+    assert len(rows) == 3 and {row["raw_name"] for row in rows} == {rows[0]["raw_name"]}
+    assert intake.store.payload(intake.store.get(two[0].id), "raw") == second

@@ -4,6 +4,7 @@ oversize frames, idle timeout, ACKs in order."""
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
+from gateway.errors import DecodeError
 from gateway.transports.mllp import END, START, MLLPFactory
 
 
@@ -31,6 +32,14 @@ def connect(handler, max_frame=1000, idle=30.0, clock=None):
     transport = StringTransport()
     protocol.makeConnection(transport)
     return protocol, transport
+
+
+def fired(result: defer.Deferred):
+    """The result of a Deferred that has already fired."""
+    found = []
+    result.addBoth(found.append)
+    assert found, "the Deferred has not fired"
+    return found[0]
 
 
 def frame(message: bytes) -> bytes:
@@ -126,7 +135,7 @@ def test_acks_from_the_intake(tmp_path):
     handler = AckingHandler(intake.accept, lambda peer: Envelope(peer, "mllp", mandates[peer]))
     message = numbered_referral(1, "MLLP")
     bad = message.replace(b"123456782^^^NLMINBIZA", b"123456789^^^NLMINBIZA")
-    replies = [handler.handle(m, peer) for m, peer in
+    replies = [fired(handler.handle(m, peer)) for m, peer in
                ((message, "brink"), (message, "brink"), (bad.replace(b"MLLP-000001", b"MLLP-2"), "brink"),
                 (numbered_referral(3, "MLLP"), "other"))]
     msa = [reply.split(b"\r")[1].split(b"|")[:3] for reply in replies]
@@ -154,3 +163,37 @@ def test_push_counts_only_an_aa_naming_our_control_id():
         with pytest.raises(DeliveryError) as caught:
             _check_ack(ack, "PUSH-000001")
         assert caught.value.code == code
+
+
+def test_group_commit_stores_one_turn_together(tmp_path):
+    """Inputs queued in one reactor turn are stored in one batch, each answered on its own;
+    when storing fails, every caller of that batch gets the failure and no receipt."""
+    import time
+    from pathlib import Path
+
+    from gateway import routes
+    from gateway.intake import Envelope, Intake
+    from gateway.spool.store import Store
+    from gateway.transports.batch import GroupCommit
+    from tests.helpers.fakes import numbered_referral
+
+    samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
+    intake = Intake(Store(tmp_path, time.time), routes.load(samples), 1 << 24)
+    clock = task.Clock()
+    group = GroupCommit(intake, clock)
+    admin = Envelope("admin", "test")
+    answers = [group.accept(numbered_referral(i, "G"), admin) for i in range(3)]
+    bad = group.accept(b"garbage", admin)
+    clock.advance(0)
+    receipts = [fired(answer)[0] for answer in answers]
+    assert len({r.id for r in receipts}) == 3
+    assert len({row["raw_name"] for row in intake.store.listing()}) == 1
+    assert fired(bad).check(DecodeError)
+
+    def broken(items):
+        raise OSError("disk full")
+    intake.accept_many = broken
+    failed = group.accept(numbered_referral(9, "G"), admin)
+    clock.advance(0)
+    assert fired(failed).check(OSError)
+

@@ -10,6 +10,7 @@ MSA-2 is always the message's MSH-10.
 
 from typing import Callable
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.codecs import hl7v2
@@ -24,18 +25,24 @@ class AckingHandler:
                  envelope_for: Callable[[str], Envelope]):
         self.accept, self.envelope_for = accept, envelope_for
 
-    def handle(self, message: bytes, peer: str) -> bytes:
-        try:
-            receipts = self.accept(message, self.envelope_for(peer))
-        except NotMandated as exc:
-            self.log.warn("refused AR from {peer}: {error}", peer=peer, error=str(exc))
-            return hl7v2.ack(message, "AR", exc)
-        except (DecodeError, DuplicateConflict) as exc:
-            self.log.warn("refused AE from {peer}: {error}", peer=peer, error=str(exc))
-            return hl7v2.ack(message, "AE", exc)
+    def handle(self, message: bytes, peer: str) -> defer.Deferred:
+        """A Deferred firing with the ACK bytes (``accept`` may answer at once or later)."""
+        result = defer.maybeDeferred(self.accept, message, self.envelope_for(peer))
+        result.addCallbacks(self._accepted, self._refused, callbackArgs=(message, peer),
+                            errbackArgs=(message, peer))
+        return result
+
+    def _accepted(self, receipts, message: bytes, peer: str) -> bytes:
         for receipt in receipts:
             self.log.info("accepted id={id} zd={zd} state={state} destination={destination} "
                           "duplicate={duplicate} from {peer}", id=receipt.id, zd=receipt.zd_number,
                           state=receipt.state, destination=receipt.destination,
                           duplicate=receipt.duplicate, peer=peer)
         return hl7v2.ack(message, "AA")
+
+    def _refused(self, failure, message: bytes, peer: str) -> bytes:
+        failure.trap(NotMandated, DecodeError, DuplicateConflict)
+        code = "AR" if failure.check(NotMandated) else "AE"
+        self.log.warn("refused {code} from {peer}: {error}", code=code, peer=peer,
+                      error=str(failure.value))
+        return hl7v2.ack(message, code, failure.value)

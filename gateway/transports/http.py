@@ -16,8 +16,9 @@ anything else is 404, exactly as for a message that does not exist.
 
 import json
 
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource
+from twisted.web import resource, server
 
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
@@ -44,13 +45,29 @@ class Api(resource.Resource):
         identity = self.identities.get(peer)
         parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
         method = request.method.decode()
-        try:
-            status, body, content_type = self._dispatch(method, parts, peer, identity, request)
-        except GatewayError as exc:
-            status, body, content_type = _error(exc)
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+        answer = defer.maybeDeferred(self._dispatch, method, parts, peer, identity, request)
+        answer.addErrback(self._failed, peer)
+        answer.addCallback(self._respond, request, gone)
+        return server.NOT_DONE_YET
+
+    def _failed(self, failure, peer: str):
+        if failure.check(GatewayError):
+            return _error(failure.value)
+        self.log.failure("request from {peer} failed; nothing acknowledged", failure, peer=peer)
+        return 503, _json({"code": "E-UNAVAILABLE", "message": "not stored; send again",
+                           "where": ""}), b"application/json"
+
+    @staticmethod
+    def _respond(answer, request, gone: list) -> None:
+        if gone:
+            return                        # the client left; a resend gets the first receipt
+        status, body, content_type = answer
         request.setResponseCode(status)
         request.setHeader(b"content-type", content_type)
-        return body
+        request.write(body)
+        request.finish()
 
     def _dispatch(self, method, parts, peer, identity, request):
         if method == "POST" and parts == ["v1", "messages"]:
@@ -70,10 +87,12 @@ class Api(resource.Resource):
         raise GatewayError("no such resource", where=f"{method} /{'/'.join(parts)}",
                            code="E-HTTP-NOT-FOUND")
 
-    def _post(self, peer, identity, request):
+    def _post(self, peer, identity, request) -> defer.Deferred:
         body = request.content.read(self.max_bytes + 1)
         envelope = Envelope(peer, "https", identity.agb if identity else frozenset())
-        receipts = self.accept(body, envelope)
+        return defer.maybeDeferred(self.accept, body, envelope).addCallback(self._posted, peer)
+
+    def _posted(self, receipts, peer: str):
         for receipt in receipts:
             self.log.info("accepted id={id} zd={zd} state={state} from {peer}", id=receipt.id,
                           zd=receipt.zd_number, state=receipt.state, peer=peer)
