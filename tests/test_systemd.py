@@ -72,3 +72,55 @@ def test_notify_messages(tmp_path):
         if process.poll() is None:
             process.kill()
         notify.close()
+
+
+def test_sighup_with_a_new_certificate_keeps_open_connections(tmp_path):
+    """After SIGHUP new connections get the new server certificate; a connection opened
+    before the reload still gets its ACK."""
+    import ssl
+    import time
+
+    from gateway import pki
+    from tests.helpers.fakes import numbered_referral
+    from tests.test_daemon_e2e import identity, load_authority, msa, read_frame
+
+    port = free_port()
+    made = json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "init", str(tmp_path / "gw"), "--mllp-port", str(port),
+         "--https-port", str(free_port()), "--metrics-port", str(free_port()), "--json"],
+        capture_output=True, check=True, cwd=ROOT).stdout)
+    log = tmp_path / "gatewayd.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    brink = identity(made, "his-brink")
+    context = ssl.create_default_context(cafile=made["ca"])
+    context.load_cert_chain(brink["cert"], brink["key"])
+
+    def connect():
+        for _ in range(100):
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                return context.wrap_socket(raw, server_hostname="localhost")
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("gatewayd did not listen")
+
+    try:
+        early = connect()
+        before = early.getpeercert(binary_form=True)
+        folder = Path(made["ca"]).parent
+        pki.write(folder, "server", *load_authority(made).issue("localhost", server=True))
+        process.send_signal(signal.SIGHUP)
+        for _ in range(100):
+            if "reloaded certificates" in log.read_text():
+                break
+            time.sleep(0.05)
+        late = connect()
+        assert late.getpeercert(binary_form=True) != before
+        early.sendall(b"\x0b" + numbered_referral(1, "HUP") + b"\x1c\x0d")
+        assert msa(read_frame(early)) == [b"MSA", b"AA", b"HUP-000001"]
+        early.close()
+        late.close()
+    finally:
+        process.kill()
