@@ -34,6 +34,8 @@ MINUTE, HOUR, DAY = 60, 3600, 86400
 SETTINGS = (
     Setting("paths.spool", Path, "spool", "spool: SQLite database and payload files"),
     Setting("paths.routes", Path, "routes", "route tables (institutions.csv, referrers.csv)"),
+    Setting("paths.sftp", Path, "sftp", "SFTP account folders (inbox/, outbox/, errors/)"),
+    Setting("paths.ssh_host_key", Path, "ssh/host_key", "the SFTP server's host key (0600)"),
     Setting("retry.first_seconds", int, 5 * MINUTE, "first retry of a failed push", 1, DAY),
     Setting("retry.max_seconds", int, HOUR, "longest gap between retries", 1, 7 * DAY),
     Setting("retry.lifetime_seconds", int, 5 * DAY,
@@ -44,6 +46,9 @@ SETTINGS = (
     Setting("listen.host", str, "127.0.0.1", "address the listeners bind to"),
     Setting("listen.mllp_port", int, 2575, "HL7 over MLLP with mutual TLS", 1, 65535),
     Setting("listen.https_port", int, 8443, "HTTPS API with mutual TLS", 1, 65535),
+    Setting("listen.sftp_port", int, 2222, "SFTP drops, public keys only", 1, 65535),
+    Setting("limits.max_upload_bytes", int, 16 * 1024 * 1024, "largest SFTP upload",
+            1024, 256 * 1024 * 1024),
     Setting("listen.metrics_port", int, 9464,
             "/metrics and /healthz without TLS, on 127.0.0.1 only", 1, 65535),
     Setting("tls.ca", Path, "tls/ca.pem", "CA that client certificates must chain to"),

@@ -6,7 +6,9 @@ and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
 after the store committed; what arrives in one reactor turn is committed together
 (group commit). Every second the dispatcher starts due pushes to
-institutions with ``mllp://`` delivery (SFTP outboxes come with the SFTP server).
+institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxes.
+SFTP drops (key-only accounts for the identities with an ``ssh_key``) feed the
+same intake.
 
 A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused. SIGHUP reloads the route tables,
@@ -32,7 +34,10 @@ from gateway.intake import Envelope, Intake
 from gateway.metrics import LocalStatus, Metrics
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
-from gateway.transports import http, tls
+from twisted.conch.ssh import keys
+
+from gateway.errors import ConfigError
+from gateway.transports import http, sftp, tls
 from gateway.transports.batch import GroupCommit
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
@@ -40,6 +45,17 @@ from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_CONFIG = 78
 log = Logger(namespace="gatewayd")
+
+
+class ByScheme:
+    """Hands each push to the deliverer for its delivery address's scheme."""
+
+    def __init__(self, deliverers: dict):
+        self.deliverers = deliverers
+
+    def deliver(self, row, payload: bytes):
+        scheme = next(s for s in self.deliverers if row["delivery"].startswith(s))
+        return self.deliverers[scheme].deliver(row, payload)
 
 
 class Gateway:
@@ -74,13 +90,36 @@ class Gateway:
         site.displayTracebacks = False
         https = reactor.listenSSL(settings.listen_https_port, site, self.tls,
                                   interface=settings.listen_host).getHost()
+        sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._sftp_factory(),
+                                      interface=settings.listen_host).getHost()
         status = server.Site(LocalStatus(self.metrics))
         status.displayTracebacks = False
         metrics = reactor.listenTCP(settings.listen_metrics_port, status,
                                     interface="127.0.0.1").getHost()
-        log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} "
+        log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} sftp={host}:{sftp} "
                  "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
-                 metrics=metrics.port)
+                 sftp=sftp_port.port, metrics=metrics.port)
+
+    def _sftp_factory(self):
+        """SFTP accounts for the identities that have an SSH key."""
+        settings = self.settings
+        accounts, authorized = {}, {}
+        for identity in settings.identities:
+            if not identity.ssh_key:
+                continue
+            try:
+                authorized[identity.name] = [keys.Key.fromFile(str(settings.base / identity.ssh_key))]
+            except (OSError, keys.BadKeyError) as exc:
+                raise ConfigError(f"identities.{identity.name}.ssh_key unusable: {exc}",
+                                  code="E-CONFIG-SSH") from None
+            accounts[identity.name] = sftp.Account(identity.name, settings.paths_sftp / identity.name,
+                                                   identity.agb, self.accept,
+                                                   settings.limits_max_upload_bytes)
+        try:
+            host_key = keys.Key.fromFile(str(settings.paths_ssh_host_key))
+        except (OSError, keys.BadKeyError) as exc:
+            raise ConfigError(f"SSH host key unusable: {exc}", code="E-CONFIG-SSH") from None
+        return sftp.server_factory(host_key, accounts, authorized)
 
     def deliver(self) -> None:
         settings = self.settings
@@ -88,8 +127,10 @@ class Gateway:
                                   ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
                                                                  + settings.tls_key.read_bytes()),
                                   timeout=30)
-        dispatcher = Dispatcher(self.store, settings, self.metrics.counting_deliverer(deliverer),
-                                reactor.seconds, schemes=("mllp://",))
+        deliverers = {"mllp://": deliverer, "sftp:": sftp.OutboxDeliverer(settings.paths_sftp)}
+        dispatcher = Dispatcher(self.store, settings,
+                                self.metrics.counting_deliverer(ByScheme(deliverers)),
+                                reactor.seconds, schemes=tuple(deliverers))
         ticking = task.LoopingCall(dispatcher.tick)
         ticking.clock = reactor
         ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))

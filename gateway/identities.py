@@ -11,6 +11,7 @@ An identity is a client certificate's subject or an SFTP account, declared in
     kind = "institution"
     agb = ["06005678", "03056789"]
     pull = "06005678"            # the institution whose spool it may pull
+    # ssh_key = "ssh/NAME.pub"   # the public key of its SFTP account, if it has one
 
 Sending for an AGB code not listed is refused; so is pulling another spool.
 """
@@ -21,7 +22,7 @@ from gateway.document import agb_problem
 from gateway.errors import ConfigError
 
 KINDS = ("his", "institution")
-KEYS = {"kind", "agb", "pull"}
+KEYS = {"kind", "agb", "pull", "ssh_key"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Identity:
     kind: str
     agb: frozenset[str]
     pull: str = ""
+    ssh_key: str = ""          # public key file of its SFTP account (relative to the config)
 
 
 def parse(section: dict, where: str) -> tuple[Identity, ...]:
@@ -52,7 +54,10 @@ def parse(section: dict, where: str) -> tuple[Identity, ...]:
         if (kind == "institution") != bool(pull) or (pull and agb_problem(str(pull))):
             raise ConfigError(f"{key}.pull must be the institution's AGB code, for institutions only",
                               where=where, code="E-CONFIG-VALUE")
-        found.append(Identity(name, kind, frozenset(codes), pull))
+        ssh_key = entries.get("ssh_key", "")
+        if not isinstance(ssh_key, str):
+            raise ConfigError(f"{key}.ssh_key must be a path", where=where, code="E-CONFIG-VALUE")
+        found.append(Identity(name, kind, frozenset(codes), pull, ssh_key))
     return tuple(found)
 
 
@@ -61,10 +66,12 @@ SAMPLES = '''
 [identities.his-brink]
 kind = "his"
 agb = ["01234567"]
+ssh_key = "ssh/his-brink.pub"
 
 [identities.his-hoogveld]
 kind = "his"
 agb = ["01765432"]
+ssh_key = "ssh/his-hoogveld.pub"
 
 [identities.zis-eemland]
 kind = "institution"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DAY = dt.timedelta(days=1)
@@ -72,6 +72,21 @@ def write(folder: Path, stem: str, cert, key) -> tuple[Path, Path]:
                                        serialization.NoEncryption()))
     os.chmod(key_path, 0o600)
     return cert_path, key_path
+
+
+def write_ssh_key(path: Path) -> tuple[Path, Path]:
+    """A new Ed25519 SSH key: ``path`` (private, OpenSSH format, 0600) and ``path.pub``."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    public = path.with_name(path.name + ".pub")
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+    return path, public
 
 
 def _name(common_name: str) -> x509.Name:

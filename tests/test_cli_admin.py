@@ -79,7 +79,7 @@ def test_route_changes_are_logged_and_reroute_fallback(tmp_path):
     receipt = json.loads(ctl("submit", str(REFERRAL), "--json", env_config=config).stdout)
     assert receipt["state"] == "fallback"
     result = ctl("routes", "add", "referrer", "01234567", "M. Visser", "06005678",
-                 "--answer-address", "sftp:brink", env_config=config)
+                 "--answer-address", "sftp:his-brink", env_config=config)
     assert b"1 message(s) moved out of fallback" in result.stdout
     log = json.loads(ctl("routes", "log", "--json", env_config=config).stdout)
     assert [entry["change"] for entry in log] == ["+ referrer 01234567", "- referrer 01234567"]

@@ -27,8 +27,8 @@ def gateway(tmp_path_factory):
     port = free_port()
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(port),
-         "--https-port", str(free_port()), "--metrics-port", str(free_port()), "--json"],
-        capture_output=True, check=True, cwd=ROOT).stdout)
+         "--https-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--sftp-port", str(free_port()), "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
     institution = FakeInstitution(folder / "tls")
     institutions = folder / "routes" / "institutions.csv"
     institutions.write_text(institutions.read_text().replace(
@@ -249,6 +249,72 @@ def test_log_holds_no_patient_data(gateway):
     made, _, _ = gateway
     text = made["log"].read_text()
     assert "123456782" not in text and "Dijk" not in text and "Geachte" not in text
+
+
+def sftp(made, name, commands: str, tmp_path) -> subprocess.CompletedProcess:
+    """OpenSSH sftp in batch mode as ``name``; ``-`` before a command lets it fail."""
+    batch = tmp_path / "batch"
+    batch.write_text(commands)
+    who = identity(made, name)
+    return subprocess.run(
+        ["sftp", "-b", str(batch), "-i", who["ssh_key"], "-P", str(made["ports"]["sftp"]),
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "BatchMode=yes", f"{who['sftp_user']}@127.0.0.1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def test_sftp_drop_reaches_the_institution_as_xml(gateway, tmp_path):
+    """OpenSSH sftp uploads a MEDVRI file; it leaves inbox/ and the hospital pulls it as XML."""
+    made, _, _ = gateway
+    upload = tmp_path / "referral.edi"
+    upload.write_bytes((ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes().replace(
+        b"HIS00042", b"SFTP00042"))
+    result = sftp(made, "his-brink", f"cd inbox\nput {upload}\nls\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "referral.edi" not in result.stdout.split("ls", 1)[1]
+    status, body = curl(made, "/v1/spool", "zis-eemland")
+    ids = [m["id"] for m in json.loads(body)["messages"] if m["zd_number"] == "ZD100200300"]
+    status, body = curl(made, f"/v1/messages/{ids[-1]}", "zis-eemland")
+    assert status == 200 and body.startswith(b"<?xml")
+
+
+def test_sftp_rejected_upload_leaves_an_err_file(gateway, tmp_path):
+    """A broken upload is refused with an .err file naming the problem; the admin has it as rejected."""
+    made, _, _ = gateway
+    bad = tmp_path / "bad.edi"
+    bad.write_bytes((ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes().replace(
+        b"UNT+16+42", b"UNT+15+42"))
+    result = sftp(made, "his-brink", f"cd inbox\nput {bad}\ncd ../errors\nget bad.edi.err\n",
+                  tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "bad.edi.err").read_text().startswith("E-EDI-COUNT")
+
+
+def test_sftp_cannot_leave_its_folder(gateway, tmp_path):
+    """'..' above the account, absolute paths outside it and links are refused and logged."""
+    made, _, _ = gateway
+    account = Path(made["config"]).parent / "sftp" / "his-brink"
+    (account / "outbox" / "escape").symlink_to("/etc")
+    for command in ("get /../../etc/passwd", "cd /../..", "get outbox/escape/passwd",
+                    "symlink /etc/passwd inbox/x", "mkdir inbox/sub", "put /etc/hostname ../x"):
+        result = sftp(made, "his-brink", command + "\n", tmp_path)
+        assert result.returncode != 0, command
+    assert not (tmp_path / "passwd").exists()
+    assert "SFTP his-brink refused" in made["log"].read_text()
+
+
+def test_answer_lands_in_the_sftp_outbox(gateway, tmp_path):
+    """A teleconsult answer for the GP goes to its SFTP outbox as MEDVRI, ready to fetch."""
+    made, _, _ = gateway
+    answer = (ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes()
+    status, _ = curl(made, "/v1/messages", "zis-eemland", data=answer)
+    assert status == 202
+    for _ in range(100):
+        result = sftp(made, "his-brink", "cd outbox\nget ZD100200301_ANTW.edi\n", tmp_path)
+        if result.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert (tmp_path / "ZD100200301_ANTW.edi").read_bytes().startswith(b"UNA:+.? '")
 
 
 def test_metrics_on_the_local_port(gateway):

@@ -82,7 +82,7 @@ def test_answer_routes_to_the_requester(tmp_path):
     (receipt,) = intake.accept((FIXTURES / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes(), ADMIN)
     assert (receipt.state, receipt.destination) == ("outbound", "answers:01234567")
     row = intake.store.get(receipt.id)
-    assert row["delivery"] == "sftp:brink"
+    assert row["delivery"] == "sftp:his-brink"
     assert edifact.decode(intake.store.payload(row, "out"))[0].kind == \
         "teleconsult-answer"
 

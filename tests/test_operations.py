@@ -67,7 +67,7 @@ def test_cancel_refused_after_180_days_or_without_the_option(intake, tmp_path):
     (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n"
                                              "06005678,Eemland,xml,pull,\n")
     (folder / "referrers.csv").write_text((SAMPLES / "referrers.csv").read_text().replace(
-        "01765432,A. Özdemir,*,sftp:hoogveld\n", ""))
+        "01765432,A. Özdemir,*,sftp:his-hoogveld\n", ""))
     intake.tables = routes.load(folder)
     with pytest.raises(operations.Refused, match="does not accept cancellations"):
         operations.cancel(intake, "ZD100200300", "x", SENT + dt.timedelta(days=1), 180, "test")

@@ -24,7 +24,7 @@ def test_samples_load():
 def test_every_problem_is_reported_with_file_and_line(tmp_path):
     """Each bad row is named as file:line: problem, and the whole table is refused."""
     write_tables(tmp_path, "06005678,Eemland,pdf,pull,\n0600567,X,xml,ftp://x,cancel;fax\n",
-                 "# comment\n\n01234567,Visser,06009999,sftp:brink\n01234567,Twice,*,mail:x\n")
+                 "# comment\n\n01234567,Visser,06009999,sftp:his-brink\n01234567,Twice,*,mail:x\n")
     with pytest.raises(routes.TableError) as caught:
         routes.load(tmp_path)
     problems = caught.value.problems
@@ -69,7 +69,7 @@ def test_answer_goes_to_the_requesters_answer_address():
     """An answer routes back to the requesting referrer's answer address, as MEDVRI."""
     answer = hl7v2.decode((ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes())[0]
     route = routes.match(answer, routes.load(SAMPLES), requester_agb="01765432")
-    assert route == routes.Route("answers:01765432", "edifact", "sftp:hoogveld", None)
+    assert route == routes.Route("answers:01765432", "edifact", "sftp:his-hoogveld", None)
 
 
 def copy_samples(folder: Path) -> Path:

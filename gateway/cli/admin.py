@@ -56,6 +56,8 @@ def cmd_init(args, out) -> int:
         text = text.replace("mllp_port = 2575", f"mllp_port = {args.mllp_port}")
     if args.https_port:
         text = text.replace("https_port = 8443", f"https_port = {args.https_port}")
+    if args.sftp_port:
+        text = text.replace("sftp_port = 2222", f"sftp_port = {args.sftp_port}")
     if args.metrics_port:
         text = text.replace("metrics_port = 9464", f"metrics_port = {args.metrics_port}")
     target.write_text(text, encoding="utf-8")
@@ -69,7 +71,7 @@ def cmd_init(args, out) -> int:
     made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
             "spool": str(settings.paths_spool), "ca": str(settings.tls_ca),
             "ports": {"mllp": settings.listen_mllp_port, "https": settings.listen_https_port,
-                      "metrics": settings.listen_metrics_port},
+                      "sftp": settings.listen_sftp_port, "metrics": settings.listen_metrics_port},
             "identities": identities}
     out(json.dumps(made, indent=2) if args.json else
         "\n".join(f"{key:10} {value}" for key, value in made.items() if key != "identities")
@@ -85,12 +87,19 @@ def _make_tls(settings) -> list[dict]:
     pki.write(folder, settings.tls_ca.stem, authority.cert, authority.key)
     cert, key = authority.issue("localhost", server=True)
     pki.write(folder, settings.tls_cert.stem, cert, key)
+    pki.write_ssh_key(settings.paths_ssh_host_key)
     made = []
     for identity in settings.identities:
         cert, key = authority.issue(identity.name)
         cert_path, key_path = pki.write(folder / "clients", identity.name, cert, key)
+        ssh_key = None
+        if identity.ssh_key:
+            public = settings.base / identity.ssh_key
+            ssh_key, _ = pki.write_ssh_key(public.with_suffix(""))
         made.append({"name": identity.name, "kind": identity.kind, "agb": sorted(identity.agb),
-                     "cert": str(cert_path), "key": str(key_path)})
+                     "cert": str(cert_path), "key": str(key_path),
+                     "sftp_user": identity.name if ssh_key else None,
+                     "ssh_key": str(ssh_key) if ssh_key else None})
     return made
 
 

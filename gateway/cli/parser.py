@@ -56,6 +56,7 @@ def _message_commands(commands) -> None:
     init.add_argument("dir", metavar="DIR")
     init.add_argument("--mllp-port", type=int, help="port for HL7 over MLLP/TLS (default 2575)")
     init.add_argument("--https-port", type=int, help="port for the HTTPS API (default 8443)")
+    init.add_argument("--sftp-port", type=int, help="port for SFTP drops (default 2222)")
     init.add_argument("--metrics-port", type=int, help="local port for /metrics (default 9464)")
     _command(commands, "submit", admin.cmd_submit, "ingest a message as if received", file=True
              ).add_argument("--as", dest="identity", metavar="IDENTITY",
