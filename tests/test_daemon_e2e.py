@@ -303,6 +303,17 @@ def test_sftp_cannot_leave_its_folder(gateway, tmp_path):
     assert "SFTP his-brink refused" in made["log"].read_text()
 
 
+def test_sftp_upload_over_the_cap_is_refused(gateway, tmp_path):
+    """An upload larger than limits.max_upload_bytes is cut off and nothing of it is kept."""
+    made, _, _ = gateway
+    huge = tmp_path / "huge.edi"
+    huge.write_bytes(b"UNA" + b"x" * (16 * 1024 * 1024 + 10))
+    result = sftp(made, "his-brink", f"cd inbox\nput {huge}\n", tmp_path)
+    assert result.returncode != 0
+    assert not (Path(made["config"]).parent / "sftp" / "his-brink" / "inbox" / "huge.edi").exists()
+    assert "upload larger than" in made["log"].read_text()
+
+
 def test_answer_lands_in_the_sftp_outbox(gateway, tmp_path):
     """A teleconsult answer for the GP goes to its SFTP outbox as MEDVRI, ready to fetch."""
     made, _, _ = gateway
