@@ -114,7 +114,7 @@ class Gateway:
                                   code="E-CONFIG-SSH") from None
             accounts[identity.name] = sftp.Account(identity.name, settings.paths_sftp / identity.name,
                                                    identity.agb, self.accept,
-                                                   settings.limits_max_upload_bytes)
+                                                   settings.limits_max_upload_bytes, self.picked_up)
         try:
             host_key = keys.Key.fromFile(str(settings.paths_ssh_host_key))
         except (OSError, keys.BadKeyError) as exc:
@@ -134,6 +134,14 @@ class Gateway:
         ticking = task.LoopingCall(dispatcher.tick)
         ticking.clock = reactor
         ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))
+
+    def picked_up(self, account: str, file_name: str) -> None:
+        """Record that an SFTP account fetched and removed a file from its outbox."""
+        zd_number = file_name.rsplit(".", 1)[0]
+        for row in self.store.by_zd(zd_number):
+            if row["delivery"] == f"sftp:{account}" and row["state"] == "delivered":
+                self.store.note(row["id"], f"sftp:{account}", "pickup confirmed")
+                log.info("pickup confirmed id={id} by sftp:{account}", id=row["id"], account=account)
 
     def reload(self) -> None:
         """Reload route tables, identities and certificates; keep whatever fails to load."""

@@ -326,6 +326,11 @@ def test_answer_lands_in_the_sftp_outbox(gateway, tmp_path):
             break
         time.sleep(0.2)
     assert (tmp_path / "ZD100200301_ANTW.edi").read_bytes().startswith(b"UNA:+.? '")
+    assert sftp(made, "his-brink", "rm outbox/ZD100200301_ANTW.edi\n", tmp_path).returncode == 0
+    (status,) = [row for row in json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "-c", made["config"], "status", "ZD100200301_ANTW",
+         "--json"], capture_output=True, check=True, cwd=ROOT).stdout)]
+    assert status["history"][-1]["reason"] == "pickup confirmed"
 
 
 def test_metrics_on_the_local_port(gateway):

@@ -161,6 +161,14 @@ class Store:
                             "WHERE id = ?", [*assignments.values(), message_id])
             self._history(message_id, now, state, actor, reason)
 
+    def note(self, message_id: int, actor: str, reason: str) -> None:
+        """Add to a message's history without changing its state (e.g. a pickup confirmed)."""
+        now = self.clock()
+        with self._transaction():
+            row = self.db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is not None:
+                self._history(message_id, now, row["state"], actor, reason)
+
     def get(self, message_id: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
 

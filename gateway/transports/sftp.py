@@ -2,7 +2,7 @@
 
 An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
-upload). An upload is ingested when its file is closed — or when it is renamed
+upload); deleting a file from ``outbox/`` confirms its pickup. An upload is ingested when its file is closed — or when it is renamed
 from a ``.part`` or ``.tmp`` name — and removed from ``inbox/`` only after the
 store committed it. Paths are resolved and compared component by component;
 ``..``, absolute paths outside the account, and links are refused and logged;
@@ -49,10 +49,11 @@ class Transport(transport.SSHServerTransport):
 class Account(avatar.ConchUser):
     """One SFTP account: the folder it is confined to and how uploads are ingested."""
 
-    def __init__(self, name: str, root: Path, mandates: frozenset[str], accept, max_upload: int):
+    def __init__(self, name: str, root: Path, mandates: frozenset[str], accept, max_upload: int,
+                 on_pickup=lambda account, file_name: None):
         super().__init__()
         self.name, self.root, self.mandates = name, root.resolve(), mandates
-        self.accept, self.max_upload = accept, max_upload
+        self.accept, self.max_upload, self.on_pickup = accept, max_upload, on_pickup
         self.channelLookup[b"session"] = session.SSHSession   # no ISession: no shell, no exec
         self.subsystemLookup[b"sftp"] = filetransfer.FileTransferServer
         for folder in FOLDERS:
@@ -98,6 +99,8 @@ class Account(avatar.ConchUser):
         if path.parent not in (self.root / "outbox", self.root / "errors"):
             self._refuse(f"delete outside outbox/ and errors/: {path.name!r}")
         path.unlink()
+        if path.parent == self.root / "outbox":
+            self.on_pickup(self.name, path.name)        # reading and deleting confirms pickup
 
     def renameFile(self, oldpath, newpath):
         old, new = self.resolve(oldpath), self.resolve(newpath)
