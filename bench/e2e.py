@@ -75,11 +75,7 @@ def drive(port: int, made: dict, connections: int, seconds: float, prefix: str,
             sent += 1
         counts[number] = sent
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _run_all(worker, connections)
     return sum(counts), latencies
 
 
@@ -103,12 +99,17 @@ def https_posts(made: dict, seconds: float, connections: int = 8) -> int:
             sent += 1
         counts[number] = sent
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
+    _run_all(worker, connections)
+    return sum(counts)
+
+
+def _run_all(worker, count: int) -> None:
+    """Run ``worker(0..count-1)`` in threads and wait for all of them."""
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts)
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -142,46 +142,15 @@ class Account(avatar.ConchUser):
 
 
 @implementer(ISFTPFile)
-class Upload:
-    def __init__(self, account: Account, path: Path):
-        self.account, self.path, self.size = account, path, 0
-        self.handle = open(path, "wb")
+class _OpenFile:
+    """An open file: attributes from the handle; reading and writing refused unless a
+    subclass allows them."""
 
-    def writeChunk(self, offset, data):
-        if offset + len(data) > self.account.max_upload:
-            self.handle.close()
-            self.path.unlink(missing_ok=True)
-            self.account._refuse(f"upload larger than {self.account.max_upload} bytes")
-        self.handle.seek(offset)
-        self.handle.write(data)
+    def __init__(self, path: Path, mode: str):
+        self.path, self.handle = path, open(path, mode)
 
     def readChunk(self, offset, length):
         raise Refused("write-only")
-
-    def getAttrs(self):
-        return _attrs(os.fstat(self.handle.fileno()))
-
-    def setAttrs(self, attrs):
-        return None
-
-    def close(self):
-        self.handle.close()
-        if self.path.suffix in STAGING_SUFFIXES or not self.path.exists():
-            return None
-        return ingest(self.account, self.path)
-
-
-@implementer(ISFTPFile)
-class Download:
-    def __init__(self, account: Account, path: Path):
-        self.handle = open(path, "rb")
-
-    def readChunk(self, offset, length):
-        self.handle.seek(offset)
-        data = self.handle.read(length)
-        if not data:
-            raise EOFError()
-        return data
 
     def writeChunk(self, offset, data):
         raise Refused("read-only")
@@ -194,6 +163,42 @@ class Download:
 
     def close(self):
         self.handle.close()
+
+
+class Upload(_OpenFile):
+    """A file written into inbox/: capped, and ingested when closed."""
+
+    def __init__(self, account: Account, path: Path):
+        super().__init__(path, "wb")
+        self.account = account
+
+    def writeChunk(self, offset, data):
+        if offset + len(data) > self.account.max_upload:
+            self.handle.close()
+            self.path.unlink(missing_ok=True)
+            self.account._refuse(f"upload larger than {self.account.max_upload} bytes")
+        self.handle.seek(offset)
+        self.handle.write(data)
+
+    def close(self):
+        self.handle.close()
+        if self.path.suffix in STAGING_SUFFIXES or not self.path.exists():
+            return None
+        return ingest(self.account, self.path)
+
+
+class Download(_OpenFile):
+    """A file read from outbox/ or errors/."""
+
+    def __init__(self, account: Account, path: Path):
+        super().__init__(path, "rb")
+
+    def readChunk(self, offset, length):
+        self.handle.seek(offset)
+        data = self.handle.read(length)
+        if not data:
+            raise EOFError()
+        return data
 
 
 class Listing:
