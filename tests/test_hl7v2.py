@@ -22,7 +22,8 @@ REFERRAL = (FIXTURES / "referral-lf.hl7").read_bytes()
 
 def validate_with_hl7apy(data: bytes) -> str:
     """Parse ``data`` with hl7apy and validate its structure; return the message structure name."""
-    text = data.decode("utf-8" if b"UNICODE UTF-8" in data else "latin-1")
+    declared = data.split(b"\r", 1)[0].split(b"|")[17]      # MSH-18
+    text = data.decode("utf-8" if declared == b"UNICODE UTF-8" else "latin-1")
     message = parse_message(text, validation_level=VALIDATION_LEVEL.TOLERANT)
     assert message.validate()
     return message.name
