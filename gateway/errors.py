@@ -48,12 +48,6 @@ class ConfigError(GatewayError):
     code = "E-CONFIG"
 
 
-class NoRoute(GatewayError):
-    """No destination for a message; it goes to the fallback queue with this reason."""
-
-    code = "E-NOROUTE"
-
-
 class DeliveryError(GatewayError):
     """A push delivery failed; the message is retried with backoff."""
 

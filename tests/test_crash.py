@@ -2,7 +2,6 @@
 times; every message it acknowledged is stored exactly once, intact. The same
 checker catches a deliberately broken child that acknowledges before storing."""
 
-import os
 import random
 import signal
 import sqlite3

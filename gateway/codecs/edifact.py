@@ -38,7 +38,7 @@ from gateway.codecs.edisyntax import Interchange, Message, OutSegment, Segment
 from gateway.document import (Address, Document, Kind, Patient, Recipient, Sender, Sex,
                               agb_problem, all_text, bsn_problem, fits_latin1, normalize_bsn,
                               text_fields)
-from gateway.errors import DecodeError, DocumentError, EncodeError
+from gateway.errors import DocumentError, EncodeError
 
 LINE_WIDTH = 70
 LAYOUT = (("UNH", 1, 1), ("GGA", 1, 1), ("DET", 1, 1), ("PID", 0, 1), ("PAD", 0, 1),

@@ -41,7 +41,7 @@ from gateway.codecs import hl7syntax
 from gateway.codecs.hl7syntax import Segments, field, segment
 from gateway.document import (Address, Attachment, Document, Kind, Patient, Recipient, Sender, Sex,
                               aware, bsn_problem, fits_latin1, local_time, normalize_bsn)
-from gateway.errors import DecodeError, DocumentError, EncodeError, GatewayError
+from gateway.errors import DecodeError, DocumentError, GatewayError
 
 SUPPORTED = {("REF", "I12"), ("RRI", "I12")}
 ROLES = {"REF": ("RP", "RT"), "RRI": ("CP", "RP")}           # (sender, recipient) PRD-1
@@ -56,7 +56,6 @@ LETTER_CODE = ("11488-4", "Consultation note", "LN")
 BSN_AUTHORITY = "NLMINBIZA"
 _TS = re.compile(r"(\d{8})(\d{4})?(\d{2})?(?:\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?")
 NULL = '""'
-SEPARATOR_MAP = "|^~\\&"
 FIELD_PLACES = {"zd_number": "RF1-6/RF1-11", "in_reply_to": "RF1-6/RF1-11", "sent_at": "MSH-7",
                 "sender.agb": "PRD-7", "recipient.agb": "MSH-6", "patient.birth_date": "PID-7"}
 ERROR_CODES = {"E-HL7-TYPE": "200", "E-HL7-MISSING": "101"}
@@ -359,7 +358,7 @@ def _lenient_msh(message: bytes) -> list[str]:
         return []
     theirs = line[3:8]
     if theirs != "|^~\\&":
-        line = "".join(SEPARATOR_MAP[theirs.index(c)] if c in theirs else hl7syntax.escape(c)
+        line = "".join(hl7syntax.SEPARATORS[theirs.index(c)] if c in theirs else hl7syntax.escape(c)
                        for c in line[8:])
         line = "MSH|^~\\&" + line
     fields = line.split("|")
