@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from gateway import routes  # noqa: E402
 from gateway.intake import Envelope, Intake  # noqa: E402
 from gateway.spool.store import Store  # noqa: E402
-from tests.helpers.fakes import numbered_referral  # noqa: E402
+from tests.helpers.fakes import RING, numbered_referral  # noqa: E402
 
 
 def message(index: int) -> bytes:
@@ -81,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         folder = Path(folder)
         bare = bare_commits(folder, args.messages)
-        intake = Intake(Store(folder / "spool", time.time), routes.load(ROOT / "gateway" / "routes" /
+        intake = Intake(Store(folder / "spool", time.time, RING), routes.load(ROOT / "gateway" / "routes" /
                                                                          "samples"), 16 * 1024 * 1024)
         empty = intake_rate(intake, 0, args.messages)
         print(f"bare SQLite WAL FULL single-row commits: {bare:8,.0f}/s")

@@ -36,6 +36,8 @@ SETTINGS = (
     Setting("paths.routes", Path, "routes", "route tables (institutions.csv, referrers.csv)"),
     Setting("paths.sftp", Path, "sftp", "SFTP account folders (inbox/, outbox/, errors/)"),
     Setting("paths.ssh_host_key", Path, "ssh/host_key", "the SFTP server's host key (0600)"),
+    Setting("paths.keys", Path, "keys/gatewayd.keys",
+            "payload and audit keys (0600, outside the spool; gatewayctl keys init)"),
     Setting("retry.first_seconds", int, 5 * MINUTE, "first retry of a failed push", 1, DAY),
     Setting("retry.max_seconds", int, HOUR, "longest gap between retries", 1, 7 * DAY),
     Setting("retry.lifetime_seconds", int, 5 * DAY,
@@ -60,6 +62,23 @@ SETTINGS = (
             "close connections (or handshakes) silent this long", 1, 86400),
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
             "sending", 1, 3650),
+    Setting("retention.referral_days", int, 180, "referrals, cancellations and supplements are "
+            "purged this long after the last message of their ZD number", 1, 36500),
+    Setting("retention.teleconsult_days", int, 548, "teleconsult requests and answers are "
+            "purged this long after the last one (548 days: 18 months)", 1, 36500),
+    Setting("retention.audit_days", int, 1827, "audit records are kept this long (5 years)",
+            1, 36500),
+    Setting("notify.email_to", str, "", "comma-separated addresses for notifications "
+            "(empty: no e-mail)"),
+    Setting("notify.email_from", str, "gatewayd@localhost", "sender address of notifications"),
+    Setting("notify.smtp_host", str, "localhost", "SMTP server (STARTTLS when it offers it)"),
+    Setting("notify.smtp_port", int, 25, "SMTP port", 1, 65535),
+    Setting("notify.webhook_url", str, "", "HTTPS URL notifications are POSTed to as JSON "
+            "(empty: none)"),
+    Setting("notify.webhook_ca", str, "", "CA file the webhook's certificate must chain to "
+            "(empty: the system's trusted CAs)"),
+    Setting("notify.unpulled_hours", int, 24, "notify when an institution leaves a message "
+            "unpulled this long", 1, 24 * 365),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 

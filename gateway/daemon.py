@@ -22,20 +22,22 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
-from twisted.internet import reactor, ssl, task
+from twisted.internet import defer, reactor, ssl, task, threads
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web import server
 
-from gateway import config, routes, systemd
+from gateway import audit, config, notify, retention, routes, systemd
 from gateway.errors import GatewayError
 from gateway.intake import Envelope, Intake
 from gateway.metrics import LocalStatus, Metrics
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
-from twisted.conch.ssh import keys
+from twisted.conch.ssh import keys as ssh_keys
 
+from gateway import keys
 from gateway.errors import ConfigError
 from gateway.transports import http, sftp, tls
 from gateway.transports.batch import GroupCommit
@@ -44,6 +46,7 @@ from gateway.transports.mllp import MLLPFactory
 from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_CONFIG = 78
+DAY = 86400
 log = Logger(namespace="gatewayd")
 
 
@@ -64,7 +67,8 @@ class Gateway:
     def __init__(self, config_path: Path):
         self.config_path = config_path
         self.settings = settings = config.load(config_path)
-        self.store = Store(settings.paths_spool, reactor.seconds)
+        self.store = Store(settings.paths_spool, reactor.seconds, keys.load(settings.paths_keys))
+        self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
         self.intake = Intake(self.store, routes.load(settings.paths_routes),
                              settings.limits_max_message_bytes)
         self.identities = {identity.name: identity for identity in settings.identities}
@@ -108,16 +112,17 @@ class Gateway:
             if not identity.ssh_key:
                 continue
             try:
-                authorized[identity.name] = [keys.Key.fromFile(str(settings.base / identity.ssh_key))]
-            except (OSError, keys.BadKeyError) as exc:
+                authorized[identity.name] = [
+                    ssh_keys.Key.fromFile(str(settings.base / identity.ssh_key))]
+            except (OSError, ssh_keys.BadKeyError) as exc:
                 raise ConfigError(f"identities.{identity.name}.ssh_key unusable: {exc}",
                                   code="E-CONFIG-SSH") from None
             accounts[identity.name] = sftp.Account(identity.name, settings.paths_sftp / identity.name,
                                                    identity.agb, self.accept,
-                                                   settings.limits_max_upload_bytes, self.picked_up)
+                                                   settings.limits_max_upload_bytes, self.outbox)
         try:
-            host_key = keys.Key.fromFile(str(settings.paths_ssh_host_key))
-        except (OSError, keys.BadKeyError) as exc:
+            host_key = ssh_keys.Key.fromFile(str(settings.paths_ssh_host_key))
+        except (OSError, ssh_keys.BadKeyError) as exc:
             raise ConfigError(f"SSH host key unusable: {exc}", code="E-CONFIG-SSH") from None
         return sftp.server_factory(host_key, accounts, authorized)
 
@@ -127,21 +132,41 @@ class Gateway:
                                   ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
                                                                  + settings.tls_key.read_bytes()),
                                   timeout=30)
-        deliverers = {"mllp://": deliverer, "sftp:": sftp.OutboxDeliverer(settings.paths_sftp)}
+        deliverers = {"mllp://": deliverer, "sftp:": self.outbox}
         dispatcher = Dispatcher(self.store, settings,
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),
                                 reactor.seconds, schemes=tuple(deliverers))
-        ticking = task.LoopingCall(dispatcher.tick)
-        ticking.clock = reactor
-        ticking.start(1.0, now=True).addErrback(lambda failure: log.failure("delivery loop", failure))
+        _every(1.0, dispatcher.tick, "delivery loop")
 
-    def picked_up(self, account: str, file_name: str) -> None:
-        """Record that an SFTP account fetched and removed a file from its outbox."""
-        zd_number = file_name.rsplit(".", 1)[0]
-        for row in self.store.by_zd(zd_number):
-            if row["delivery"] == f"sftp:{account}" and row["state"] == "delivered":
-                self.store.note(row["id"], f"sftp:{account}", "pickup confirmed")
-                log.info("pickup confirmed id={id} by sftp:{account}", id=row["id"], account=account)
+    def maintain(self) -> None:
+        """Notifications every 10 s (when configured); the retention purge once a day."""
+        notifier = notify.Notifier(self.store, self.settings, reactor)
+        if notifier.enabled:
+            _every(10.0, notifier.tick, "notifications")
+        reactor.callLater(60, _every, DAY, self.purge, "purge")
+
+    def purge(self):
+        """Run the retention purge in a thread, on its own connection, then log the audit head
+        (a witness outside the database for the end of the chain)."""
+        settings, ring = self.settings, self.store.ring
+
+        def run():
+            store = Store(settings.paths_spool, time.time, ring)
+            try:
+                return retention.purge(store, settings, time.time()), \
+                    audit.verify(store.db, ring)
+            finally:
+                store.close()
+
+        def done(result):
+            report, (checked, problem, (seq, head)) = result
+            log.info("purge: {messages} message(s), {files} file(s), {records} audit record(s) "
+                     "removed", messages=report.messages, files=report.files,
+                     records=report.audit_records)
+            if problem:
+                log.critical("ALERT audit chain broken: {problem}", problem=problem)
+            log.info("audit head seq={seq} hash={hash}", seq=seq, hash=head)
+        return threads.deferToThread(run).addCallback(done)
 
     def reload(self) -> None:
         """Reload route tables, identities and certificates; keep whatever fails to load."""
@@ -153,15 +178,34 @@ class Gateway:
             systemd.notify("READY=1")
             return
         for name, apply in (("route tables", lambda: self._reload_tables(settings)),
-                            ("certificates", lambda: self.tls.replace(self._tls_options(settings)))):
+                            ("certificates", lambda: self.tls.replace(self._tls_options(settings))),
+                            ("keys", lambda: self._reload_keys(settings))):
             try:
                 apply()
                 log.info("reloaded {name}", name=name)
             except GatewayError as exc:
                 log.error("reload of {name} refused, old kept: {error}", name=name, error=str(exc))
+        new = {identity.name: identity for identity in settings.identities}
+        changed = sorted(name for name in set(new) | set(self.identities)
+                         if new.get(name) != self.identities.get(name))
+        if changed:
+            self.store.record([audit.Event("reload", "identities-change",
+                                           detail=f"changed: {', '.join(changed)}")])
         self.identities.clear()
-        self.identities.update({identity.name: identity for identity in settings.identities})
+        self.identities.update(new)
         systemd.notify("READY=1")
+
+    def _reload_keys(self, settings) -> None:
+        ring, old = keys.load(settings.paths_keys), self.store.ring
+        if ring != old:
+            self.store.ring = ring
+            try:
+                self.store.check_keys()
+            except GatewayError:
+                self.store.ring = old
+                raise
+            self.store.record([audit.Event("reload", "keys-reload",
+                                           detail=f"current key {ring.current}")])
 
     def _reload_tables(self, settings) -> None:
         self.intake.tables = routes.load(settings.paths_routes)
@@ -172,6 +216,15 @@ class Gateway:
     @staticmethod
     def _tls_options(settings):
         return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
+
+def _every(seconds: float, work, name: str) -> None:
+    """Run ``work`` now and every ``seconds``; a failure is logged with its name and the
+    next round runs as usual."""
+    loop = task.LoopingCall(lambda: defer.maybeDeferred(work).addErrback(
+        lambda failure: log.failure(name, failure)))
+    loop.clock = reactor
+    loop.start(seconds, now=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gatewayd: error {exc}", file=sys.stderr)
         return EX_CONFIG
     gateway.deliver()
+    gateway.maintain()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))

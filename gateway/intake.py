@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from gateway import codecs, routes
+from gateway.audit import Event
 from gateway.document import Document, Kind
 from gateway.errors import DecodeError, EncodeError, GatewayError
 from gateway.spool import payloads
@@ -42,6 +43,7 @@ class Envelope:
     identity: str
     channel: str
     mandates: frozenset[str] | None = None
+    who: str = ""           # for the audit log, when not ``channel:identity`` (cli:<user>)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class _Plan:
     error: DecodeError | None = None
     slots: list = field(default_factory=list)
     raw_index: int = -1
+    id: int = -1            # of the rejected message, when ``error``
 
 
 class Intake:
@@ -163,40 +166,47 @@ class Intake:
                               f"{doc.sender.agb}", where="sender AGB")
 
     def _commit(self, plans: list[_Plan]) -> None:
-        """One payload file with every raw input and output, then one transaction."""
+        """One transaction: ids, then one payload file with every raw input and output
+        (each sealed to its message id), then the rows and their audit records."""
         fresh = [p for p in plans if p.error or any(isinstance(s, _New) for s in p.slots)]
         if not fresh:
             return
-        parts: list[bytes] = []
-        for plan in fresh:
-            plan.raw_index = len(parts)
-            parts.append(plan.raw)
-            for new in _news(plan):
-                if new.out is not None:
-                    new.out_index = len(parts)
-                    parts.append(new.out)
-        written = self.store.write_payloads(parts)
-        entries, owners = [], []
-        for plan in fresh:
-            actor = f"{plan.envelope.channel}:{plan.envelope.identity}"
-            raw_columns = _part_columns("raw", written[plan.raw_index])
-            if plan.error:
-                entries.append(Entry(values={
-                    "identity": plan.envelope.identity, "control_id": None, "part": 0,
-                    "content_sha256": plan.content, "state": "rejected", "reason": str(plan.error),
-                    **raw_columns}, path=("received", "rejected"), actor=actor))
-                owners.append(None)
-            for new in _news(plan):
-                entries.append(_entry(plan, new, raw_columns, written, actor))
-                owners.append(new)
+        written: list[payloads.Part] = []
+
+        def build(next_id) -> list[Entry]:
+            parts: list[tuple[int, bytes]] = []
+            for plan in fresh:
+                plan.id = next_id() if plan.error else -1
+                for new in _news(plan):
+                    new.id = next_id()
+                plan.raw_index = len(parts)
+                parts.append((_raw_owner(plan), plan.raw))
+                for new in _news(plan):
+                    if new.out is not None:
+                        new.out_index = len(parts)
+                        parts.append((new.id, new.out))
+            written.extend(self.store.write_payloads(parts))
+            return [entry for plan in fresh for entry in self._entries(plan, written)]
+
         try:
-            ids = self.store.insert(entries)
+            self.store.insert(build)
         except BaseException:
-            self.store.discard_payload(written[0].name)
+            if written:
+                self.store.discard_payload(written[0].name)
             raise
-        for new, message_id in zip(owners, ids):
-            if new is not None:
-                new.id = message_id
+
+    def _entries(self, plan: _Plan, written: list[payloads.Part]) -> list[Entry]:
+        actor = plan.envelope.who or f"{plan.envelope.channel}:{plan.envelope.identity}"
+        raw = written[plan.raw_index]
+        raw_columns = {**_part_columns("raw", raw), "raw_owner": _raw_owner(plan)}
+        if plan.error:
+            return [Entry(plan.id, values={
+                "identity": plan.envelope.identity, "control_id": None, "part": 0,
+                "content_sha256": plan.content, "state": "rejected", "reason": str(plan.error),
+                **raw_columns}, path=("received", "rejected"), actor=actor, events=(Event(
+                    actor, "receive", "rejected", plan.id, detail=str(plan.error)),))]
+        return [_entry(plan, new, raw_columns, written, actor, self.store.ring.patient(
+            new.doc.patient.bsn)) for new in _news(plan)]
 
     def route(self, doc: Document) -> tuple[routes.Route, bytes | None]:
         """The route for ``doc`` and its payload in the destination's format (None in
@@ -220,7 +230,7 @@ class Intake:
             route, out = self.route(doc)
             if route.fallback:
                 continue
-            (out_part,) = self.store.write_payloads([out])
+            (out_part,) = self.store.write_payloads([(row["id"], out)])
             state = "ready" if route.delivery == "pull" else "outbound"
             self.store.transition(row["id"], state, actor, None, destination=route.destination,
                                   format=route.format, delivery=route.delivery,
@@ -245,6 +255,12 @@ def _part_columns(which: str, part: payloads.Part) -> dict:
             f"{which}_length": part.length, f"{which}_sha256": part.sha256}
 
 
+def _raw_owner(plan: _Plan) -> int:
+    """The message id a plan's raw input is sealed to: the rejected message's, or the
+    first new document's."""
+    return plan.id if plan.error else _news(plan)[0].id
+
+
 def _news(plan: _Plan) -> list[_New]:
     return [slot for slot in plan.slots if isinstance(slot, _New)]
 
@@ -254,15 +270,23 @@ def _conflict(control_id: str) -> DuplicateConflict:
                              where="control id")
 
 
-def _entry(plan: _Plan, new: _New, raw_columns: dict, written: list, actor: str) -> Entry:
+def _entry(plan: _Plan, new: _New, raw_columns: dict, written: list, actor: str,
+           patient: str) -> Entry:
     receipt = new.receipt()
     doc, route = new.doc, new.route
-    return Entry(values={
+    about = {"message_id": new.id, "zd_number": doc.zd_number, "patient": patient,
+             "behalf": doc.sender.agb}
+    events = [Event(actor, "receive", **about)]
+    if new.out is not None:
+        events.append(Event(actor, "convert", detail=f"to {route.format}", **about))
+    events.append(Event(actor, "route", "fallback" if route.fallback else "ok",
+                        detail=route.fallback or route.destination, **about))
+    return Entry(new.id, values={
         "identity": plan.envelope.identity, "control_id": new.control_id, "part": new.part,
         "content_sha256": plan.content, "zd_number": doc.zd_number, "kind": str(doc.kind),
         "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
-        "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(),
+        "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(), "patient": patient,
         "destination": route.destination, "format": route.format, "delivery": route.delivery,
         "state": receipt.state, "reason": route.fallback, **raw_columns,
         **(_part_columns("out", written[new.out_index]) if new.out is not None else {})},
-        path=("received", receipt.state), actor=actor)
+        path=("received", receipt.state), actor=actor, events=tuple(events))

@@ -12,10 +12,11 @@ import datetime as dt
 import io
 import mimetypes
 
-from gateway import codecs, routes
+from gateway import audit, codecs, routes
 from gateway.document import Attachment, Document, Kind, local_time
 from gateway.errors import GatewayError
 from gateway.intake import ADMIN, Envelope, Intake, Receipt
+from gateway.retention import purge_text
 
 REFERRAL_KINDS = (str(Kind.REFERRAL), str(Kind.TELECONSULT_REQUEST))
 EXPORT_COLUMNS = ("date", "zd_number", "kind", "sender_agb", "recipient_agb", "state",
@@ -31,6 +32,8 @@ class Refused(GatewayError):
 def referral(intake: Intake, zd_number: str):
     """The stored referral (or teleconsult request) with this ZD number; raise Refused."""
     rows = [r for r in intake.store.by_zd(zd_number) if r["kind"] in REFERRAL_KINDS]
+    if not rows and (purged := intake.store.purged(zd_number)):
+        raise Refused(purge_text(zd_number, purged), code="E-PURGED")
     if not rows:
         raise Refused(f"no referral with ZD number {zd_number}", code="E-NOT-FOUND")
     return rows[-1]
@@ -48,7 +51,7 @@ def resend(intake: Intake, zd_number: str, actor: str) -> Receipt:
         raise Refused(f"{zd_number} is {row['state']}, not delivered; nothing to resend")
     state = "ready" if row["delivery"] == "pull" else "outbound"
     intake.store.transition(row["id"], state, actor, "resent by an administrator",
-                            next_attempt_at=None)
+                            action="resend", next_attempt_at=None)
     return Receipt(row["id"], zd_number, state, row["destination"])
 
 
@@ -64,14 +67,14 @@ def cancel(intake: Intake, zd_number: str, reason: str, now: dt.datetime, cancel
         raise Refused(f"{zd_number} was sent on {sent:%Y-%m-%d}, more than {cancel_days} days ago; "
                       "it can no longer be cancelled")
     original = _document(intake, row)
-    receipt = _follow_up(intake, original, Kind.CANCELLATION, (reason,), (), now)
+    receipt = _follow_up(intake, original, Kind.CANCELLATION, (reason,), (), now, actor)
     intake.store.transition(row["id"], "cancelled", actor, f"cancelled: {receipt.zd_number}",
                             next_attempt_at=None)
     return receipt
 
 
 def supplement(intake: Intake, zd_number: str, file_name: str, data: bytes,
-               now: dt.datetime) -> Receipt:
+               now: dt.datetime, actor: str) -> Receipt:
     """Send additional information after a referral: a text file's lines, or any other
     file as an attachment."""
     row = referral(intake, zd_number)
@@ -82,7 +85,10 @@ def supplement(intake: Intake, zd_number: str, file_name: str, data: bytes,
         body, attachments = tuple(data.decode("utf-8", errors="replace").splitlines()), ()
     else:
         body, attachments = (), (Attachment(file_name, media_type, data),)
-    return _follow_up(intake, _document(intake, row), Kind.SUPPLEMENT, body, attachments, now)
+    receipt = _follow_up(intake, _document(intake, row), Kind.SUPPLEMENT, body, attachments, now,
+                         actor)
+    intake.store.record([audit.about(row, actor, "supplement", detail=f"message {receipt.id}")])
+    return receipt
 
 
 def _document(intake: Intake, row) -> Document:
@@ -91,18 +97,18 @@ def _document(intake: Intake, row) -> Document:
 
 
 def _follow_up(intake: Intake, original: Document, kind: Kind, body, attachments,
-               now: dt.datetime) -> Receipt:
+               now: dt.datetime, actor: str) -> Receipt:
     doc = dataclasses.replace(original, kind=kind, in_reply_to=original.zd_number, body=body,
                               attachments=attachments,
                               sent_at=local_time(now).replace(microsecond=0))
     route = routes.match(doc, intake.tables)
     if route.fallback:
         raise Refused(f"{original.zd_number}: {route.fallback}")
-    (receipt,) = intake.accept(codecs.get("xml").encode(doc), Envelope(ADMIN, "cli"))
+    (receipt,) = intake.accept(codecs.get("xml").encode(doc), Envelope(ADMIN, "cli", who=actor))
     return receipt
 
 
-def export(intake: Intake, start: dt.date, end: dt.date) -> str:
+def export(intake: Intake, start: dt.date, end: dt.date, actor: str) -> str:
     """CSV of the messages received from ``start`` to ``end`` inclusive: identifiers,
     states and times only, no patient data."""
     low = dt.datetime.combine(start, dt.time()).timestamp()
@@ -113,6 +119,9 @@ def export(intake: Intake, start: dt.date, end: dt.date) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
+    rows = rows.fetchall()
+    intake.store.record([audit.about(row, actor, "export", detail=f"{start} to {end}")
+                         for row in rows])
     for row in rows:
         writer.writerow([_date(row["received_at"]), row["zd_number"], row["kind"], row["sender_agb"],
                          row["recipient_agb"], row["state"], _iso(row["received_at"]),

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.cli.common import actor
+
 ROOT = Path(__file__).parent.parent
 REFERRAL = ROOT / "fixtures" / "medvri" / "referral-crlf.edi"
 
@@ -83,7 +85,7 @@ def test_route_changes_are_logged_and_reroute_fallback(tmp_path):
     assert b"1 message(s) moved out of fallback" in result.stdout
     log = json.loads(ctl("routes", "log", "--json", env_config=config).stdout)
     assert [entry["change"] for entry in log] == ["+ referrer 01234567", "- referrer 01234567"]
-    assert all(entry["actor"] == "cli:admin" for entry in log)
+    assert all(entry["actor"] == actor() for entry in log)     # cli:<the user running it>
 
 
 def test_submit_as_an_identity_obeys_its_mandates(tmp_path):

@@ -2,6 +2,7 @@
 times; every message it acknowledged is stored exactly once, intact. The same
 checker catches a deliberately broken child that acknowledges before storing."""
 
+import os
 import random
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.spool import payloads
+from tests.helpers.fakes import RING
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +39,7 @@ def run_with_kills(spool: Path, kills: int, early: bool, seed: int) -> set[str]:
     return set(acked)
 
 
-def check(spool: Path, acked: set[str]) -> list[str]:
+def check(spool: Path, acked: set[str], ring=RING) -> list[str]:
     """Problems found in the spool: acknowledged messages missing or stored twice,
     unreadable payloads, leftover partial files, a failing integrity check."""
     problems = []
@@ -47,11 +49,11 @@ def check(spool: Path, acked: set[str]) -> list[str]:
     counts = dict(db.execute("SELECT control_id, count(*) FROM messages GROUP BY control_id"))
     problems += [f"{c} acknowledged but missing" for c in sorted(acked) if c not in counts]
     problems += [f"{c} stored {n} times" for c, n in counts.items() if n != 1]
-    for row in db.execute("SELECT raw_name, raw_offset, raw_length, raw_sha256 FROM messages "
-                          "UNION SELECT out_name, out_offset, out_length, out_sha256 FROM messages "
-                          "WHERE out_name IS NOT NULL"):
+    for row in db.execute("SELECT raw_name, raw_offset, raw_length, raw_sha256, raw_owner "
+                          "FROM messages UNION SELECT out_name, out_offset, out_length, out_sha256, "
+                          "id FROM messages WHERE out_name IS NOT NULL"):
         try:
-            payloads.read(spool / "payloads", payloads.Part(*row))
+            payloads.read(spool / "payloads", ring, payloads.Part(*row[:4]), row[4])
         except payloads.PayloadCorrupt as exc:
             problems.append(str(exc))
     return problems
@@ -63,7 +65,9 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path, seed):
     acked = run_with_kills(tmp_path, kills=6, early=False, seed=seed)
     assert acked, "the child acknowledged nothing; the test proved nothing"
     from gateway.spool.store import Store
-    Store(tmp_path, time.time).close()    # a restart sweeps partial files
+    for partial in (tmp_path / "payloads").glob("*/*.tmp"):
+        os.utime(partial, (time.time() - 7200,) * 2)    # left by a crash an hour or more ago
+    Store(tmp_path, time.time, RING).close()    # a restart sweeps them
     assert not list((tmp_path / "payloads").glob("*/*.tmp"))
     assert check(tmp_path, acked) == []
 

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from gateway import keys
 from gateway.spool.store import Store
 from tests.helpers.fakes import free_port, numbered_referral
 from tests.test_crash import check
@@ -76,5 +77,6 @@ def test_sigkill_during_mllp_stream(tmp_path):
         daemon.kill()
     assert len(acked) > 20, "too few messages acknowledged for the test to mean anything"
     spool = Path(made["spool"])
-    Store(spool, time.time).close()
-    assert check(spool, acked) == []
+    ring = keys.load(Path(made["keys"]))
+    Store(spool, time.time, ring).close()
+    assert check(spool, acked, ring) == []

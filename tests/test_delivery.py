@@ -10,7 +10,7 @@ from gateway.errors import DeliveryError
 from gateway.intake import Envelope, Intake
 from gateway.spool import delivery
 from gateway.spool.store import StateError, Store
-from tests.helpers.fakes import PendingDestination, numbered_referral, write_tables
+from tests.helpers.fakes import RING, PendingDestination, numbered_referral, write_tables
 
 DAY = 86400
 
@@ -32,7 +32,7 @@ def setup(tmp_path):
                           "01234567,V,*,\n")
     clock = task.Clock()
     clock.advance(1_800_000_000)
-    store = Store(tmp_path / "spool", clock.seconds)
+    store = Store(tmp_path / "spool", clock.seconds, RING)
     intake = Intake(store, routes.load(folder), 1 << 24)
     return clock, store, intake, config.defaults(tmp_path)
 

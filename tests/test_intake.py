@@ -12,7 +12,7 @@ from gateway.codecs import edifact, hl7v2, zdxml
 from gateway.errors import DecodeError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
 from gateway.spool.store import Store
-from tests.helpers.fakes import write_tables
+from tests.helpers.fakes import RING, write_tables
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
@@ -22,7 +22,7 @@ ADMIN = Envelope("admin", "test")
 
 
 def make_intake(spool: Path, tables: Path = SAMPLES) -> Intake:
-    return Intake(Store(spool, time.time), routes.load(tables), 16 * 1024 * 1024)
+    return Intake(Store(spool, time.time, RING), routes.load(tables), 16 * 1024 * 1024)
 
 
 def test_referral_is_stored_converted_and_ready(tmp_path):

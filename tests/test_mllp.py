@@ -6,6 +6,7 @@ from twisted.internet.testing import StringTransport
 
 from gateway.errors import DecodeError
 from gateway.transports.mllp import END, START, MLLPFactory
+from tests.helpers.fakes import RING
 
 
 class Echo:
@@ -130,7 +131,7 @@ def test_acks_from_the_intake(tmp_path):
     from tests.helpers.fakes import numbered_referral
 
     samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
-    intake = Intake(Store(tmp_path, time.time), routes.load(samples), 1 << 24)
+    intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
     mandates = {"brink": frozenset({"01234567"}), "other": frozenset({"01765432"})}
     handler = AckingHandler(intake.accept, lambda peer: Envelope(peer, "mllp", mandates[peer]))
     message = numbered_referral(1, "MLLP")
@@ -178,7 +179,7 @@ def test_group_commit_stores_one_turn_together(tmp_path):
     from tests.helpers.fakes import numbered_referral
 
     samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
-    intake = Intake(Store(tmp_path, time.time), routes.load(samples), 1 << 24)
+    intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
     clock = task.Clock()
     group = GroupCommit(intake, clock)
     admin = Envelope("admin", "test")

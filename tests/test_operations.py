@@ -11,6 +11,7 @@ from gateway.codecs import zdxml
 from gateway.document import Kind
 from gateway.intake import Envelope, Intake
 from gateway.spool.store import Store
+from tests.helpers.fakes import RING
 
 ROOT = Path(__file__).parent.parent
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
@@ -21,7 +22,7 @@ ADMIN = Envelope("admin", "test")
 
 @pytest.fixture
 def intake(tmp_path):
-    intake = Intake(Store(tmp_path, time.time), routes.load(SAMPLES), 1 << 24)
+    intake = Intake(Store(tmp_path, time.time, RING), routes.load(SAMPLES), 1 << 24)
     intake.accept(REFERRAL, ADMIN)
     return intake
 
@@ -77,12 +78,14 @@ def test_supplement_text_and_attachment(intake, tmp_path):
     """A text file's lines become the supplement's letter; a PDF becomes an attachment."""
     note = tmp_path / "note.txt"
     note.write_text("Aanvullend: MRI gepland.\nGroet")
-    row = intake.store.get(operations.supplement(intake, "ZD100200300", note.name, note.read_bytes(), SENT).id)
+    row = intake.store.get(operations.supplement(intake, "ZD100200300", note.name, note.read_bytes(), SENT,
+                                                        "cli:test").id)
     doc = zdxml.decode(intake.store.payload(row, "out"))[0]
     assert (doc.kind, doc.body) == (Kind.SUPPLEMENT, ("Aanvullend: MRI gepland.", "Groet"))
     pdf = tmp_path / "uitslag.pdf"
     pdf.write_bytes(b"%PDF-1.4 synthetic")
-    row = intake.store.get(operations.supplement(intake, "ZD100200300", pdf.name, pdf.read_bytes(), SENT).id)
+    row = intake.store.get(operations.supplement(intake, "ZD100200300", pdf.name, pdf.read_bytes(), SENT,
+                                                        "cli:test").id)
     (attachment,) = zdxml.decode(intake.store.payload(row, "out"))[0].attachments
     assert (attachment.file_name, attachment.media_type) == ("uitslag.pdf", "application/pdf")
 
@@ -96,7 +99,8 @@ def test_unknown_zd_number(intake):
 def test_export_and_stats_carry_no_patient_data(intake):
     """The CSV export has identifiers, states and times only; stats count per queue."""
     today = dt.date.today()
-    text = operations.export(intake, today - dt.timedelta(days=1), today + dt.timedelta(days=1))
+    text = operations.export(intake, today - dt.timedelta(days=1), today + dt.timedelta(days=1),
+                             "cli:test")
     lines = text.splitlines()
     assert lines[0] == ",".join(operations.EXPORT_COLUMNS)
     assert lines[1].split(",")[1:6] == ["ZD100200300", "referral", "01234567", "06005678", "ready"]

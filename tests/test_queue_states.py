@@ -14,7 +14,7 @@ from gateway.errors import DeliveryError
 from gateway.intake import Envelope, Intake
 from gateway.spool import delivery, states
 from gateway.spool.store import StateError, Store
-from tests.helpers.fakes import PendingDestination, numbered_referral, write_tables
+from tests.helpers.fakes import RING, PendingDestination, numbered_referral, write_tables
 
 
 
@@ -26,7 +26,7 @@ class QueueMachine(RuleBasedStateMachine):
         routes_dir = write_tables(self.folder / "routes", "06005678,Eemland,hl7,mllp://127.0.0.1:2575,"
                                   "\n06009876,Zuid,xml,pull,\n", "01234567,V,*,\n")
         self.clock = task.Clock()
-        self.store = Store(self.folder / "spool", self.clock.seconds)
+        self.store = Store(self.folder / "spool", self.clock.seconds, RING)
         self.intake = Intake(self.store, routes.load(routes_dir), 1 << 24)
         self.destination = PendingDestination()
         self.dispatcher = delivery.Dispatcher(self.store, config.defaults(self.folder),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import datetime as dt
 
-from gateway import codecs, config, operations, pki, routes
-from gateway.cli.common import UsageError, read_input
+from gateway import audit, codecs, config, keys, operations, pki, routes
+from gateway.cli.common import UsageError, actor, read_input
 from gateway.errors import ConfigError, GatewayError
 from gateway.routes import editing
 from gateway.intake import ADMIN, Envelope, Intake
@@ -38,10 +38,14 @@ def open_config(args) -> "config.Config":
     return config.load(Path(path))
 
 
+def open_store(settings) -> Store:
+    return Store(settings.paths_spool, time.time, keys.load(settings.paths_keys))
+
+
 def open_intake(args) -> Intake:
     settings = open_config(args)
-    store = Store(settings.paths_spool, time.time)
-    return Intake(store, routes.load(settings.paths_routes), settings.limits_max_message_bytes)
+    return Intake(open_store(settings), routes.load(settings.paths_routes),
+                  settings.limits_max_message_bytes)
 
 
 def cmd_init(args, out) -> int:
@@ -66,10 +70,13 @@ def cmd_init(args, out) -> int:
         with resources.as_file(samples / name) as source:
             shutil.copyfile(source, folder / "routes" / name)
     settings = config.load(target)
-    Store(settings.paths_spool, time.time).close()
+    if not settings.paths_keys.exists():
+        keys.save(keys.generate(), settings.paths_keys)
+    open_store(settings).close()
     identities = _make_tls(settings)
     made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
-            "spool": str(settings.paths_spool), "ca": str(settings.tls_ca),
+            "spool": str(settings.paths_spool), "keys": str(settings.paths_keys),
+            "ca": str(settings.tls_ca),
             "ports": {"mllp": settings.listen_mllp_port, "https": settings.listen_https_port,
                       "sftp": settings.listen_sftp_port, "metrics": settings.listen_metrics_port},
             "identities": identities}
@@ -107,10 +114,10 @@ def cmd_submit(args, out) -> int:
     """Ingest a file as if received: as the local administrator (any AGB code), or
     ``--as`` an identity, with only that identity's mandates."""
     intake = open_intake(args)
-    envelope = Envelope(ADMIN, "cli")
+    envelope = Envelope(ADMIN, "cli", who=actor())
     if args.identity:
         found = config.identity(open_config(args), args.identity)
-        envelope = Envelope(found.name, "cli", found.agb)
+        envelope = Envelope(found.name, "cli", found.agb, who=actor())
     receipts = intake.accept(read_input(args.file), envelope)
     rows = [vars(receipt) for receipt in receipts]
     out(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) if args.json else
@@ -122,8 +129,11 @@ def cmd_status(args, out) -> int:
     """A message's state and history, by ZD number or id."""
     store = open_intake(args).store
     rows = store.by_zd(args.key) if not args.key.isdigit() else [r for r in [store.get(int(args.key))] if r]
+    if not rows and (purged := store.purged(args.key)):
+        raise operations.Refused(operations.purge_text(args.key, purged), code="E-PURGED")
     if not rows:
         raise NotFound(f"no message with ZD number or id {args.key}")
+    store.record([audit.about(row, actor(), "view", detail="status") for row in rows])
     data = [{**{k: row[k] for k in LIST_COLUMNS}, "history": [
         {"at": _iso(h["at"]), "state": h["state"], "actor": h["actor"], "reason": h["reason"]}
         for h in store.history(row["id"])]} for row in rows]
@@ -148,7 +158,7 @@ def cmd_queue_action(args, out) -> int:
     """hold, release or retry one message by id."""
     store = open_intake(args).store
     action = {"hold": delivery.hold, "release": delivery.release, "retry": delivery.retry_now}
-    action[args.queue_command](store, args.id, "cli:admin")
+    action[args.queue_command](store, args.id, actor())
     row = store.get(args.id)
     out(json.dumps({"id": row["id"], "state": row["state"]}) if args.json else
         f"{row['id']}: {row['state']}")
@@ -157,7 +167,7 @@ def cmd_queue_action(args, out) -> int:
 
 def cmd_resend(args, out) -> int:
     """Offer a delivered referral to its institution again."""
-    return _receipt_out(args, out, operations.resend(open_intake(args), args.zd, "cli:admin"))
+    return _receipt_out(args, out, operations.resend(open_intake(args), args.zd, actor()))
 
 
 def cmd_cancel(args, out) -> int:
@@ -165,20 +175,20 @@ def cmd_cancel(args, out) -> int:
     intake = open_intake(args)
     settings = open_config(args)
     receipt = operations.cancel(intake, args.zd, args.reason, _now(), settings.operations_cancel_days,
-                                "cli:admin")
+                                actor())
     return _receipt_out(args, out, receipt)
 
 
 def cmd_supplement(args, out) -> int:
     """Send additional information after a referral (a text file's lines, or an attachment)."""
     receipt = operations.supplement(open_intake(args), args.zd, Path(args.file).name,
-                                    read_input(args.file), _now())
+                                    read_input(args.file), _now(), actor())
     return _receipt_out(args, out, receipt)
 
 
 def cmd_export(args, out) -> int:
     """CSV of messages received in a period, without patient data."""
-    out(operations.export(open_intake(args), args.start, args.end).rstrip("\n"))
+    out(operations.export(open_intake(args), args.start, args.end, actor()).rstrip("\n"))
     return 0
 
 
@@ -202,7 +212,7 @@ def _receipt_out(args, out, receipt) -> int:
 
 def cmd_fallback_reroute(args, out) -> int:
     """Route the messages in fallback again with the tables in force."""
-    moved = open_intake(args).reroute_fallback(actor="cli:admin")
+    moved = open_intake(args).reroute_fallback(actor())
     rows = [vars(receipt) for receipt in moved]
     out(json.dumps(rows, indent=2) if args.json else
         _table(rows, ("id", "zd_number", "state", "destination")))
@@ -235,9 +245,9 @@ def cmd_routes_change(args, out) -> int:
         new = editing.apply(folder, {name: (source / name).read_text(encoding="utf-8")
                                      for name, _ in editing.FILES.values()})
     changes = editing.describe(old, new)
-    intake.store.record_route_changes("cli:admin", changes or ["(no change)"])
+    intake.store.record_route_changes(actor(), changes or ["(no change)"])
     intake.tables = new
-    moved = intake.reroute_fallback("cli:admin")
+    moved = intake.reroute_fallback(actor())
     out(json.dumps({"changes": changes, "moved": [vars(r) for r in moved]}, indent=2) if args.json
         else "\n".join(changes or ["no change"]) + f"\n{len(moved)} message(s) moved out of fallback")
     return 0

@@ -1,6 +1,8 @@
 """What every gatewayctl command shares: reading input and the usage errors."""
 
 import argparse
+import getpass
+import os
 import sys
 
 from gateway.errors import GatewayError
@@ -30,3 +32,12 @@ def read_input(path: str) -> bytes:
             return handle.read()
     except OSError as exc:
         raise Unreadable(f"cannot read {path}: {exc.strerror}") from None
+
+
+def actor() -> str:
+    """Who runs this command, for the history and the audit log: ``cli:<user>``."""
+    try:
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"

@@ -4,7 +4,7 @@ import argparse
 import datetime as dt
 
 from gateway import __version__, codecs
-from gateway.cli import admin, codec
+from gateway.cli import admin, codec, privacy
 from gateway.cli.common import Parser
 from gateway.spool.states import STATES
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     _message_commands(commands)
     _queue_commands(commands)
     _route_commands(commands)
+    _privacy_commands(commands)
     return parser
 
 
@@ -116,6 +117,33 @@ def _route_commands(commands) -> None:
     _command(tables, "export", admin.cmd_routes_export, "copy both tables to FOLDER").add_argument(
         "folder", metavar="FOLDER")
     _command(tables, "log", admin.cmd_routes_log, "changes applied to the tables")
+
+
+def _privacy_commands(commands) -> None:
+    keys = _group(commands, "keys", "payload and audit keys")
+    _command(keys, "init", privacy.cmd_keys_init, "create the key file (0600)")
+    _command(keys, "rotate", privacy.cmd_keys_rotate, "add a new key for new files"
+             ).add_argument("--reencrypt", action="store_true",
+                            help="also seal every stored payload and outbox file again")
+    purge = _command(commands, "purge", privacy.cmd_purge,
+                     "delete what the retention rules no longer allow to keep")
+    purge.add_argument("--dry-run", action="store_true", help="only show what would be purged")
+    purge.add_argument("--as-of", type=_date, metavar="YYYY-MM-DD",
+                       help="apply the rules as on this date (default: now)")
+    trail = _group(commands, "audit", "the NEN 7513 audit log")
+    _command(trail, "verify", privacy.cmd_audit_verify, "check the hash chain")
+    query = _command(trail, "query", privacy.cmd_audit_query, "who touched what, when")
+    query.add_argument("--zd", metavar="ZD", help="a ZD number (its answer included)")
+    query.add_argument("--patient", metavar="BSN", help="a patient's BSN (searched by its hash)")
+    query.add_argument("--who", metavar="ACTOR", help="e.g. https:zis-eemland, sftp:his-brink")
+    query.add_argument("--from", dest="start", type=_date, metavar="YYYY-MM-DD")
+    query.add_argument("--to", dest="end", type=_date, metavar="YYYY-MM-DD",
+                       help="up to the start of this day")
+    show = _command(commands, "show", privacy.cmd_show,
+                    "print a stored message's content (audited)", json_flag=False)
+    show.add_argument("id", type=int, metavar="ID")
+    show.add_argument("--converted", action="store_true",
+                      help="the converted content instead of what was received")
 
 
 def _date(text: str) -> dt.date:

@@ -67,7 +67,7 @@ class Dispatcher:
             payload = self.store.payload(row, "out")
         except payloads.PayloadCorrupt as exc:
             self.store.transition(row["id"], "fallback", "delivery", f"E-PAYLOAD-CORRUPT: {exc}",
-                                  next_attempt_at=None)
+                                  action="quarantine", next_attempt_at=None)
             self.log.critical("ALERT payload corrupt id={id} destination={destination}: "
                               "quarantined in fallback, not delivered", id=row["id"],
                               destination=row["destination"])
@@ -106,8 +106,8 @@ class Dispatcher:
         if now - row["received_at"] >= self.config.retry_lifetime_seconds:
             days = self.config.retry_lifetime_seconds / 86400
             self.store.transition(row["id"], "fallback", "delivery",
-                                  f"undeliverable for {days:g} days: {reason}",
-                                  attempts=attempts, next_attempt_at=None)
+                                  f"undeliverable for {days:g} days: {reason}", action="deliver",
+                                  result="expired", attempts=attempts, next_attempt_at=None)
             self.log.critical("ALERT delivery expired id={id} zd={zd} destination={destination} "
                               "attempts={attempts}: moved to fallback", id=row["id"],
                               zd=row["zd_number"], destination=row["destination"], attempts=attempts)

@@ -20,8 +20,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from gateway import audit
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.retention import purge_text
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
 
@@ -78,7 +80,7 @@ class Api(resource.Resource):
         if method == "GET" and parts == ["v1", "spool"]:
             return self._spool(identity)
         if len(parts) == 3 and parts[:2] == ["v1", "messages"] and method == "GET":
-            return self._pull(identity, parts[2])
+            return self._pull(identity, parts[2], peer)
         if len(parts) == 4 and parts[:2] == ["v1", "messages"] and parts[3] == "ack" \
                 and method == "POST":
             return self._ack(identity, parts[2], peer)
@@ -106,31 +108,38 @@ class Api(resource.Resource):
             (_institution(identity),)).fetchall()
         return 200, _json({"messages": [dict(row) for row in rows]}), b"application/json"
 
-    def _own(self, identity, message_id: str):
+    def _own(self, identity, message_id: str, peer: str, action: str):
         row = self.intake.store.get(int(message_id)) if message_id.isdigit() else None
         if row is None or row["destination"] != _institution(identity) or row["state"] != "ready":
+            if row is not None:      # somebody else's message: refused, and on record
+                self.intake.store.record([audit.about(row, f"https:{peer}", action, "refused")])
             raise GatewayError("no such message in your spool", where=f"message {message_id}",
                                code="E-HTTP-NOT-FOUND")
         return row
 
-    def _pull(self, identity, message_id: str):
-        row = self._own(identity, message_id)
+    def _pull(self, identity, message_id: str, peer: str):
+        row = self._own(identity, message_id, peer, "pull")
         try:
             payload = self.intake.store.payload(row, "out")
         except PayloadCorrupt as exc:
-            self.intake.store.transition(row["id"], "fallback", "https", f"E-PAYLOAD-CORRUPT: {exc}")
+            self.intake.store.transition(row["id"], "fallback", "https", f"E-PAYLOAD-CORRUPT: {exc}",
+                                         action="quarantine")
             self.log.critical("ALERT payload corrupt id={id}: quarantined in fallback", id=row["id"])
             raise GatewayError("message unavailable", where=f"message {message_id}",
                                code="E-HTTP-NOT-FOUND") from None
+        self.intake.store.record([audit.about(row, f"https:{peer}", "pull")])
         return 200, payload, CONTENT_TYPES[row["format"]]
 
     def _ack(self, identity, message_id: str, peer: str):
-        row = self._own(identity, message_id)
-        self.intake.store.transition(row["id"], "delivered", f"https:{peer}", "pickup confirmed")
+        row = self._own(identity, message_id, peer, "pickup")
+        self.intake.store.transition(row["id"], "delivered", f"https:{peer}", "pickup confirmed",
+                                     action="pickup")
         return 200, _json({"id": row["id"], "state": "delivered"}), b"application/json"
 
     def _status(self, peer: str, zd_number: str):
         rows = [row for row in self.intake.store.by_zd(zd_number) if row["identity"] == peer]
+        if not rows and (purged := self.intake.store.purged(zd_number)):
+            raise GatewayError(purge_text(zd_number, purged), where=zd_number, code="E-PURGED")
         if not rows:
             raise GatewayError("no message of yours with that ZD number", where=zd_number,
                                code="E-HTTP-NOT-FOUND")
@@ -148,7 +157,7 @@ def _institution(identity) -> str:
 
 
 STATUS = {"E-NOT-MANDATED": 403, "E-HTTP-FORBIDDEN": 403, "E-DUPLICATE-CONFLICT": 409,
-          "E-TOO-LARGE": 413, "E-HTTP-NOT-FOUND": 404}
+          "E-TOO-LARGE": 413, "E-HTTP-NOT-FOUND": 404, "E-PURGED": 410}
 
 
 def _error(exc: GatewayError):

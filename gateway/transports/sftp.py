@@ -2,10 +2,13 @@
 
 An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
-upload); deleting a file from ``outbox/`` confirms its pickup. An upload is ingested when its file is closed — or when it is renamed
-from a ``.part`` or ``.tmp`` name — and removed from ``inbox/`` only after the
-store committed it. Paths are resolved and compared component by component;
-``..``, absolute paths outside the account, and links are refused and logged;
+upload); deleting a file from ``outbox/`` confirms its pickup. An upload is
+ingested when its file is closed — or when it is renamed from a ``.part`` or
+``.tmp`` name. Uploads are held in memory (capped) until the store committed them,
+so no patient data reaches ``inbox/`` in plain text; outbox files are sealed
+(``gateway.keys``) and opened as the client reads them, sizes shown as opened.
+Paths are resolved and compared component by component; ``..``, absolute paths
+outside the account, and links are refused and logged;
 there is no shell and no exec. Uploads are capped. Only modern algorithms are
 offered: curve25519/ECDH key exchange, AES-CTR ciphers, SHA-2 MACs.
 """
@@ -17,12 +20,14 @@ from pathlib import Path, PurePosixPath
 from twisted.conch import avatar
 from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
 from twisted.conch.interfaces import IConchUser, ISFTPFile, ISFTPServer
-from twisted.conch.ssh import factory, filetransfer, keys, session, transport
+from twisted.conch.ssh import factory, filetransfer, session, transport
+from twisted.conch.ssh.keys import Key as SSHKey
 from twisted.cred import portal
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway import audit, keys
 from gateway.errors import DecodeError
 from gateway.intake import DuplicateConflict, Envelope, NotMandated
 
@@ -50,10 +55,11 @@ class Account(avatar.ConchUser):
     """One SFTP account: the folder it is confined to and how uploads are ingested."""
 
     def __init__(self, name: str, root: Path, mandates: frozenset[str], accept, max_upload: int,
-                 on_pickup=lambda account, file_name: None):
+                 outbox: "Outbox"):
         super().__init__()
         self.name, self.root, self.mandates = name, root.resolve(), mandates
-        self.accept, self.max_upload, self.on_pickup = accept, max_upload, on_pickup
+        self.accept, self.max_upload, self.outbox = accept, max_upload, outbox
+        self.staged: dict[str, bytes] = {}      # closed .part/.tmp uploads awaiting their rename
         self.channelLookup[b"session"] = session.SSHSession   # no ISession: no shell, no exec
         self.subsystemLookup[b"sftp"] = filetransfer.FileTransferServer
         for folder in FOLDERS:
@@ -90,25 +96,39 @@ class Account(avatar.ConchUser):
         writing = flags & (filetransfer.FXF_WRITE | filetransfer.FXF_CREAT | filetransfer.FXF_APPEND)
         if writing and path.parent != self.root / "inbox":
             self._refuse(f"upload outside inbox/: {path.name!r}")
-        if not writing and path.parent not in (self.root / "outbox", self.root / "errors"):
+        if writing:
+            return Upload(self, path)
+        if path.parent == self.root / "errors":
+            return Download(path.read_bytes())
+        if path.parent != self.root / "outbox":
             self._refuse(f"read outside outbox/ and errors/: {path.name!r}")
-        return Upload(self, path) if writing else Download(self, path)
+        try:
+            return Download(self.outbox.open(self.name, path))
+        except keys.SealBroken:
+            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable") from None
 
     def removeFile(self, filename):
         path = self.resolve(filename)
+        if path.parent == self.root / "inbox" and path.name in self.staged:
+            del self.staged[path.name]
+            return
         if path.parent not in (self.root / "outbox", self.root / "errors"):
             self._refuse(f"delete outside outbox/ and errors/: {path.name!r}")
         path.unlink()
         if path.parent == self.root / "outbox":
-            self.on_pickup(self.name, path.name)        # reading and deleting confirms pickup
+            self.outbox.picked_up(self.name, path.name)   # reading and deleting confirms pickup
 
     def renameFile(self, oldpath, newpath):
         old, new = self.resolve(oldpath), self.resolve(newpath)
         if old.parent != self.root / "inbox" or new.parent != self.root / "inbox":
             self._refuse("rename outside inbox/")
-        os.rename(old, new)
-        if old.suffix in STAGING_SUFFIXES and new.suffix not in STAGING_SUFFIXES:
-            return ingest(self, new)
+        if old.name not in self.staged:
+            raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file")
+        data = self.staged.pop(old.name)
+        if new.suffix in STAGING_SUFFIXES:
+            self.staged[new.name] = data
+            return None
+        return ingest(self, new, data)
 
     def makeDirectory(self, path, attrs):
         self._refuse("making folders")
@@ -120,7 +140,10 @@ class Account(avatar.ConchUser):
         return Listing(self.resolve(path))
 
     def getAttrs(self, path, followLinks):
-        return _attrs(os.lstat(self.resolve(path)))
+        path = self.resolve(path)
+        if path.parent == self.root / "inbox" and path.name in self.staged:
+            return {"size": len(self.staged[path.name]), "permissions": 0o100600}
+        return _attrs(os.lstat(path))
 
     def setAttrs(self, path, attrs):
         return None
@@ -142,89 +165,98 @@ class Account(avatar.ConchUser):
 
 
 @implementer(ISFTPFile)
-class _OpenFile:
-    """An open file: attributes from the handle; reading and writing refused unless a
-    subclass allows them."""
+class Upload:
+    """A file written into inbox/: held in memory, capped, and ingested when closed."""
 
-    def __init__(self, path: Path, mode: str):
-        self.path, self.handle = path, open(path, mode)
+    def __init__(self, account: Account, path: Path):
+        self.account, self.path, self.data = account, path, bytearray()
+
+    def writeChunk(self, offset, data):
+        end = offset + len(data)
+        if end > self.account.max_upload:
+            self.data = bytearray()
+            self.account._refuse(f"upload larger than {self.account.max_upload} bytes")
+        if end > len(self.data):
+            self.data.extend(bytes(end - len(self.data)))
+        self.data[offset:end] = data
 
     def readChunk(self, offset, length):
         raise Refused("write-only")
 
-    def writeChunk(self, offset, data):
-        raise Refused("read-only")
-
     def getAttrs(self):
-        return _attrs(os.fstat(self.handle.fileno()))
+        return {"size": len(self.data), "permissions": 0o100600}
 
     def setAttrs(self, attrs):
         return None
 
     def close(self):
-        self.handle.close()
-
-
-class Upload(_OpenFile):
-    """A file written into inbox/: capped, and ingested when closed."""
-
-    def __init__(self, account: Account, path: Path):
-        super().__init__(path, "wb")
-        self.account = account
-
-    def writeChunk(self, offset, data):
-        if offset + len(data) > self.account.max_upload:
-            self.handle.close()
-            self.path.unlink(missing_ok=True)
-            self.account._refuse(f"upload larger than {self.account.max_upload} bytes")
-        self.handle.seek(offset)
-        self.handle.write(data)
-
-    def close(self):
-        self.handle.close()
-        if self.path.suffix in STAGING_SUFFIXES or not self.path.exists():
+        if self.path.suffix in STAGING_SUFFIXES:
+            self.account.staged[self.path.name] = bytes(self.data)
             return None
-        return ingest(self.account, self.path)
+        return ingest(self.account, self.path, bytes(self.data))
 
 
-class Download(_OpenFile):
-    """A file read from outbox/ or errors/."""
+@implementer(ISFTPFile)
+class Download:
+    """A file read from outbox/ (opened from its seal) or errors/."""
 
-    def __init__(self, account: Account, path: Path):
-        super().__init__(path, "rb")
+    def __init__(self, data: bytes):
+        self.data = data
 
     def readChunk(self, offset, length):
-        self.handle.seek(offset)
-        data = self.handle.read(length)
-        if not data:
+        if offset >= len(self.data):
             raise EOFError()
-        return data
+        return self.data[offset:offset + length]
+
+    def writeChunk(self, offset, data):
+        raise Refused("read-only")
+
+    def getAttrs(self):
+        return {"size": len(self.data), "permissions": 0o100400}
+
+    def setAttrs(self, attrs):
+        return None
+
+    def close(self):
+        return None
 
 
 class Listing:
     def __init__(self, path: Path):
         self.entries = iter(sorted(path.iterdir()))
+        self.outbox = path.name == "outbox"
 
     def __iter__(self):
         return self
 
     def __next__(self):
         entry = next(self.entries)
-        info = os.lstat(entry)
-        return entry.name, f"{entry.name}", _attrs(info)
+        info = _attrs(os.lstat(entry))
+        if self.outbox and entry.suffix != ".tmp":
+            info["size"] = sealed_size(entry)
+        return entry.name, f"{entry.name}", info
 
     def close(self):
         pass
 
 
-def ingest(account: Account, path: Path) -> defer.Deferred:
-    """Hand a closed upload to the intake; remove it once stored, or leave a .err file."""
-    data = path.read_bytes()
+def sealed_size(path: Path) -> int:
+    """The size a sealed outbox file opens to."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    try:
+        key_id = keys.header(head + bytes(64))[0]
+    except keys.SealBroken:
+        return 0
+    return keys.plain_size(path.stat().st_size, key_id)
+
+
+def ingest(account: Account, path: Path, data: bytes) -> defer.Deferred:
+    """Hand a closed upload to the intake, or leave a .err file saying why not."""
     result = defer.maybeDeferred(account.accept, data, Envelope(account.name, "sftp",
                                                                 account.mandates))
 
     def stored(receipts):
-        path.unlink(missing_ok=True)
         for receipt in receipts:
             log.info("accepted id={id} zd={zd} state={state} from sftp:{account}",
                      id=receipt.id, zd=receipt.zd_number, state=receipt.state, account=account.name)
@@ -232,7 +264,6 @@ def ingest(account: Account, path: Path) -> defer.Deferred:
     def refused(failure):
         failure.trap(DecodeError, NotMandated, DuplicateConflict)
         (account.root / "errors" / f"{path.name}.err").write_text(f"{failure.value}\n")
-        path.unlink(missing_ok=True)
         log.warn("upload from sftp:{account} refused: {error}", account=account.name,
                  error=str(failure.value))
 
@@ -254,8 +285,8 @@ class Realm:
         return IConchUser, account, account.logout
 
 
-def server_factory(host_key: keys.Key, accounts: dict[str, Account],
-                   authorized: dict[str, list[keys.Key]]) -> factory.SSHFactory:
+def server_factory(host_key: SSHKey, accounts: dict[str, Account],
+                   authorized: dict[str, list[SSHKey]]) -> factory.SSHFactory:
     """An SSH factory that offers only SFTP, to these accounts, with these keys."""
     ssh = factory.SSHFactory()
     ssh.protocol = Transport
@@ -269,22 +300,75 @@ def server_factory(host_key: keys.Key, accounts: dict[str, Account],
 EXTENSIONS = {"edifact": "edi", "hl7": "hl7", "xml": "xml"}
 
 
-class OutboxDeliverer:
-    """Delivers to ``sftp:ACCOUNT``: the payload is written durably into the account's
-    ``outbox/`` as ``<ZD number>.<format>`` (temporary name, fsync, rename)."""
+def _write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` durably (temporary name, fsync, rename)."""
+    temporary = target.with_suffix(target.suffix + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(temporary, target)
 
-    def __init__(self, root: Path):
-        self.root = root
+
+class Outbox:
+    """The SFTP outboxes. Push delivery to ``sftp:ACCOUNT`` writes the payload sealed and
+    durably (temporary name, fsync, rename) as ``outbox/<ZD number>.<format>``; a read
+    opens it for that account only, and is audited. A file that fails its seal (altered,
+    or not this account's message) is moved to ``<spool>/quarantine/``, reported with an
+    ALERT line, never served, and its message written out again from the store."""
+
+    def __init__(self, root: Path, store):
+        self.root, self.store = root, store
 
     def deliver(self, row, payload: bytes) -> defer.Deferred:
         account = row["delivery"].removeprefix("sftp:")
         outbox = self.root / account / "outbox"
         outbox.mkdir(parents=True, exist_ok=True)
         target = outbox / f"{row['zd_number'] or row['id']}.{EXTENSIONS.get(row['format'], 'dat')}"
-        temporary = target.with_suffix(target.suffix + ".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(temporary, target)
+        _write(target, self.store.ring.seal(payload, row["id"]))
         return defer.succeed(None)
+
+    def reseal(self, path: Path) -> int:
+        """Seal an outbox file again under the current key (1), or leave it (0: current
+        already, or unreadable — a read quarantines that)."""
+        blob = path.read_bytes()
+        try:
+            key_id, message_id, _ = keys.header(blob)
+            if key_id == self.store.ring.current:
+                return 0
+            _write(path, self.store.ring.seal(self.store.ring.open(blob, message_id), message_id))
+        except keys.SealBroken:
+            return 0
+        return 1
+
+    def open(self, account: str, path: Path) -> bytes:
+        """The plain content of an outbox file read by ``account``; raise SealBroken."""
+        blob, row = path.read_bytes(), None
+        try:
+            row = self.store.get(keys.header(blob)[1])
+            if row is None or row["delivery"] != f"sftp:{account}":
+                raise keys.SealBroken("not a message for this account")
+            plain = self.store.ring.open(blob, row["id"])
+        except keys.SealBroken as exc:
+            self._quarantine(account, path, row, exc)
+            raise
+        self.store.record([audit.about(row, f"sftp:{account}", "pull", detail=path.name)])
+        return plain
+
+    def _quarantine(self, account: str, path: Path, row, problem: Exception) -> None:
+        folder = self.store.root / "quarantine"
+        folder.mkdir(exist_ok=True)
+        os.replace(path, folder / f"{account}-{path.name}")
+        log.critical("ALERT outbox file {name} of sftp:{account} failed its seal ({problem}): "
+                     "quarantined, not served", name=path.name, account=account, problem=problem)
+        if row is not None and row["delivery"] == f"sftp:{account}" and row["state"] == "delivered":
+            self.store.transition(row["id"], "outbound", f"sftp:{account}",
+                                  "outbox file failed its seal; written again", action="quarantine")
+
+    def picked_up(self, account: str, file_name: str) -> None:
+        """Record that ``account`` fetched and removed a file from its outbox."""
+        zd_number = file_name.rsplit(".", 1)[0]
+        for row in self.store.by_zd(zd_number):
+            if row["delivery"] == f"sftp:{account}" and row["state"] == "delivered":
+                self.store.note(row["id"], f"sftp:{account}", "pickup confirmed", "pickup")
+                log.info("pickup confirmed id={id} by sftp:{account}", id=row["id"], account=account)

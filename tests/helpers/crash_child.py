@@ -11,7 +11,7 @@ from gateway import routes
 from gateway.intake import ADMIN, Envelope, Intake
 from gateway.spool.store import Store
 
-from tests.helpers.fakes import ROOT, numbered_referral
+from tests.helpers.fakes import RING, ROOT, numbered_referral
 
 
 def message(index: int) -> tuple[str, bytes]:
@@ -19,7 +19,7 @@ def message(index: int) -> tuple[str, bytes]:
 
 
 def main(spool: str, start: int, count: int, early: bool) -> None:
-    intake = Intake(Store(Path(spool), time.time), routes.load(ROOT / "gateway" / "routes" / "samples"),
+    intake = Intake(Store(Path(spool), time.time, RING), routes.load(ROOT / "gateway" / "routes" / "samples"),
                     16 * 1024 * 1024)
     print("ready", flush=True)
     for index in range(start, start + count):

@@ -1,12 +1,18 @@
 """Shared test material: numbered referrals, route tables on disk, a push destination."""
 
+import hashlib
 import socket
 from pathlib import Path
 
 from twisted.internet import defer
 
+from gateway.keys import Keyring
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = (ROOT / "fixtures" / "hl7" / "referral-lf.hl7").read_bytes()
+# The same keys in every test process (a crash child and its checker share a spool).
+RING = Keyring({"k1": hashlib.sha256(b"test payload key").digest()}, "k1",
+               hashlib.sha256(b"test audit key").digest())
 
 
 def numbered_referral(index: int, prefix: str = "T", zd_base: int = 500_000_000) -> bytes:

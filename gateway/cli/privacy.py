@@ -1,0 +1,144 @@
+"""gatewayctl commands for the privacy officer and the operator: keys, purge, audit, show.
+
+``keys init|rotate`` manage the key file (``rotate --reencrypt`` also seals every
+stored payload and outbox file again under the new key); ``purge`` enforces the
+retention rules (``--dry-run`` only shows, ``--as-of`` looks at another date);
+``audit verify|query`` check the hash chain and answer "who saw this patient's
+data, when"; ``show`` prints a stored message (audited: it is a view of patient
+data).
+"""
+
+import json
+import sys
+
+from gateway import audit, keys, retention
+from gateway.cli.admin import NotFound, _table, open_config, open_store
+from gateway.cli.common import UsageError, actor
+from gateway.errors import ConfigError, GatewayError
+from gateway.spool.payloads import PayloadCorrupt
+from gateway.transports.sftp import Outbox
+
+AUDIT_COLUMNS = ("seq", "at", "who", "behalf", "action", "message_id", "zd_number", "result",
+                 "detail")
+
+
+class ChainBroken(GatewayError):
+    code = "E-AUDIT-CHAIN"
+
+
+def cmd_keys_init(args, out) -> int:
+    """Create the key file (0600) with a payload key and the audit key."""
+    settings = open_config(args)
+    path = settings.paths_keys
+    if path.exists():
+        raise ConfigError(f"{path} exists already; not overwriting it (keys rotate adds a key)",
+                          code="E-KEYS-EXIST")
+    ring = keys.generate()
+    keys.save(ring, path)
+    store = open_store(settings)
+    store.record([audit.Event(actor(), "keys-init", detail=f"current key {ring.current}")])
+    out(json.dumps({"keys": str(path), "current": ring.current}) if args.json else
+        f"wrote {path} (current key {ring.current})")
+    return 0
+
+
+def cmd_keys_rotate(args, out) -> int:
+    """Add a new payload key for new files; with --reencrypt, seal every stored file again."""
+    settings = open_config(args)
+    store = open_store(settings)
+    ring = keys.rotated(store.ring)
+    keys.save(ring, settings.paths_keys)
+    store.ring = ring
+    store.close()
+    store = open_store(settings)           # registers the new key's check value
+    files = reencrypt(store, settings) if args.reencrypt else 0
+    store.record([audit.Event(actor(), "keys-rotate",
+                              detail=f"current key {ring.current}, {files} files re-encrypted")])
+    out(json.dumps({"current": ring.current, "reencrypted_files": files}) if args.json else
+        f"current key {ring.current}; {files} file(s) re-encrypted "
+        "(a running gatewayd takes the new key at its next reload: systemctl reload gatewayd)")
+    return 0
+
+
+def reencrypt(store, settings) -> int:
+    """Seal every payload file and outbox file again under the current key; how many."""
+    names = [row[0] for row in store.db.execute(
+        "SELECT raw_name FROM messages UNION SELECT out_name FROM messages "
+        "WHERE out_name IS NOT NULL")]
+    unreadable = 0
+    for name in names:
+        try:
+            store.reseal(name)
+        except PayloadCorrupt:
+            unreadable += 1         # left as it is; delivery quarantines it when it is due
+    outbox = Outbox(settings.paths_sftp, store)
+    resealed = 0
+    for path in settings.paths_sftp.glob("*/outbox/*"):
+        resealed += outbox.reseal(path)
+    return len(names) - unreadable + resealed
+
+
+def cmd_purge(args, out) -> int:
+    """Purge what the retention rules no longer allow to keep (or show it)."""
+    settings = open_config(args)
+    store = open_store(settings)
+    report = retention.purge(store, settings, retention.as_of(args.as_of), dry_run=args.dry_run)
+    data = {"dry_run": args.dry_run, **retention.describe(report)}
+    if args.json:
+        out(json.dumps(data, indent=2))
+    else:
+        verb = "would purge" if args.dry_run else "purged"
+        out(f"{verb} {data['messages']} message(s) of {len(data['zd_numbers'])} ZD number(s)"
+            + "".join(f"\n  {rule}: {count}" for rule, count in data["by_rule"].items())
+            + ("" if args.dry_run else f"\nremoved {data['files_removed']} file(s), "
+               f"{data['audit_records_removed']} audit record(s)"))
+    return 0
+
+
+def cmd_audit_verify(args, out) -> int:
+    """Check the audit chain; name the first edited, removed or reordered record."""
+    store = open_store(open_config(args))
+    checked, problem, (seq, head) = audit.verify(store.db, store.ring)
+    if problem:
+        raise ChainBroken(f"{problem} ({checked} records before it are intact)")
+    out(json.dumps({"records": checked, "head_seq": seq, "head_hash": head}) if args.json else
+        f"ok: {checked} records, chain intact; head {seq} {head}")
+    return 0
+
+
+def cmd_audit_query(args, out) -> int:
+    """Who touched this patient's (or ZD number's) data, or what did this actor do, when."""
+    if not (args.zd or args.patient or args.who):
+        raise UsageError("give --zd ZD, --patient BSN or --who ACTOR")
+    store = open_store(open_config(args))
+    patient = store.ring.patient(args.patient) if args.patient else None
+    rows = audit.query(store.db, args.zd, patient, args.who, retention.as_of(args.start)
+                       if args.start else None, retention.as_of(args.end) if args.end else None)
+    store.record([audit.Event(actor(), "audit-query", detail=_question(args))])
+    out(json.dumps(rows, indent=2) if args.json else _table(rows, AUDIT_COLUMNS))
+    return 0
+
+
+def _question(args) -> str:
+    """The query asked, for its own audit record (a patient is named by hash only)."""
+    asked = {"zd": args.zd, "patient": "(hash)" if args.patient else None, "who": args.who,
+             "from": args.start and str(args.start), "to": args.end and str(args.end)}
+    return " ".join(f"{k}={v}" for k, v in asked.items() if v)
+
+
+def cmd_show(args, out) -> int:
+    """Print a stored message's received (or converted) content; audited."""
+    store = open_store(open_config(args))
+    row = store.get(args.id)
+    if row is None:
+        raise NotFound(f"no message {args.id} (purged messages are gone)")
+    which = "out" if args.converted else "raw"
+    if which == "out" and not row["out_name"]:
+        raise NotFound(f"message {args.id} has no converted content (state {row['state']})")
+    data = store.payload(row, which)
+    store.record([audit.about(row, actor(), "view", detail=f"show {which}")])
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+

@@ -1,0 +1,188 @@
+"""Notifications without patient data: e-mail (SMTP) and an HTTPS webhook.
+
+Events come from the audit log, read from a cursor kept in the store, so a
+restart neither loses nor repeats one: a teleconsult answer routed to its
+referrer (``answer-arrived``), a message sent to fallback (``fallback``), a push
+that expired (``delivery-expired``), a payload that failed its seal
+(``quarantined``); and, from the queue, a message an institution left unpulled
+longer than ``notify.unpulled_hours`` (``unpulled``). Each becomes one row in the
+``notifications`` table, sent to every configured channel and retried with
+backoff until it goes through.
+
+A notification names the kind of event, the ZD number, the message id, the
+destination's AGB code and where to look — never a name, BSN, birth date or
+letter text: it is built from store metadata only, which holds none.
+"""
+
+import datetime as dt
+import json
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+from io import BytesIO
+
+from twisted.internet import defer, ssl
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.web import client, http_headers
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS notify_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    event TEXT NOT NULL,
+    message_id INTEGER NOT NULL,
+    zd_number TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (event, message_id)
+);
+"""
+EVENTS = {   # (audit action, result) -> event
+    ("route", "ok"): "answer-arrived",        # only for teleconsult answers, see _event
+    ("route", "fallback"): "fallback",
+    ("deliver", "expired"): "delivery-expired",
+    ("quarantine", "ok"): "quarantined",
+    ("quarantine", "fallback"): "quarantined",
+}
+TEXT = {
+    "answer-arrived": "a teleconsult answer arrived for a referrer",
+    "fallback": "a message went to the fallback queue and waits for an administrator",
+    "delivery-expired": "a push delivery expired; the message is in the fallback queue",
+    "quarantined": "a stored file failed its integrity check and was quarantined",
+    "unpulled": "an institution has left a message unpulled",
+}
+log = Logger(namespace="gatewayd.notify")
+
+
+class Notifier:
+    """Finds events (``scan``) and sends what is due (``send``); call ``tick`` periodically."""
+
+    def __init__(self, store, settings, reactor):
+        self.store, self.settings, self.reactor = store, settings, reactor
+        self.recipients = [a.strip() for a in settings.notify_email_to.split(",") if a.strip()]
+        self.agent = client.Agent(reactor, _tls_policy(settings.notify_webhook_ca)) \
+            if settings.notify_webhook_url else None
+        store.db.executescript(SCHEMA)
+        store.db.execute("INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), "
+                         "(SELECT seq FROM audit_anchor)) FROM audit))")   # from now on
+        self.sending = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.recipients or self.agent)
+
+    def tick(self) -> defer.Deferred | None:
+        self.scan(self.reactor.seconds())
+        if self.sending:
+            return None
+        self.sending = True
+        done = self.send(self.reactor.seconds())
+        done.addBoth(lambda result: setattr(self, "sending", False) or result)
+        return done
+
+    def scan(self, now: float) -> int:
+        """Turn new audit records and long-unpulled messages into notifications; how many."""
+        db = self.store.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (cursor,) = db.execute("SELECT seq FROM notify_cursor").fetchone()
+            records = db.execute("SELECT a.seq, a.action, a.result, m.* FROM audit a JOIN messages m "
+                                 "ON m.id = a.message_id WHERE a.seq > ? ORDER BY a.seq LIMIT 1000",
+                                 (cursor,)).fetchall()
+            found = [(event, row) for row in records if (event := _event(row))]
+            found += [("unpulled", row) for row in db.execute(
+                "SELECT * FROM messages WHERE state = 'ready' AND received_at < ? "
+                "AND id NOT IN (SELECT message_id FROM notifications WHERE event = 'unpulled')",
+                (now - self.settings.notify_unpulled_hours * 3600,))]
+            added = sum(db.execute(
+                "INSERT OR IGNORE INTO notifications (created, event, message_id, zd_number, "
+                "destination, next_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (now, event, row["id"], row["zd_number"], row["destination"], now)).rowcount
+                for event, row in found)
+            if records:
+                db.execute("UPDATE notify_cursor SET seq = ?", (records[-1]["seq"],))
+            last = db.execute("SELECT max(seq) FROM audit").fetchone()[0]
+            if not records and last is not None and last > cursor:
+                db.execute("UPDATE notify_cursor SET seq = ?", (last,))   # records about no message
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return added
+
+    @defer.inlineCallbacks
+    def send(self, now: float):
+        """Send every due notification to every channel; retry failures with backoff."""
+        due = self.store.db.execute("SELECT * FROM notifications WHERE sent_at IS NULL AND "
+                                    "next_at <= ? ORDER BY id LIMIT 100", (now,)).fetchall()
+        for row in due:
+            try:
+                if self.recipients:
+                    yield self._mail(row)
+                if self.agent:
+                    yield self._post(row)
+            except Exception as exc:         # noqa: BLE001 - any failure is retried
+                delay = min(3600, 60 * 2 ** min(row["attempts"], 10))
+                self.store.db.execute("UPDATE notifications SET attempts = attempts + 1, next_at = ? "
+                                      "WHERE id = ?", (self.reactor.seconds() + delay, row["id"]))
+                log.warn("notification {id} ({event} zd={zd}) not sent, retry in {delay}s: {error}",
+                         id=row["id"], event=row["event"], zd=row["zd_number"], delay=delay,
+                         error=type(exc).__name__)
+                continue
+            self.store.db.execute("UPDATE notifications SET sent_at = ? WHERE id = ?",
+                                  (self.reactor.seconds(), row["id"]))
+            log.info("notification sent: {event} zd={zd} id={id}", event=row["event"],
+                     zd=row["zd_number"], id=row["message_id"])
+
+    def _mail(self, row) -> defer.Deferred:
+        message = EmailMessage()
+        message["From"] = self.settings.notify_email_from
+        message["To"] = ", ".join(self.recipients)
+        message["Subject"] = f"[gatewayd] {row['event']} {row['zd_number'] or row['message_id']}"
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain="gatewayd")
+        message.set_content("\n".join(f"{key}: {value}" for key, value in content(row).items())
+                            + "\n\nThis notification carries no patient data.\n")
+        return smtp.sendmail(self.settings.notify_smtp_host, self.settings.notify_email_from,
+                             self.recipients, message.as_bytes(), port=self.settings.notify_smtp_port,
+                             reactor=self.reactor)
+
+    def _post(self, row) -> defer.Deferred:
+        body = client.FileBodyProducer(BytesIO(json.dumps(content(row)).encode()))
+        request = self.agent.request(b"POST", self.settings.notify_webhook_url.encode(),
+                                     http_headers.Headers({b"Content-Type": [b"application/json"]}),
+                                     body)
+
+        def check(response):
+            if not 200 <= response.code < 300:
+                raise RuntimeError(f"webhook answered {response.code}")
+            return client.readBody(response)
+        return request.addCallback(check)
+
+
+def content(row) -> dict:
+    """What a notification says: event, ZD number, message id, destination, where to look."""
+    key = row["zd_number"] or str(row["message_id"])
+    return {"event": row["event"], "what": TEXT[row["event"]], "zd_number": row["zd_number"],
+            "message_id": row["message_id"], "destination": row["destination"],
+            "where": f"gatewayctl status {key}",
+            "at": dt.datetime.fromtimestamp(row["created"], dt.timezone.utc).isoformat(
+                timespec="seconds")}
+
+
+def _event(row) -> str | None:
+    event = EVENTS.get((row["action"], row["result"]))
+    if event == "answer-arrived" and row["kind"] != "teleconsult-answer":
+        return None
+    return event
+
+
+def _tls_policy(ca_file: str):
+    if not ca_file:
+        return client.BrowserLikePolicyForHTTPS()
+    with open(ca_file, "rb") as handle:
+        return client.BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(handle.read()))

@@ -1,0 +1,149 @@
+"""Retention: what is kept how long, and the purge that enforces it.
+
+A ZD number's messages (the referral with its cancellations and supplements, or
+a teleconsult request with its answer) are purged together, once the last of
+them was received longer ago than the rule for their kind: referrals
+``retention.referral_days`` (180), teleconsultation ``retention.teleconsult_days``
+(548, 18 months). Input that could not be read (no ZD number) follows the
+referral rule on its own. Purging deletes the payload files no remaining message
+uses, the rows and their history; it keeps per ZD number only when and under
+which rule it was purged (so resend, cancel and status can say so), and per
+month, kind and destination only how many messages were purged. Audit records
+older than ``retention.audit_days`` go too. Then SQLite gives the space back
+(incremental vacuum, WAL truncated). Left-over files no message names — a crash
+between writing a payload and committing it, outbox files of purged messages,
+quarantined files — are removed once they are older than a day or the rule.
+"""
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway import keys
+from gateway.spool.store import Store
+
+DAY = 86400
+TELECONSULT = ("teleconsult-request", "teleconsult-answer")
+ACTOR = "retention"
+
+
+@dataclass(frozen=True)
+class Group:
+    key: str            # the ZD number without _ANTW, or "#<id>" for a message without one
+    rule: str
+    messages: int
+    last_received: float
+
+
+@dataclass
+class Report:
+    groups: list[Group] = field(default_factory=list)
+    files: int = 0
+    audit_records: int = 0
+
+    @property
+    def messages(self) -> int:
+        return sum(group.messages for group in self.groups)
+
+
+def rules(settings) -> dict[bool, tuple[str, int]]:
+    """(rule text, days) for teleconsultation (True) and referrals (False)."""
+    return {False: (f"referral: {settings.retention_referral_days} days",
+                    settings.retention_referral_days),
+            True: (f"teleconsultation: {settings.retention_teleconsult_days} days",
+                   settings.retention_teleconsult_days)}
+
+
+def due(store: Store, settings, now: float) -> list[Group]:
+    """The ZD numbers (and unnumbered messages) whose retention has ended at ``now``."""
+    found = []
+    for row in store.db.execute(
+            "SELECT CASE WHEN zd_number = '' THEN '#' || id ELSE replace(zd_number, '_ANTW', '') "
+            f"END AS grp, max(received_at) AS last, max(kind IN {TELECONSULT}) AS teleconsult, "
+            "count(*) AS messages FROM messages GROUP BY grp ORDER BY last"):
+        rule, days = rules(settings)[bool(row["teleconsult"])]
+        if row["last"] < now - days * DAY:
+            found.append(Group(row["grp"], rule, row["messages"], row["last"]))
+    return found
+
+
+def purge(store: Store, settings, now: float, dry_run: bool = False) -> Report:
+    """Purge everything whose retention ended at ``now`` (or, with ``dry_run``, say what)."""
+    report = Report(due(store, settings, now))
+    if dry_run:
+        return report
+    names: set[str] = set()
+    for start in range(0, len(report.groups), 200):   # short transactions: intake goes on
+        chunk = report.groups[start:start + 200]
+        names |= store.purge([(group.key, group.rule) for group in chunk], ACTOR, now)
+    report.files = sum(_remove_unused(store, name) for name in sorted(names))
+    report.files += _sweep_leftovers(store, settings, time.time())   # file ages: real time
+    report.audit_records = store.prune_audit(now - settings.retention_audit_days * DAY, ACTOR)
+    store.reclaim()
+    return report
+
+
+def _remove_unused(store: Store, name: str) -> int:
+    if store.uses_payload(name):
+        return 0
+    (store.payload_root / name).unlink(missing_ok=True)
+    return 1
+
+
+def _sweep_leftovers(store: Store, settings, now: float) -> int:
+    """Remove payload files no message names, outbox files of messages that are gone, and
+    quarantined files past the referral rule."""
+    removed = 0
+    for path in store.payload_root.glob("*/*"):
+        if not path.name.endswith(".tmp") and _older(path, now, DAY) and \
+                not store.uses_payload(f"{path.parent.name}/{path.name}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+    for path in Path(settings.paths_sftp).glob("*/outbox/*"):
+        if _older(path, now, DAY) and store.get(_sealed_for(path)) is None:
+            path.unlink(missing_ok=True)
+            removed += 1
+    for path in (store.root / "quarantine").glob("*"):
+        if _older(path, now, settings.retention_referral_days * DAY):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _sealed_for(path: Path) -> int:
+    """The message id an outbox file is sealed to (0 when it is not a sealed file)."""
+    with open(path, "rb") as handle:
+        head = handle.read(300)
+    try:
+        return keys.header(head + bytes(64))[1]
+    except keys.SealBroken:
+        return 0
+
+
+def _older(path: Path, now: float, seconds: float) -> bool:
+    try:
+        return path.stat().st_mtime < now - seconds
+    except FileNotFoundError:
+        return False
+
+
+def purge_text(zd_number: str, purged) -> str:
+    """What resend, cancel and status say about a purged ZD number."""
+    when = dt.datetime.fromtimestamp(purged["purged_at"]).strftime("%Y-%m-%d")
+    return f"{zd_number} was purged on {when} under the retention rule ({purged['rule']})"
+
+
+def as_of(date: dt.date | None) -> float:
+    """Seconds for the start of ``date`` in local time (now without a date)."""
+    if date is None:
+        return time.time()
+    return dt.datetime.combine(date, dt.time()).timestamp()
+
+
+def describe(report: Report) -> dict:
+    return {"messages": report.messages, "zd_numbers": [g.key for g in report.groups],
+            "by_rule": {rule: sum(g.messages for g in report.groups if g.rule == rule)
+                        for rule in sorted({g.rule for g in report.groups})},
+            "files_removed": report.files, "audit_records_removed": report.audit_records}
+
