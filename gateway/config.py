@@ -75,8 +75,8 @@ SETTINGS = (
     Setting("notify.smtp_port", int, 25, "SMTP port", 1, 65535),
     Setting("notify.webhook_url", str, "", "HTTPS URL notifications are POSTed to as JSON "
             "(empty: none)"),
-    Setting("notify.webhook_ca", str, "", "CA file the webhook's certificate must chain to "
-            "(empty: the system's trusted CAs)"),
+    Setting("notify.ca", str, "", "CA file the SMTP server's (STARTTLS) and the webhook's "
+            "certificates must chain to (empty: the system's trusted CAs)"),
     Setting("notify.unpulled_hours", int, 24, "notify when an institution leaves a message "
             "unpulled this long", 1, 24 * 365),
 )

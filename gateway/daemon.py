@@ -74,6 +74,7 @@ class Gateway:
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
         self.metrics = Metrics(self.intake, reactor.seconds)
+        self.notifier = notify.Notifier(self.store, settings, reactor)
         self.accept = self.metrics.counting(GroupCommit(self.intake, reactor).accept)
 
     def envelope_for(self, channel: str):
@@ -140,9 +141,8 @@ class Gateway:
 
     def maintain(self) -> None:
         """Notifications every 10 s (when configured); the retention purge once a day."""
-        notifier = notify.Notifier(self.store, self.settings, reactor)
-        if notifier.enabled:
-            _every(10.0, notifier.tick, "notifications")
+        if self.notifier.enabled:
+            _every(5.0, self.notifier.tick, "notifications")
         reactor.callLater(60, _every, DAY, self.purge, "purge")
 
     def purge(self):

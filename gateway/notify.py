@@ -26,6 +26,8 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.web import client, http_headers
 
+from gateway.errors import ConfigError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notify_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
 CREATE TABLE IF NOT EXISTS notifications (
@@ -64,7 +66,8 @@ class Notifier:
     def __init__(self, store, settings, reactor):
         self.store, self.settings, self.reactor = store, settings, reactor
         self.recipients = [a.strip() for a in settings.notify_email_to.split(",") if a.strip()]
-        self.agent = client.Agent(reactor, _tls_policy(settings.notify_webhook_ca)) \
+        self.trust = _trust(settings)
+        self.agent = client.Agent(reactor, client.BrowserLikePolicyForHTTPS(self.trust)) \
             if settings.notify_webhook_url else None
         store.db.executescript(SCHEMA)
         store.db.execute("INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), "
@@ -147,9 +150,15 @@ class Notifier:
         message["Message-ID"] = make_msgid(domain="gatewayd")
         message.set_content("\n".join(f"{key}: {value}" for key, value in content(row).items())
                             + "\n\nThis notification carries no patient data.\n")
-        return smtp.sendmail(self.settings.notify_smtp_host, self.settings.notify_email_from,
-                             self.recipients, message.as_bytes(), port=self.settings.notify_smtp_port,
-                             reactor=self.reactor)
+        done = defer.Deferred()
+        host = self.settings.notify_smtp_host
+        factory = smtp.ESMTPSenderFactory(
+            None, None, self.settings.notify_email_from, self.recipients,
+            BytesIO(message.as_bytes()), done, retries=0, timeout=60,
+            contextFactory=ssl.optionsForClientTLS(host, trustRoot=self.trust),
+            heloFallback=True, requireAuthentication=False, requireTransportSecurity=False)
+        self.reactor.connectTCP(host, self.settings.notify_smtp_port, factory)
+        return done
 
     def _post(self, row) -> defer.Deferred:
         body = client.FileBodyProducer(BytesIO(json.dumps(content(row)).encode()))
@@ -174,15 +183,19 @@ def content(row) -> dict:
                 timespec="seconds")}
 
 
+def _trust(settings):
+    """The CA that SMTP (STARTTLS) and webhook certificates must chain to."""
+    if not settings.notify_ca:
+        return ssl.platformTrust()
+    try:
+        return ssl.Certificate.loadPEM((settings.base / settings.notify_ca).read_bytes())
+    except (OSError, ssl.SSL.Error) as exc:
+        raise ConfigError(f"notify.ca unusable: {exc}", code="E-CONFIG-NOTIFY") from None
+
+
 def _event(row) -> str | None:
     event = EVENTS.get((row["action"], row["result"]))
     if event == "answer-arrived" and row["kind"] != "teleconsult-answer":
         return None
     return event
 
-
-def _tls_policy(ca_file: str):
-    if not ca_file:
-        return client.BrowserLikePolicyForHTTPS()
-    with open(ca_file, "rb") as handle:
-        return client.BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(handle.read()))

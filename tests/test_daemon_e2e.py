@@ -16,7 +16,8 @@ import pytest
 
 from gateway import pki
 from gateway.codecs import hl7v2
-from tests.helpers.fakes import free_port, numbered_referral
+from tests.helpers import daemon
+from tests.helpers.fakes import numbered_referral
 
 ROOT = Path(__file__).parent.parent
 
@@ -24,11 +25,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gw")
-    port = free_port()
-    made = json.loads(subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(port),
-         "--https-port", str(free_port()), "--metrics-port", str(free_port()),
-         "--sftp-port", str(free_port()), "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
+    made = daemon.init(folder)
     institution = FakeInstitution(folder / "tls")
     institutions = folder / "routes" / "institutions.csv"
     institutions.write_text(institutions.read_text().replace(
@@ -36,17 +33,8 @@ def gateway(tmp_path_factory):
         f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
     made["institution"] = institution
     made["log"] = folder / "gatewayd.log"
-    with open(made["log"], "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
-                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        if "listening" in made["log"].read_text():
-            break
-        time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("gatewayd did not start: " + made["log"].read_text())
-    yield made, port, process
+    process = daemon.start(made, made["log"])
+    yield made, made["ports"]["mllp"], process
     if process.poll() is None:
         process.kill()
 

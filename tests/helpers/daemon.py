@@ -1,0 +1,46 @@
+"""A real gatewayd for end-to-end tests: a setup from ``gatewayctl init`` on free ports,
+the daemon as a process logging into the setup's folder, and gatewayctl against it."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fakes import ROOT, free_port
+
+
+def init(folder: Path) -> dict:
+    """``gatewayctl init --json`` on free local ports; what it printed."""
+    return json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "init", str(folder), "--mllp-port", str(free_port()),
+         "--https-port", str(free_port()), "--metrics-port", str(free_port()),
+         "--sftp-port", str(free_port()), "--json"], capture_output=True, check=True,
+        cwd=ROOT).stdout)
+
+
+def start(made: dict, log: Path) -> subprocess.Popen:
+    """gatewayd on ``made``'s configuration, once it says it is listening."""
+    with open(log, "a") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        if "listening" in log.read_text():
+            return process
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("gatewayd did not start: " + log.read_text())
+
+
+def ctl(made: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """gatewayctl with ``made``'s configuration."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", made["config"], *args],
+                          capture_output=True, check=check, cwd=ROOT, timeout=60)
+
+
+def ctl_json(made: dict, *args: str):
+    return json.loads(ctl(made, *args, "--json").stdout)
