@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway import codecs, routes
 from gateway.audit import Event
-from gateway.document import Document, Kind
+from gateway.document import ANSWER_SUFFIX, Document, Kind
 from gateway.errors import DecodeError, EncodeError, GatewayError
 from gateway.spool import payloads
 from gateway.spool.store import Entry, Store
@@ -284,6 +284,7 @@ def _entry(plan: _Plan, new: _New, raw_columns: dict, written: list, actor: str,
     return Entry(new.id, values={
         "identity": plan.envelope.identity, "control_id": new.control_id, "part": new.part,
         "content_sha256": plan.content, "zd_number": doc.zd_number, "kind": str(doc.kind),
+        "case_zd": (doc.in_reply_to or doc.zd_number).removesuffix(ANSWER_SUFFIX),
         "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
         "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(), "patient": patient,
         "destination": route.destination, "format": route.format, "delivery": route.delivery,

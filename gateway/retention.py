@@ -1,7 +1,8 @@
 """Retention: what is kept how long, and the purge that enforces it.
 
-A ZD number's messages (the referral with its cancellations and supplements, or
-a teleconsult request with its answer) are purged together, once the last of
+A case's messages (the referral with its cancellations and supplements, or a
+teleconsult request with its answer: the messages whose ZD number, or the number
+they reply to, is the case's, ``_ANTW`` left off) are purged together, once the last of
 them was received longer ago than the rule for their kind: referrals
 ``retention.referral_days`` (180), teleconsultation ``retention.teleconsult_days``
 (548, 18 months). Input that could not be read (no ZD number) follows the
@@ -59,8 +60,8 @@ def due(store: Store, settings, now: float) -> list[Group]:
     """The ZD numbers (and unnumbered messages) whose retention has ended at ``now``."""
     found = []
     for row in store.db.execute(
-            "SELECT CASE WHEN zd_number = '' THEN '#' || id ELSE replace(zd_number, '_ANTW', '') "
-            f"END AS grp, max(received_at) AS last, max(kind IN {TELECONSULT}) AS teleconsult, "
+            "SELECT CASE WHEN case_zd = '' THEN '#' || id ELSE case_zd END AS grp, "
+            f"max(received_at) AS last, max(kind IN {TELECONSULT}) AS teleconsult, "
             "count(*) AS messages FROM messages GROUP BY grp ORDER BY last"):
         rule, days = rules(settings)[bool(row["teleconsult"])]
         if row["last"] < now - days * DAY:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS messages (
     part INTEGER NOT NULL DEFAULT 0,
     content_sha256 TEXT NOT NULL,
     zd_number TEXT NOT NULL DEFAULT '',
+    case_zd TEXT NOT NULL DEFAULT '',
     kind TEXT NOT NULL DEFAULT '',
     sender_agb TEXT NOT NULL DEFAULT '',
     recipient_agb TEXT NOT NULL DEFAULT '',
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (identity, control_id)
 );
 CREATE INDEX IF NOT EXISTS messages_zd ON messages (zd_number);
+CREATE INDEX IF NOT EXISTS messages_case ON messages (case_zd);
 CREATE INDEX IF NOT EXISTS messages_queue ON messages (state, destination);
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt_at);
@@ -100,7 +102,8 @@ ACTIONS = {"ready": "route", "outbound": "route", "fallback": "route", "deferred
            "delivered": "deliver", "held": "hold", "expired": "deliver", "cancelled": "cancel",
            "rejected": "receive", "received": "receive"}
 RESULTS = {"fallback": "fallback", "deferred": "failed", "expired": "expired", "rejected": "rejected"}
-COLUMNS = ("identity", "control_id", "part", "content_sha256", "zd_number", "kind", "sender_agb",
+COLUMNS = ("identity", "control_id", "part", "content_sha256", "zd_number", "case_zd", "kind",
+           "sender_agb",
            "recipient_agb", "in_reply_to", "sent_at", "destination", "format", "delivery",
            "state", "reason", "raw_name", "raw_offset", "raw_length", "raw_sha256", "raw_owner",
            "patient", "out_name",
@@ -239,9 +242,8 @@ class Store:
             audit.append(self.db, self.ring, events, self.clock())
 
     def purged(self, zd_number: str) -> sqlite3.Row | None:
-        """The purge record of a ZD number (or of the request an answer belongs to)."""
-        return self.db.execute("SELECT * FROM purged WHERE zd_number = ?",
-                               (zd_number.removesuffix("_ANTW"),)).fetchone()
+        """The purge record of a ZD number that was purged."""
+        return self.db.execute("SELECT * FROM purged WHERE zd_number = ?", (zd_number,)).fetchone()
 
     def get(self, message_id: int) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -275,7 +277,7 @@ class Store:
                                (limit,)).fetchall()
 
     def purge(self, groups: list[tuple[str, str]], actor: str, now: float) -> set[str]:
-        """Delete the messages of each (ZD number or ``#id``, rule) in one transaction,
+        """Delete the messages of each (case ZD number or ``#id``, rule) in one transaction,
         keeping a purge record per ZD number, counts and audit records; return the payload
         file names they used."""
         names, events = set(), []
@@ -283,7 +285,7 @@ class Store:
             for key, rule in groups:
                 rows = self.db.execute("SELECT * FROM messages WHERE id = ?", (int(key[1:]),)) \
                     if key.startswith("#") else self.db.execute(
-                        "SELECT * FROM messages WHERE zd_number IN (?, ?)", (key, key + "_ANTW"))
+                        "SELECT * FROM messages WHERE case_zd = ?", (key,))
                 rows = rows.fetchall()
                 for row in rows:
                     names.update(n for n in (row["raw_name"], row["out_name"]) if n)
@@ -295,9 +297,10 @@ class Store:
                 ids = [(row["id"],) for row in rows]
                 self.db.executemany("DELETE FROM history WHERE message_id = ?", ids)
                 self.db.executemany("DELETE FROM messages WHERE id = ?", ids)
-                if not key.startswith("#"):
-                    self.db.execute("INSERT OR REPLACE INTO purged VALUES (?, ?, ?, ?)",
-                                    (key, now, rule, len(rows)))
+                numbers = {row["zd_number"] for row in rows if row["zd_number"]}
+                numbers |= set() if key.startswith("#") else {key}
+                self.db.executemany("INSERT OR REPLACE INTO purged VALUES (?, ?, ?, ?)",
+                                    [(number, now, rule, len(rows)) for number in sorted(numbers)])
             audit.append(self.db, self.ring, events, now)
         return names
 

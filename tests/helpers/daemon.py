@@ -36,10 +36,10 @@ def start(made: dict, log: Path) -> subprocess.Popen:
     pytest.fail("gatewayd did not start: " + log.read_text())
 
 
-def ctl(made: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def ctl(made: dict, *args: str, check: bool = True, stdin: bytes = b"") -> subprocess.CompletedProcess:
     """gatewayctl with ``made``'s configuration."""
     return subprocess.run([sys.executable, "-m", "gateway.cli", "-c", made["config"], *args],
-                          capture_output=True, check=check, cwd=ROOT, timeout=60)
+                          input=stdin, capture_output=True, check=check, cwd=ROOT, timeout=60)
 
 
 def ctl_json(made: dict, *args: str):

@@ -1,0 +1,177 @@
+"""Encryption at rest and the audit log: seals that break on any change, keys that must
+fit the store, rotation, and a hash chain that names the first bad record."""
+
+import hashlib
+import json
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from twisted.internet import defer, task
+
+from gateway import audit, config, keys, routes
+from gateway.cli.common import actor
+from gateway.intake import Envelope, Intake
+from gateway.spool import delivery, payloads
+from gateway.spool.store import Store
+from tests.helpers import daemon
+from tests.helpers.fakes import RING, ROOT, numbered_referral, write_tables
+
+ADMIN = Envelope("admin", "test", who="cli:tester")
+REFERRAL = (ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes()
+
+
+@given(st.binary(max_size=4096), st.integers(0, 2 ** 63))
+def test_seal_round_trip(data, message_id):
+    """What is sealed opens to the same bytes, for its own message only; nonces are fresh."""
+    sealed = RING.seal(data, message_id)
+    assert RING.open(sealed, message_id) == data
+    assert RING.seal(data, message_id) != sealed
+    assert len(data) < 16 or data not in sealed         # (shorter ones turn up by chance)
+    with pytest.raises(keys.SealBroken):
+        RING.open(sealed, message_id ^ 1)
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=1, max_size=300), st.data())
+def test_any_changed_byte_breaks_the_seal(data, draw):
+    """One flipped bit anywhere — header, key id, message id, nonce, text, tag — is caught."""
+    sealed = bytearray(RING.seal(data, 7))
+    position = draw.draw(st.integers(0, len(sealed) - 1))
+    sealed[position] ^= 1 << draw.draw(st.integers(0, 7))
+    with pytest.raises(keys.SealBroken):
+        RING.open(bytes(sealed), 7)
+    with pytest.raises(keys.SealBroken):
+        RING.open(bytes(sealed[:-1]), 7)
+
+
+def test_key_file_is_private_and_problems_are_one_line(tmp_path):
+    """keys are written 0600; a missing or broken key file is one clear line."""
+    path = tmp_path / "k" / "gatewayd.keys"
+    keys.save(keys.generate(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keys.load(path).current == "k1"
+    with pytest.raises(keys.KeyProblem, match="missing .*keys init"):
+        keys.load(tmp_path / "nothing.keys")
+    path.write_text("{not json")
+    with pytest.raises(keys.KeyProblem, match="not valid") as caught:
+        keys.load(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_store_refuses_a_wrong_or_missing_key(tmp_path):
+    """A store sealed with one key will not open with another key under the same id, nor
+    with a key file that lacks its key."""
+    Store(tmp_path, time.time, RING).close()
+    stranger = keys.generate()
+    with pytest.raises(keys.KeyProblem, match="not the key"):
+        Store(tmp_path, time.time, stranger)
+    with pytest.raises(keys.KeyProblem, match="lacks key 'k1'"):
+        Store(tmp_path, time.time, keys.Keyring({"k9": stranger.keys["k1"]}, "k9", RING.audit_key))
+
+
+def test_daemon_stops_at_start_without_its_key(tmp_path):
+    """gatewayd with its key file gone, or replaced, exits 78 with one line."""
+    made = daemon.init(tmp_path / "gw")
+    key_file = Path(made["keys"])
+    key_file.rename(key_file.with_suffix(".away"))
+    result = subprocess.run([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        f"gatewayd: error E-KEYS: key file {key_file} is missing (gatewayctl keys init makes one)"]
+    keys.save(keys.generate(), key_file)
+    result = subprocess.run([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 78 and "wrong key file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def pushing(tmp_path):
+    tables = write_tables(tmp_path / "routes", "06005678,Eemland,hl7,mllp://127.0.0.1:1,\n",
+                          "01234567,V,*,\n")
+    clock = task.Clock()
+    clock.advance(1_800_000_000)
+    store = Store(tmp_path / "spool", clock.seconds, RING)
+    return clock, store, Intake(store, routes.load(tables), 1 << 24), config.defaults(tmp_path)
+
+
+class Recorder:
+    def __init__(self):
+        self.delivered = []
+
+    def deliver(self, row, payload):
+        self.delivered.append(payload)
+        return defer.succeed(None)
+
+
+def test_tampered_payload_is_quarantined_and_never_delivered(pushing):
+    """A ciphertext byte changed — with its SHA-256 in SQLite fixed up, so that only the
+    seal can tell — sends the message to fallback with an ALERT and an audit record."""
+    clock, store, intake, settings = pushing
+    (receipt,) = intake.accept(numbered_referral(1), ADMIN)
+    row = store.get(receipt.id)
+    path = store.payload_root / row["out_name"]
+    data = bytearray(path.read_bytes())
+    data[row["out_offset"] + row["out_length"] - 20] ^= 0x40
+    path.write_bytes(bytes(data))
+    part = bytes(data[row["out_offset"]:row["out_offset"] + row["out_length"]])
+    store.db.execute("UPDATE messages SET out_sha256 = ? WHERE id = ?",
+                     (hashlib.sha256(part).hexdigest(), receipt.id))
+    recorder = Recorder()
+    delivery.Dispatcher(store, settings, recorder, clock.seconds).tick()
+    assert recorder.delivered == []
+    row = store.get(receipt.id)
+    assert row["state"] == "fallback" and "authentication tag" in row["reason"]
+    assert audit.query(store.db, zd_number=row["zd_number"])[-1]["action"] == "quarantine"
+
+
+def test_a_payload_pointed_at_another_message_does_not_open(pushing):
+    """Message 1's row pointed at message 2's converted part (SHA-256 and all) fails its seal."""
+    _, store, intake, _ = pushing
+    first, second = (intake.accept(numbered_referral(i), ADMIN)[0] for i in (1, 2))
+    other = store.get(second.id)
+    store.db.execute("UPDATE messages SET out_name = ?, out_offset = ?, out_length = ?, "
+                     "out_sha256 = ? WHERE id = ?", (other["out_name"], other["out_offset"],
+                                                    other["out_length"], other["out_sha256"], first.id))
+    with pytest.raises(payloads.PayloadCorrupt, match="sealed for message 2, not 1"):
+        store.payload(store.get(first.id), "out")
+
+
+def test_rotation_keeps_old_files_readable_and_reencrypts(tmp_path):
+    """After keys rotate, new files use the new key and old ones still open; --reencrypt
+    seals every payload again under the new key; each change is in the audit log."""
+    made = daemon.init(tmp_path / "gw")
+    first = json.loads(daemon.ctl(made, "submit", str(ROOT / "fixtures" / "hl7" / "referral-lf.hl7"),
+                                  "--json").stdout)["id"]
+    assert json.loads(daemon.ctl(made, "keys", "rotate", "--json").stdout)["current"] == "k2"
+    second = json.loads(daemon.ctl(made, "submit", "-", "--json", stdin=REFERRAL).stdout)["id"]
+    spool = Path(made["spool"]) / "payloads"
+    assert _key_ids(spool) == {"k1", "k2"}
+    for message_id in (first, second):
+        assert daemon.ctl(made, "show", str(message_id), "--converted").stdout.startswith(b"<?xml")
+    result = json.loads(daemon.ctl(made, "keys", "rotate", "--reencrypt", "--json").stdout)
+    assert result == {"current": "k3", "reencrypted_files": 2}
+    assert _key_ids(spool) == {"k3"}
+    assert daemon.ctl(made, "show", str(first)).stdout.startswith(b"MSH|")
+    actions = [r["action"] for r in daemon.ctl_json(made, "audit", "query", "--who", actor())]
+    assert actions.count("keys-rotate") == 2 and "view" in actions
+
+
+def _key_ids(spool: Path) -> set[str]:
+    """The key ids of every stored part, read from the headers the rows point at."""
+    db = sqlite3.connect(spool.parent / "gateway.db")
+    found = set()
+    for name, offset in db.execute("SELECT raw_name, raw_offset FROM messages UNION "
+                                   "SELECT out_name, out_offset FROM messages WHERE out_name NOT NULL"):
+        with open(spool / name, "rb") as handle:
+            handle.seek(offset)
+            found.add(keys.header(handle.read(64) + bytes(64))[0])
+    db.close()
+    return found
