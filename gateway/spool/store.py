@@ -348,7 +348,7 @@ class Store:
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # a store made before
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.db.execute("VACUUM")
-        self.db.execute("PRAGMA incremental_vacuum")
+        self.db.executescript("PRAGMA incremental_vacuum;")   # execute() would free one page
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _history(self, message_id: int, at: float, state: str, actor: str, reason: str | None):

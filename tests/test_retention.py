@@ -1,0 +1,149 @@
+"""Retention and purge: each case kept exactly as long as its rule says, then its files,
+rows and space gone, with a clear answer for a purged ZD number."""
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway import config, operations, retention, routes
+from gateway.intake import Envelope, Intake
+from gateway.spool.store import Store
+from gateway.transports.sftp import Outbox
+from tests.helpers import daemon
+from tests.helpers.fakes import RING, ROOT, numbered_referral
+
+DAY = 86400
+SAMPLES = ROOT / "gateway" / "routes" / "samples"
+HL7 = ROOT / "fixtures" / "hl7"
+ADMIN = Envelope("admin", "test")
+T0 = 1_800_000_000.0
+
+
+class Setup:
+    def __init__(self, folder: Path):
+        self.now = T0
+        self.settings = config.defaults(folder)
+        self.store = Store(folder / "spool", lambda: self.now, RING)
+        self.intake = Intake(self.store, routes.load(SAMPLES), 1 << 24)
+
+    def at(self, day: float, data: bytes) -> list:
+        self.now = T0 + day * DAY
+        return self.intake.accept(data, ADMIN)
+
+    def purge(self, day: float, dry_run: bool = False) -> retention.Report:
+        return retention.purge(self.store, self.settings, T0 + day * DAY, dry_run)
+
+    def zd_numbers(self) -> set[str]:
+        return {row[0] for row in self.store.db.execute("SELECT zd_number FROM messages")}
+
+    def files(self) -> set[str]:
+        return {f"{p.parent.name}/{p.name}" for p in self.store.payload_root.glob("*/*")}
+
+
+@pytest.fixture
+def setup(tmp_path):
+    return Setup(tmp_path)
+
+
+def test_each_case_is_kept_as_long_as_its_rule(setup):
+    """A referral lives 180 days after its last message (a cancellation extends it), a
+    teleconsult 548 days after its answer; input without a ZD number 180 days."""
+    setup.at(0, numbered_referral(1))                                  # ZD500000001
+    setup.at(0, numbered_referral(2))                                  # ZD500000002 ...
+    setup.at(100, (HL7 / "cancellation.hl7").read_bytes().replace(    # ... cancelled on day 100
+        b"ZD100200300", b"ZD500000002"))
+    setup.at(0, (HL7 / "teleconsult-request.hl7").read_bytes())        # ZD100200301
+    setup.at(10, (HL7 / "teleconsult-answer-crlf.hl7").read_bytes())   # ZD100200301_ANTW
+    with pytest.raises(Exception):
+        setup.at(0, b"MSH|^~\\&|broken")                               # rejected, kept
+    assert setup.purge(179.9).messages == 0
+    assert setup.purge(180.1).messages == 2                            # ZD500000001, the reject
+    assert "ZD500000001" not in setup.zd_numbers()
+    assert setup.purge(280.1).messages == 2                            # the referral + cancellation
+    assert setup.zd_numbers() == {"ZD100200301", "ZD100200301_ANTW"}
+    assert setup.purge(557.9).messages == 0
+    assert setup.purge(558.1).messages == 2
+    assert setup.zd_numbers() == set() and setup.files() == set()
+
+
+def test_dry_run_shows_and_keeps(setup):
+    setup.at(0, numbered_referral(1))
+    files = setup.files()
+    report = setup.purge(181, dry_run=True)
+    assert retention.describe(report)["zd_numbers"] == ["ZD500000001"]
+    assert setup.zd_numbers() == {"ZD500000001"} and setup.files() == files
+
+
+def test_purge_removes_files_rows_and_space(setup):
+    """After a purge no payload of a purged message is left, no history row, and the
+    database file shrinks; the counts per month, kind and destination remain."""
+    for index in range(300):
+        setup.at(0, numbered_referral(index))
+    setup.at(200, numbered_referral(1000))
+    setup.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = (setup.store.root / "gateway.db").stat().st_size
+    kept = setup.files()
+    report = setup.purge(181)
+    assert report.messages == 300 and report.files == 300
+    assert setup.zd_numbers() == {"ZD500001000"} and len(setup.files()) == 1 < len(kept)
+    assert setup.store.db.execute("SELECT count(*) FROM history").fetchone()[0] == 2
+    assert setup.store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert (setup.store.root / "gateway.db").stat().st_size < before    # audit records stay
+    assert (setup.store.root / "gateway.db-wal").stat().st_size == 0
+    counts = setup.store.db.execute("SELECT kind, destination, messages FROM purge_counts").fetchall()
+    assert [tuple(c) for c in counts] == [("referral", "06005678", 300)]
+
+
+def test_a_purged_zd_number_is_answered_clearly(setup):
+    """resend, cancel, supplement and status say when and under which rule it went."""
+    setup.at(0, numbered_referral(1))
+    setup.purge(181)
+    expected = f"ZD500000001 was purged on {dt.date.fromtimestamp(T0 + 181 * DAY)} under the " \
+               "retention rule (referral: 180 days)"
+    for attempt in (lambda: operations.resend(setup.intake, "ZD500000001", "t"),
+                    lambda: operations.cancel(setup.intake, "ZD500000001", "r",
+                                              dt.datetime.now(dt.timezone.utc), 180, "t"),
+                    lambda: operations.supplement(setup.intake, "ZD500000001", "a.txt", b"x",
+                                                  dt.datetime.now(dt.timezone.utc), "t")):
+        with pytest.raises(operations.Refused) as refused:
+            attempt()
+        assert (refused.value.code, refused.value.message) == ("E-PURGED", expected)
+
+
+def test_leftovers_are_swept(setup, tmp_path):
+    """A payload file no message names (a crash between write and commit) and an outbox
+    file of a purged message go once they are a day old; a fresh orphan stays."""
+    setup.at(0, numbered_referral(1))
+    (orphan,) = setup.store.write_payloads([(99, b"never committed")])
+    (fresh,) = setup.store.write_payloads([(98, b"being committed right now")])
+    row = setup.store.get(1)
+    outbox = Outbox(setup.settings.paths_sftp, setup.store)
+    outbox.deliver({**dict(row), "delivery": "sftp:his-brink", "format": "hl7"}, b"x")
+    old = time.time() - 2 * DAY
+    os.utime(setup.store.payload_root / orphan.name, (old, old))
+    for path in setup.settings.paths_sftp.glob("*/outbox/*"):
+        os.utime(path, (old, old))
+    setup.purge(181)
+    assert setup.files() == {fresh.name}
+    assert list(setup.settings.paths_sftp.glob("*/outbox/*")) == []
+
+
+def test_cli_purge_as_of_and_status(tmp_path):
+    """gatewayctl purge --dry-run --as-of shows the future; purge does it; status then says
+    purged (exit 65), the audit log keeps the purge."""
+    made = daemon.init(tmp_path / "gw")
+    daemon.ctl(made, "submit", str(ROOT / "fixtures" / "medvri" / "referral-crlf.edi"))
+    later = str(dt.date.today() + dt.timedelta(days=181))
+    assert daemon.ctl_json(made, "purge", "--dry-run", "--as-of", str(dt.date.today()))[
+        "messages"] == 0
+    shown = daemon.ctl_json(made, "purge", "--dry-run", "--as-of", later)
+    assert (shown["messages"], shown["zd_numbers"]) == (1, ["ZD100200300"])
+    done = daemon.ctl(made, "purge", "--as-of", later).stdout.decode()
+    assert done.startswith("purged 1 message(s) of 1 ZD number(s)\n  referral: 180 days: 1")
+    result = daemon.ctl(made, "status", "ZD100200300", check=False)
+    assert result.returncode == 65 and b"was purged on" in result.stderr
+    assert [r["action"] for r in daemon.ctl_json(made, "audit", "query", "--zd", "ZD100200300")][
+        -1] == "purge"
