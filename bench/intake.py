@@ -54,21 +54,31 @@ def intake_rate(intake: Intake, first: int, count: int) -> float:
 
 
 def prefill(store: Store, count: int) -> None:
-    """Insert ``count`` metadata rows (with history) in large transactions."""
+    """Insert ``count`` metadata rows (with history and three audit records each) in large
+    transactions; the audit chain of these rows is not valid, which the intake does not read."""
     now = time.time()
     batch = 50_000
     for base in range(0, count, batch):
         rows = [(f"prefill-{i}", f"P{i:09d}", f"ZD{800000000 + i}", "referral", "01234567",
                  "06005678", "2026-01-01T00:00:00", "06005678", "xml", "pull", "delivered",
-                 now, now, f"00/prefill{i}", "0" * 64) for i in range(base, min(base + batch, count))]
+                 now, now, f"00/prefill{i}", "0" * 64, f"ZD{800000000 + i}")
+                for i in range(base, min(base + batch, count))]
         store.db.execute("BEGIN")
         store.db.executemany(
             "INSERT INTO messages (identity, control_id, zd_number, kind, sender_agb, recipient_agb,"
             " sent_at, destination, format, delivery, state, received_at, updated_at, raw_name,"
-            " raw_sha256, content_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'x')", rows)
+            " raw_sha256, case_zd, content_sha256, raw_owner) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'x',0)", rows)
         store.db.execute("INSERT INTO history (message_id, at, state, actor) SELECT id, received_at,"
                          " state, 'prefill' FROM messages WHERE id > (SELECT coalesce(max(message_id),"
                          " 0) FROM history)")
+        store.db.execute("INSERT INTO audit (at, who, behalf, action, message_id, zd_number, patient,"
+                         " result, detail, prev, hash) SELECT '2026-01-01T00:00:00.000000+00:00',"
+                         " 'prefill', sender_agb, a.action, id, zd_number, hex(randomblob(16)), 'ok',"
+                         " '', '', '' FROM messages, (SELECT 'receive' AS action UNION ALL SELECT"
+                         " 'convert' UNION ALL SELECT 'route') AS a WHERE id > (SELECT"
+                         " coalesce(max(message_id), 0) FROM audit)")
+        store.db.execute("UPDATE counters SET value = (SELECT max(id) FROM messages)")
         store.db.execute("COMMIT")
 
 

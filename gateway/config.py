@@ -63,7 +63,7 @@ SETTINGS = (
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
             "sending", 1, 3650),
     Setting("retention.referral_days", int, 180, "referrals, cancellations and supplements are "
-            "purged this long after the last message of their ZD number", 1, 36500),
+            "purged this long after the last message of their case", 1, 36500),
     Setting("retention.teleconsult_days", int, 548, "teleconsult requests and answers are "
             "purged this long after the last one (548 days: 18 months)", 1, 36500),
     Setting("retention.audit_days", int, 1827, "audit records are kept this long (5 years)",

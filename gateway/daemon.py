@@ -8,12 +8,15 @@ after the store committed; what arrives in one reactor turn is committed togethe
 (group commit). Every second the dispatcher starts due pushes to
 institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxes.
 SFTP drops (key-only accounts for the identities with an ``ssh_key``) feed the
-same intake.
+same intake. Payloads are sealed with the key file's keys (a missing or wrong
+key file stops gatewayd at start); notifications go out every few seconds and
+the retention purge runs daily (see ``gateway.notify`` and ``gateway.retention``).
 
 A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused. SIGHUP reloads the route tables,
-identities and TLS certificates (each one that fails to load is refused, the old
-one kept, and a line logged; open connections are not dropped); SIGTERM stops.
+identities, TLS certificates and the key file (each one that fails to load is
+refused, the old one kept, and a line logged; open connections are not
+dropped); SIGTERM stops.
 Under systemd it sends READY=1, RELOADING=1/READY=1 around a reload, STOPPING=1
 and WATCHDOG=1 pings.
 """
@@ -25,20 +28,17 @@ import sys
 import time
 from pathlib import Path
 
+from twisted.conch.ssh import keys as ssh_keys
 from twisted.internet import defer, reactor, ssl, task, threads
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web import server
 
-from gateway import audit, config, notify, retention, routes, systemd
-from gateway.errors import GatewayError
+from gateway import audit, config, keys, notify, retention, routes, systemd
+from gateway.errors import ConfigError, GatewayError
 from gateway.intake import Envelope, Intake
 from gateway.metrics import LocalStatus, Metrics
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
-from twisted.conch.ssh import keys as ssh_keys
-
-from gateway import keys
-from gateway.errors import ConfigError
 from gateway.transports import http, sftp, tls
 from gateway.transports.batch import GroupCommit
 from gateway.transports.hl7handler import AckingHandler
@@ -140,7 +140,8 @@ class Gateway:
         _every(1.0, dispatcher.tick, "delivery loop")
 
     def maintain(self) -> None:
-        """Notifications every 10 s (when configured); the retention purge once a day."""
+        """Notifications every 5 s (when configured); the retention purge a minute after
+        start, then once a day."""
         if self.notifier.enabled:
             _every(5.0, self.notifier.tick, "notifications")
         reactor.callLater(60, _every, DAY, self.purge, "purge")
@@ -169,7 +170,7 @@ class Gateway:
         return threads.deferToThread(run).addCallback(done)
 
     def reload(self) -> None:
-        """Reload route tables, identities and certificates; keep whatever fails to load."""
+        """Reload route tables, certificates, keys and identities; keep whatever fails to load."""
         systemd.notify("RELOADING=1")
         try:
             settings = config.load(self.config_path)

@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
-from twisted.internet import defer, task
+from twisted.internet import defer
 
-from gateway import audit, config, keys, routes
+from gateway import audit, keys
 from gateway.cli.common import actor
-from gateway.intake import Envelope, Intake
+from gateway.intake import Envelope
 from gateway.spool import delivery, payloads
 from gateway.spool.store import Store
 from tests.helpers import daemon
-from tests.helpers.fakes import RING, ROOT, numbered_referral, write_tables
+from tests.helpers.fakes import RING, ROOT, numbered_referral
+from tests.test_delivery import setup  # noqa: F401  (a store pushing over MLLP, on a clock)
 
 ADMIN = Envelope("admin", "test", who="cli:tester")
 REFERRAL = (ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes()
@@ -92,16 +93,6 @@ def test_daemon_stops_at_start_without_its_key(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.fixture
-def pushing(tmp_path):
-    tables = write_tables(tmp_path / "routes", "06005678,Eemland,hl7,mllp://127.0.0.1:1,\n",
-                          "01234567,V,*,\n")
-    clock = task.Clock()
-    clock.advance(1_800_000_000)
-    store = Store(tmp_path / "spool", clock.seconds, RING)
-    return clock, store, Intake(store, routes.load(tables), 1 << 24), config.defaults(tmp_path)
-
-
 class Recorder:
     def __init__(self):
         self.delivered = []
@@ -111,10 +102,10 @@ class Recorder:
         return defer.succeed(None)
 
 
-def test_tampered_payload_is_quarantined_and_never_delivered(pushing):
+def test_tampered_payload_is_quarantined_and_never_delivered(setup):
     """A ciphertext byte changed — with its SHA-256 in SQLite fixed up, so that only the
     seal can tell — sends the message to fallback with an ALERT and an audit record."""
-    clock, store, intake, settings = pushing
+    clock, store, intake, settings = setup
     (receipt,) = intake.accept(numbered_referral(1), ADMIN)
     row = store.get(receipt.id)
     path = store.payload_root / row["out_name"]
@@ -132,9 +123,9 @@ def test_tampered_payload_is_quarantined_and_never_delivered(pushing):
     assert audit.query(store.db, zd_number=row["zd_number"])[-1]["action"] == "quarantine"
 
 
-def test_a_payload_pointed_at_another_message_does_not_open(pushing):
+def test_a_payload_pointed_at_another_message_does_not_open(setup):
     """Message 1's row pointed at message 2's converted part (SHA-256 and all) fails its seal."""
-    _, store, intake, _ = pushing
+    _, store, intake, _ = setup
     first, second = (intake.accept(numbered_referral(i), ADMIN)[0] for i in (1, 2))
     other = store.get(second.id)
     store.db.execute("UPDATE messages SET out_name = ?, out_offset = ?, out_length = ?, "

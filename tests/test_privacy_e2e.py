@@ -9,7 +9,10 @@ the markers in plain text, while the audit log can say who handled the marked
 patient's data.
 """
 
+import datetime as dt
 import json
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import keys
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT
 from tests.test_daemon_e2e import curl, identity, msa, send, sftp
@@ -75,7 +79,7 @@ def gateway(tmp_path_factory):
                       .replace('ca = ""', 'ca = "tls/ca.pem"'))
     made["log"] = folder / "gatewayd.log"
     made["mailbox"] = mailbox
-    process = daemon.start(made, made["log"])
+    made["process"] = process = daemon.start(made, made["log"])
     yield made, folder
     process.kill()
     sink.kill()
@@ -166,3 +170,44 @@ def test_notifications_carry_no_patient_data(gateway):
     assert {"answer-arrived", "fallback"} <= {h["event"] for h in hooks}
     assert plaintext_markers(mailbox) == []
     assert all(b"1957" not in p.read_bytes() for p in mailbox.iterdir())   # the birth date
+
+
+def test_rotated_key_taken_at_reload(gateway):
+    """keys rotate, then SIGHUP: the running daemon seals new messages with the new key and
+    records the reload in the audit log."""
+    made, folder = gateway
+    assert json.loads(daemon.ctl(made, "keys", "rotate", "--json").stdout)["current"] == "k2"
+    made["process"].send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if "reloaded keys" in made["log"].read_text():
+            break
+        time.sleep(0.1)
+    edi = (EDI / "referral-crlf.edi").read_bytes().replace(b"HIS00042", b"HIS00099").replace(
+        b"ZD100200300", b"ZD300000009")
+    status, body = curl(made, "/v1/messages", "his-brink", data=edi)
+    assert status == 202
+    row = daemon.ctl_json(made, "status", "ZD300000009")[0]
+    assert row["state"] == "ready"
+    (record,) = [r for r in daemon.ctl_json(made, "audit", "query", "--who", "reload")]
+    assert (record["action"], record["detail"]) == ("keys-reload", "current key k2")
+    db = sqlite3.connect(folder / "spool" / "gateway.db")
+    name, offset = db.execute("SELECT raw_name, raw_offset FROM messages WHERE zd_number = ?",
+                              ("ZD300000009",)).fetchone()
+    with open(folder / "spool" / "payloads" / name, "rb") as handle:
+        handle.seek(offset)
+        assert keys.header(handle.read(64))[0] == "k2"
+
+
+def test_purge_leaves_nothing_and_status_says_so(gateway):
+    """Purged as of 600 days on: no payload file is left, and the sender asking for the
+    status of a purged referral gets 410 saying when and under which rule."""
+    made, folder = gateway
+    later = str(dt.date.today() + dt.timedelta(days=600))
+    report = daemon.ctl_json(made, "purge", "--as-of", later)
+    assert report["messages"] == 7 and set(report["by_rule"]) == {"referral: 180 days",
+                                                                  "teleconsultation: 548 days"}
+    assert [p for p in (folder / "spool" / "payloads").glob("*/*")] == []
+    status, body = curl(made, "/v1/status/ZD300000009", "his-brink")
+    assert status == 410 and json.loads(body)["code"] == "E-PURGED"
+    assert "under the retention rule (referral: 180 days)" in json.loads(body)["message"]
+    assert plaintext_markers(folder) == []

@@ -6,9 +6,9 @@ sync however many parts it has. Each part is sealed on its own (AES-256-GCM, a
 fresh nonce, bound to its message id; see ``gateway.keys``), so no byte of
 patient data reaches the disk in plain text. A part is addressed as (file name,
 offset, length, SHA-256 of the sealed bytes); reading checks the SHA-256 and the
-tag, so a corrupted, truncated or altered file is detected rather than delivered. Files are named by a fresh
-random id under ``<2 hex>/``; temporary files end in ``.tmp`` and any left by a
-crash are removed by ``sweep``.
+tag, so a corrupted, truncated or altered file is detected rather than
+delivered. Files are named by a fresh random id under ``<2 hex>/``; temporary
+files end in ``.tmp`` and any left by a crash are removed by ``sweep``.
 """
 
 import hashlib
@@ -22,7 +22,7 @@ from gateway.keys import Keyring, SealBroken
 
 
 class PayloadCorrupt(Exception):
-    """A payload is missing, truncated or altered (its SHA-256 no longer matches)."""
+    """A payload is missing, truncated, altered or another message's."""
 
 
 @dataclass(frozen=True)
