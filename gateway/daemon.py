@@ -31,6 +31,7 @@ from pathlib import Path
 from twisted.conch.ssh import keys as ssh_keys
 from twisted.internet import defer, reactor, ssl, task, threads
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 
 from gateway import audit, config, keys, notify, retention, routes, systemd
@@ -67,15 +68,21 @@ class Gateway:
     def __init__(self, config_path: Path):
         self.config_path = config_path
         self.settings = settings = config.load(config_path)
-        self.store = Store(settings.paths_spool, reactor.seconds, keys.load(settings.paths_keys))
+        ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
+        self.store = Store(settings.paths_spool, reactor.seconds, ring)
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
-        self.intake = Intake(self.store, routes.load(settings.paths_routes),
-                             settings.limits_max_message_bytes)
+        self.intake = Intake(self.store, tables, settings.limits_max_message_bytes)
+        # The intake's commits run on one writer thread with its own connection.
+        self.writer = Intake(Store(settings.paths_spool, time.time, ring, other_thread=True),
+                             tables, settings.limits_max_message_bytes)
+        self.pool = ThreadPool(1, 1, "writer")
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
         self.metrics = Metrics(self.intake, reactor.seconds)
         self.notifier = notify.Notifier(self.store, settings, reactor)
-        self.accept = self.metrics.counting(GroupCommit(self.intake, reactor).accept)
+        self.accept = self.metrics.counting(GroupCommit(
+            self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
+            gather=0.005).accept)
 
     def envelope_for(self, channel: str):
         def envelope(peer: str) -> Envelope:
@@ -138,6 +145,11 @@ class Gateway:
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),
                                 reactor.seconds, schemes=tuple(deliverers))
         _every(1.0, dispatcher.tick, "delivery loop")
+
+    def stop_writer(self) -> None:
+        """Let the batch being stored finish, then close the writer's connection."""
+        self.pool.stop()
+        self.writer.store.close()
 
     def maintain(self) -> None:
         """Notifications every 5 s (when configured); the retention purge a minute after
@@ -205,11 +217,12 @@ class Gateway:
             except GatewayError:
                 self.store.ring = old
                 raise
+            self.writer.store.ring = ring
             self.store.record([audit.Event("reload", "keys-reload",
                                            detail=f"current key {ring.current}")])
 
     def _reload_tables(self, settings) -> None:
-        self.intake.tables = routes.load(settings.paths_routes)
+        self.intake.tables = self.writer.tables = routes.load(settings.paths_routes)
         moved = self.intake.reroute_fallback("reload")
         if moved:
             log.info("{count} message(s) moved out of fallback", count=len(moved))
@@ -249,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))
     reactor.addSystemEventTrigger("before", "shutdown", gateway.store.close)
+    reactor.callWhenRunning(gateway.pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", gateway.stop_writer)
     interval = systemd.watchdog_interval()
     if interval:
         task.LoopingCall(systemd.notify, "WATCHDOG=1").start(interval)

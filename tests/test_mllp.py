@@ -198,3 +198,45 @@ def test_group_commit_stores_one_turn_together(tmp_path):
     clock.advance(0)
     assert fired(failed).check(OSError)
 
+
+def test_group_commit_gathers_and_stores_one_batch_at_a_time(tmp_path):
+    """While a batch is being stored the next waits; after a batch of three, one input
+    waits up to ``gather`` for two more, and goes at once when they come."""
+    import time
+    from pathlib import Path
+
+    from gateway import routes
+    from gateway.intake import Envelope, Intake
+    from gateway.spool.store import Store
+    from gateway.transports.batch import GroupCommit
+    from tests.helpers.fakes import numbered_referral
+
+    samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
+    intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
+    clock, storing, batches = task.Clock(), [], []
+
+    def run(function, items):
+        batches.append(len(items))
+        storing.append(defer.Deferred())
+        return storing[-1].addCallback(lambda _: function(items))
+
+    group, admin = GroupCommit(intake, clock, run, gather=0.005), Envelope("admin", "test")
+    first = [group.accept(numbered_referral(i, "W"), admin) for i in range(3)]
+    clock.advance(0)
+    later = group.accept(numbered_referral(3, "W"), admin)
+    clock.advance(1)                                 # the first batch is still being stored
+    assert batches == [3] and not later.called
+    storing[0].callback(None)
+    assert all(fired(answer) for answer in first)
+    clock.advance(0.004)
+    assert batches == [3]                            # gathering: one waits, three went last
+    more = [group.accept(numbered_referral(i, "W"), admin) for i in (4, 5)]
+    clock.advance(0)
+    assert batches == [3, 3]
+    storing[1].callback(None)
+    assert all(fired(answer) for answer in [later, *more])
+    final = group.accept(numbered_referral(6, "W"), admin)
+    clock.advance(0.005)
+    storing[2].callback(None)
+    assert batches == [3, 3, 1] and fired(final)
+

@@ -129,14 +129,16 @@ class Entry:
 
 class Store:
     """One spool folder: ``gateway.db`` and ``payloads/``, sealed with ``ring``. Pass the
-    clock in (seconds)."""
+    clock in (seconds); ``other_thread`` when one thread opens it for another to use."""
 
-    def __init__(self, root: Path, clock: Callable[[], float], ring: Keyring):
+    def __init__(self, root: Path, clock: Callable[[], float], ring: Keyring,
+                 other_thread: bool = False):
         self.root = Path(root)
         self.payload_root = self.root / "payloads"
         self.payload_root.mkdir(parents=True, exist_ok=True)
         self.clock, self.ring = clock, ring
-        self.db = sqlite3.connect(self.root / "gateway.db", isolation_level=None, timeout=30)
+        self.db = sqlite3.connect(self.root / "gateway.db", isolation_level=None, timeout=30,
+                                  check_same_thread=not other_thread)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")    # before the first table: purge frees space
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -1,7 +1,13 @@
-"""Group commit on the reactor: inputs that arrive in the same reactor turn are
-stored together by ``Intake.accept_many`` — one payload file, one transaction —
-so that concurrent senders share the syncs. Each caller gets a Deferred firing
-with its own receipts or failing with its own error.
+"""Group commit: what arrives while the store is busy is stored together.
+
+Inputs are queued; the queue is handed to ``Intake.accept_many`` — one payload
+file, one transaction — whenever no batch is being stored. ``run`` runs that
+call and returns a Deferred: in the daemon, on a writer thread with its own
+SQLite connection, so the reactor goes on reading, decrypting and answering
+while a batch waits for its syncs, and batches grow with the load. When fewer
+inputs wait than the last batch held, the next batch waits up to ``gather``
+seconds for as many (senders that wait for their ACK come back together). Each
+caller gets a Deferred firing with its own receipts or failing with its own error.
 """
 
 from twisted.internet import defer
@@ -12,32 +18,54 @@ from gateway.intake import Envelope, Intake
 
 
 class GroupCommit:
-    def __init__(self, intake: Intake, reactor, max_batch: int = 256):
-        self.intake, self.reactor, self.max_batch = intake, reactor, max_batch
+    def __init__(self, intake: Intake, reactor, run=defer.maybeDeferred, max_batch: int = 256,
+                 gather: float = 0.0):
+        self.intake, self.reactor, self.run, self.max_batch = intake, reactor, run, max_batch
+        self.gather = gather        # wait this long for a batch as large as the last one
         self.queue: list[tuple[bytes, Envelope, defer.Deferred]] = []
         self.call = None
+        self.busy = False
+        self.last = 1
 
     def accept(self, raw: bytes, envelope: Envelope) -> defer.Deferred:
         waiting = defer.Deferred()
         self.queue.append((raw, envelope, waiting))
-        if self.call is None:
-            self.call = self.reactor.callLater(0, self.flush)
+        if self.call is not None and self.call.active() and len(self.queue) >= self.last \
+                and self.call.getTime() > self.reactor.seconds():
+            self.call.reset(0)
+        self._schedule()
         return waiting
+
+    def _schedule(self) -> None:
+        if self.queue and not self.busy and self.call is None:
+            short = len(self.queue) < self.last
+            self.call = self.reactor.callLater(self.gather if short else 0, self.flush)
 
     def flush(self) -> None:
         self.call = None
-        items, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
-        if self.queue:
-            self.call = self.reactor.callLater(0, self.flush)
-        try:
-            outcomes = self.intake.accept_many([(raw, envelope) for raw, envelope, _ in items])
-        except Exception:
-            failure = Failure()            # nothing of this batch was stored: no one gets a receipt
-            for _, _, waiting in items:
-                waiting.errback(failure)
+        if self.busy or not self.queue:
             return
-        for (_, _, waiting), outcome in zip(items, outcomes):
-            if isinstance(outcome, GatewayError):
-                waiting.errback(outcome)
-            else:
-                waiting.callback(outcome)
+        items, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+        self.busy, self.last = True, len(items)
+        stored = self.run(self.intake.accept_many, [(raw, envelope) for raw, envelope, _ in items])
+        stored.addCallbacks(lambda outcomes: _answer(items, outcomes),
+                            lambda failure: _fail(items, failure))
+        stored.addBoth(self._done)
+
+    def _done(self, _) -> None:
+        self.busy = False
+        self._schedule()
+
+
+def _answer(items, outcomes) -> None:
+    for (_, _, waiting), outcome in zip(items, outcomes):
+        if isinstance(outcome, GatewayError):
+            waiting.errback(outcome)
+        else:
+            waiting.callback(outcome)
+
+
+def _fail(items, failure: Failure) -> None:
+    """Nothing of this batch was stored: no one gets a receipt."""
+    for _, _, waiting in items:
+        waiting.errback(failure)
