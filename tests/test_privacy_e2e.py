@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway import keys
+from gateway.cli.common import actor
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT
 from tests.test_daemon_e2e import curl, identity, msa, send, sftp
@@ -120,11 +121,28 @@ def test_marker_data_through_every_path_is_stored_encrypted(gateway, tmp_path):
             break
         time.sleep(0.2)
     assert MARK_NAME in (tmp_path / "ZD100200301_ANTW.edi").read_bytes()
+    # the outbox file altered on disk: refused, quarantined, and written again from the store
+    outbox_file = folder / "sftp" / "his-brink" / "outbox" / "ZD100200301_ANTW.edi"
+    altered = bytearray(outbox_file.read_bytes())
+    altered[-3] ^= 0x01
+    outbox_file.write_bytes(bytes(altered))
+    (tmp_path / "ZD100200301_ANTW.edi").unlink()
+    result = sftp(made, "his-brink", "get outbox/ZD100200301_ANTW.edi\n", tmp_path)
+    assert result.returncode != 0 and not (tmp_path / "ZD100200301_ANTW.edi").exists()
+    assert (folder / "spool" / "quarantine" / "his-brink-ZD100200301_ANTW.edi").exists()
+    assert "ALERT outbox file ZD100200301_ANTW.edi of sftp:his-brink failed its seal" in \
+        made["log"].read_text()
+    for _ in range(100):
+        if sftp(made, "his-brink", "get outbox/ZD100200301_ANTW.edi\n", tmp_path).returncode == 0:
+            break
+        time.sleep(0.2)
+    assert MARK_NAME in (tmp_path / "ZD100200301_ANTW.edi").read_bytes()
+    daemon.ctl(made, "status", "ZD300000001")                           # an administrator looks
     rejected = [r for r in daemon.ctl_json(made, "queue", "ls", "--state", "rejected")]
     assert rejected and MARK_NAME in daemon.ctl(made, "show", str(rejected[0]["id"])).stdout
 
     stored = {p.relative_to(folder).parts[0] for p in folder.rglob("*") if p.is_file()}
-    assert {"spool", "sftp", "gatewayd.log"} <= stored
+    assert {"spool", "sftp", "gatewayd.log"} <= stored and list(folder.glob("spool/quarantine/*"))
     assert list(folder.glob("sftp/his-brink/outbox/*.edi")) and list(folder.glob("spool/*-wal"))
     leaks = plaintext_markers(folder)
     assert leaks == [], f"patient data in plain text: {leaks}"
@@ -137,9 +155,10 @@ def test_audit_answers_who_saw_the_patient(gateway):
     records = daemon.ctl_json(made, "audit", "query", "--patient", MARK_BSN.decode())
     seen = {(r["who"], r["action"]) for r in records}
     for expected in (("https:his-brink", "receive"), ("https:his-brink", "convert"),
+                     ("sftp:his-brink", "quarantine"),
                      ("https:his-brink", "route"), ("https:zis-eemland", "pull"),
                      ("https:zis-eemland", "pickup"), ("mllp:his-brink", "receive"),
-                     ("sftp:his-brink", "receive"), ("sftp:his-brink", "pull")):
+                     ("sftp:his-brink", "receive"), ("sftp:his-brink", "pull"), (actor(), "view")):
         assert expected in seen, expected
     assert {r["behalf"] for r in records} == {"01234567", "03056789"}    # GP, specialist
     assert all(MARK_BSN.decode() not in json.dumps(r) for r in records)
@@ -164,19 +183,21 @@ def test_notifications_carry_no_patient_data(gateway):
     assert any("ZD300000003" in m for m in mails if "fallback" in m)
     for _ in range(100):
         hooks = [json.loads(p.read_text()) for p in mailbox.glob("hook-*.json")]
-        if {"answer-arrived", "fallback"} <= {h["event"] for h in hooks}:
+        if {"answer-arrived", "fallback", "quarantined"} <= {h["event"] for h in hooks}:
             break
         time.sleep(0.2)
-    assert {"answer-arrived", "fallback"} <= {h["event"] for h in hooks}
+    assert {"answer-arrived", "fallback", "quarantined"} <= {h["event"] for h in hooks}
     assert plaintext_markers(mailbox) == []
     assert all(b"1957" not in p.read_bytes() for p in mailbox.iterdir())   # the birth date
 
 
 def test_rotated_key_taken_at_reload(gateway):
-    """keys rotate, then SIGHUP: the running daemon seals new messages with the new key and
-    records the reload in the audit log."""
+    """keys rotate and an identity changed, then SIGHUP: the running daemon seals new
+    messages with the new key; both changes are in the audit log."""
     made, folder = gateway
     assert json.loads(daemon.ctl(made, "keys", "rotate", "--json").stdout)["current"] == "k2"
+    config = Path(made["config"])
+    config.write_text(config.read_text().replace('agb = ["01765432"]', 'agb = ["01765432", "01765433"]'))
     made["process"].send_signal(signal.SIGHUP)
     for _ in range(100):
         if "reloaded keys" in made["log"].read_text():
@@ -188,8 +209,9 @@ def test_rotated_key_taken_at_reload(gateway):
     assert status == 202
     row = daemon.ctl_json(made, "status", "ZD300000009")[0]
     assert row["state"] == "ready"
-    (record,) = [r for r in daemon.ctl_json(made, "audit", "query", "--who", "reload")]
-    assert (record["action"], record["detail"]) == ("keys-reload", "current key k2")
+    records = [(r["action"], r["detail"]) for r in daemon.ctl_json(made, "audit", "query", "--who",
+                                                                    "reload")]
+    assert records == [("keys-reload", "current key k2"), ("identities-change", "changed: his-hoogveld")]
     db = sqlite3.connect(folder / "spool" / "gateway.db")
     name, offset = db.execute("SELECT raw_name, raw_offset FROM messages WHERE zd_number = ?",
                               ("ZD300000009",)).fetchone()

@@ -3,10 +3,12 @@ rows and space gone, with a clear answer for a purged ZD number."""
 
 import datetime as dt
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from gateway import config, operations, retention, routes
 from gateway.intake import Envelope, Intake
@@ -147,3 +149,34 @@ def test_cli_purge_as_of_and_status(tmp_path):
     assert result.returncode == 65 and b"was purged on" in result.stderr
     assert [r["action"] for r in daemon.ctl_json(made, "audit", "query", "--zd", "ZD100200300")][
         -1] == "purge"
+
+
+CASE_KINDS = {"referral": lambda n: numbered_referral(n, "P", 600_000_000),
+              "teleconsult": lambda n: (HL7 / "teleconsult-request.hl7").read_bytes().replace(
+                  b"ZD100200301", f"ZD{600_000_000 + n}".encode()).replace(
+                  b"HISX-000043", f"TC-{n:06d}".encode())}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(sorted(CASE_KINDS)), st.integers(0, 700)),
+                min_size=1, max_size=6), st.integers(0, 1300))
+@example([("referral", 0), ("teleconsult", 0)], 180)       # the last day is still kept
+@example([("referral", 0), ("teleconsult", 0)], 548)
+def test_purge_keeps_exactly_what_the_rules_allow(cases, as_of):
+    """For any cases received on any days, purging as of any day leaves exactly the cases
+    whose rule has not run out, each still readable, and no file of a purged one."""
+    with tempfile.TemporaryDirectory() as folder:
+        setup = Setup(Path(folder))
+        for number, (kind, day) in enumerate(cases):
+            setup.at(day, CASE_KINDS[kind](number))
+        setup.purge(as_of)
+        rules = {"referral": 180, "teleconsult": 548}
+        expected = {f"ZD{600_000_000 + n}" for n, (kind, day) in enumerate(cases)
+                    if day + rules[kind] >= as_of}
+        assert setup.zd_numbers() == expected
+        for row in setup.store.listing():
+            assert setup.store.payload(row, "raw")
+        names = {row[0] for row in setup.store.db.execute(
+            "SELECT raw_name FROM messages UNION SELECT out_name FROM messages WHERE out_name "
+            "IS NOT NULL")}
+        assert setup.files() == names
