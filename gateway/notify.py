@@ -70,8 +70,10 @@ class Notifier:
         self.agent = client.Agent(reactor, client.BrowserLikePolicyForHTTPS(self.trust)) \
             if settings.notify_webhook_url else None
         store.db.executescript(SCHEMA)
+        if not self.enabled:         # enabled later: notify what happens from then on only
+            store.db.execute("DELETE FROM notify_cursor")
         store.db.execute("INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), "
-                         "(SELECT seq FROM audit_anchor)) FROM audit))")   # from now on
+                         "(SELECT seq FROM audit_anchor)) FROM audit))")
         self.sending = False
 
     @property

@@ -77,7 +77,7 @@ def purge(store: Store, settings, now: float, dry_run: bool = False) -> Report:
     names: set[str] = set()
     for start in range(0, len(report.groups), 200):   # short transactions: intake goes on
         chunk = report.groups[start:start + 200]
-        names |= store.purge([(group.key, group.rule) for group in chunk], ACTOR, now)
+        names |= store.purge([(g.key, g.rule, g.last_received) for g in chunk], ACTOR, now)
     report.files = sum(_remove_unused(store, name) for name in sorted(names))
     report.files += _sweep_leftovers(store, settings, time.time())   # file ages: real time
     report.audit_records = store.prune_audit(now - settings.retention_audit_days * DAY, ACTOR)

@@ -180,3 +180,13 @@ def test_purge_keeps_exactly_what_the_rules_allow(cases, as_of):
             "SELECT raw_name FROM messages UNION SELECT out_name FROM messages WHERE out_name "
             "IS NOT NULL")}
         assert setup.files() == names
+
+
+def test_a_message_arriving_during_the_purge_stays(setup):
+    """A follow-up that arrives after the purge decided its case had run out stays, and
+    keeps its own retention."""
+    setup.at(0, numbered_referral(1))
+    (group,) = retention.due(setup.store, setup.settings, T0 + 181 * DAY)
+    setup.at(181, (HL7 / "cancellation.hl7").read_bytes().replace(b"ZD100200300", b"ZD500000001"))
+    setup.store.purge([(group.key, group.rule, group.last_received)], "retention", T0 + 181 * DAY)
+    assert setup.zd_numbers() == {"ZD100200302"}

@@ -278,16 +278,17 @@ class Store:
         return self.db.execute("SELECT * FROM route_changes ORDER BY id DESC LIMIT ?",
                                (limit,)).fetchall()
 
-    def purge(self, groups: list[tuple[str, str]], actor: str, now: float) -> set[str]:
-        """Delete the messages of each (case ZD number or ``#id``, rule) in one transaction,
+    def purge(self, groups: list[tuple[str, str, float]], actor: str, now: float) -> set[str]:
+        """Delete the messages of each (case ZD number or ``#id``, rule, last received) in
+        one transaction — none received after that last one, which may have come meanwhile —
         keeping a purge record per ZD number, counts and audit records; return the payload
         file names they used."""
         names, events = set(), []
         with self._transaction():
-            for key, rule in groups:
+            for key, rule, last in groups:
                 rows = self.db.execute("SELECT * FROM messages WHERE id = ?", (int(key[1:]),)) \
                     if key.startswith("#") else self.db.execute(
-                        "SELECT * FROM messages WHERE case_zd = ?", (key,))
+                        "SELECT * FROM messages WHERE case_zd = ? AND received_at <= ?", (key, last))
                 rows = rows.fetchall()
                 for row in rows:
                     names.update(n for n in (row["raw_name"], row["out_name"]) if n)
@@ -308,7 +309,8 @@ class Store:
 
     def reseal(self, name: str) -> None:
         """Write the payload file ``name`` again, sealed under the current key, and point its
-        messages at the new file (after a key rotation); raise PayloadCorrupt if damaged."""
+        messages at the new file (after a key rotation); raise PayloadCorrupt if damaged.
+        The old file stays until the purge sweeps unused files: a delivery may be reading it."""
         rows = self.db.execute("SELECT * FROM messages WHERE raw_name = ? UNION "
                                "SELECT * FROM messages WHERE out_name = ?", (name, name)).fetchall()
         places = {}         # offset -> (message id it is sealed to, plain bytes)
@@ -328,7 +330,6 @@ class Store:
                             f"UPDATE messages SET {which}_name = ?, {which}_offset = ?, "
                             f"{which}_length = ?, {which}_sha256 = ? WHERE id = ?",
                             (part.name, part.offset, part.length, part.sha256, row["id"]))
-        self.discard_payload(name)
 
     def uses_payload(self, name: str) -> bool:
         """Whether any message still names the payload file ``name``."""
