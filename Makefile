@@ -17,7 +17,7 @@ $(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
 	touch $@ $(VENV)/.installed
 
 # The gateway on a working local default: a setup in ./run (made once: configuration,
-# sample route tables, identities, a development CA and certificates), then gatewayd
+# sample route tables, identities, the key file, a development CA and certificates), then gatewayd
 # in the foreground on 127.0.0.1 (Ctrl-C stops it).
 run: $(VENV)/.installed
 	@test -f run/gatewayd.toml || $(BIN)/gatewayctl init run

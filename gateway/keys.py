@@ -101,6 +101,18 @@ def header(blob: bytes) -> tuple[str, int, int]:
         start + 8
 
 
+def file_header(path: Path, offset: int = 0) -> tuple[str, int] | None:
+    """(key id, message id) of the sealed part at ``offset`` in ``path``; None when there
+    is no sealed part there."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            head = handle.read(5 + 255 + 8)
+        return header(head + bytes(12 + 16))[:2]
+    except (OSError, SealBroken):
+        return None
+
+
 def plain_size(blob_size: int, key_id: str) -> int:
     """How many bytes a sealed payload of ``blob_size`` opens to."""
     return max(0, blob_size - (5 + len(key_id) + 8 + 12 + 16))
@@ -151,6 +163,12 @@ def save(ring: Keyring, path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def without(ring: Keyring, key_id: str) -> Keyring:
+    """``ring`` less a payload key that is not the current one."""
+    return Keyring({k: v for k, v in ring.keys.items() if k != key_id}, ring.current,
+                   ring.audit_key)
 
 
 def rotated(ring: Keyring) -> Keyring:

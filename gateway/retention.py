@@ -114,12 +114,7 @@ def _sweep_leftovers(store: Store, settings, now: float) -> int:
 
 def _sealed_for(path: Path) -> int:
     """The message id an outbox file is sealed to (0 when it is not a sealed file)."""
-    with open(path, "rb") as handle:
-        head = handle.read(300)
-    try:
-        return keys.header(head + bytes(64))[1]
-    except keys.SealBroken:
-        return 0
+    return (keys.file_header(path) or ("", 0))[1]
 
 
 def _older(path: Path, now: float, seconds: float) -> bool:

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from twisted.internet import defer
 
-from gateway import audit, keys
+from gateway import audit, keys, routes
 from gateway.cli.common import actor
-from gateway.intake import Envelope
+from gateway.intake import Envelope, Intake
 from gateway.spool import delivery, payloads
 from gateway.spool.store import Store
 from tests.helpers import daemon
@@ -25,6 +25,7 @@ from tests.test_delivery import setup  # noqa: F401  (a store pushing over MLLP,
 
 ADMIN = Envelope("admin", "test", who="cli:tester")
 REFERRAL = (ROOT / "fixtures" / "medvri" / "referral-crlf.edi").read_bytes()
+SAMPLES = ROOT / "gateway" / "routes" / "samples"
 
 
 @given(st.binary(max_size=4096), st.integers(0, 2 ** 63))
@@ -166,3 +167,35 @@ def _key_ids(spool: Path) -> set[str]:
             found.add(keys.header(handle.read(64) + bytes(64))[0])
     db.close()
     return found
+
+
+def test_retire_only_a_key_nothing_is_sealed_with(tmp_path):
+    """keys retire refuses the current key and a key files still use; after --reencrypt
+    the old keys go, and everything still opens."""
+    made = daemon.init(tmp_path / "gw")
+    daemon.ctl(made, "submit", "-", stdin=REFERRAL)
+    daemon.ctl(made, "keys", "rotate")
+    refused = daemon.ctl(made, "keys", "retire", "k1", check=False)
+    assert refused.returncode == 65 and refused.stderr.decode().strip() == (
+        "gatewayctl: error E-KEYS-IN-USE: 2 stored payload(s) are sealed with key k1; "
+        "keys rotate --reencrypt first")
+    assert daemon.ctl(made, "keys", "retire", "k2", check=False).returncode == 64   # current
+    daemon.ctl(made, "keys", "rotate", "--reencrypt")
+    for key_id in ("k1", "k2"):
+        assert daemon.ctl_json(made, "keys", "retire", key_id) == {"retired": key_id}
+    assert sorted(keys.load(Path(made["keys"])).keys) == ["k3"]
+    assert daemon.ctl(made, "show", "1", "--converted").stdout.startswith(b"<?xml")
+    assert [r["detail"] for r in daemon.ctl_json(made, "audit", "query", "--who", actor())
+            if r["action"] == "keys-retire"] == ["k1", "k2"]
+
+
+def test_a_process_still_sealing_with_a_retired_key_is_stopped(tmp_path):
+    """A daemon not reloaded after a rotation and a retirement cannot store with the old
+    key: the input is refused (not acknowledged), nothing is stored."""
+    stale = Intake(Store(tmp_path, time.time, RING), routes.load(SAMPLES), 1 << 24)
+    ring = keys.rotated(RING)
+    Store(tmp_path, time.time, ring).forget_key("k1", "cli:tester")
+    store = Store(tmp_path, time.time, keys.without(ring, "k1"))
+    with pytest.raises(keys.KeyProblem, match="'k1' was retired; reload gatewayd"):
+        stale.accept(numbered_referral(1), ADMIN)
+    assert store.listing() == []

@@ -125,6 +125,8 @@ def _privacy_commands(commands) -> None:
     _command(keys, "rotate", privacy.cmd_keys_rotate, "add a new key for new files"
              ).add_argument("--reencrypt", action="store_true",
                             help="also seal every stored payload and outbox file again")
+    _command(keys, "retire", privacy.cmd_keys_retire,
+             "remove a key that no stored file is sealed with").add_argument("key", metavar="KEY")
     purge = _command(commands, "purge", privacy.cmd_purge,
                      "delete what the retention rules no longer allow to keep")
     purge.add_argument("--dry-run", action="store_true", help="only show what would be purged")

@@ -1,7 +1,8 @@
 """gatewayctl commands for the privacy officer and the operator: keys, purge, audit, show.
 
-``keys init|rotate`` manage the key file (``rotate --reencrypt`` also seals every
-stored payload and outbox file again under the new key); ``purge`` enforces the
+``keys init|rotate|retire`` manage the key file (``rotate --reencrypt`` also seals
+every stored payload and outbox file again under the new key; ``retire`` drops a
+key no stored file uses any more); ``purge`` enforces the
 retention rules (``--dry-run`` only shows, ``--as-of`` looks at another date);
 ``audit verify|query`` check the hash chain and answer "who saw this patient's
 data, when"; ``show`` prints a stored message (audited: it is a view of patient
@@ -24,6 +25,10 @@ AUDIT_COLUMNS = ("seq", "at", "who", "behalf", "action", "message_id", "zd_numbe
 
 class ChainBroken(GatewayError):
     code = "E-AUDIT-CHAIN"
+
+
+class KeyInUse(GatewayError):
+    code = "E-KEYS-IN-USE"
 
 
 def cmd_keys_init(args, out) -> int:
@@ -49,8 +54,7 @@ def cmd_keys_rotate(args, out) -> int:
     ring = keys.rotated(store.ring)
     keys.save(ring, settings.paths_keys)
     store.ring = ring
-    store.close()
-    store = open_store(settings)           # registers the new key's check value
+    store.check_keys()                     # registers the new key's check value
     files = reencrypt(store, settings) if args.reencrypt else 0
     store.record([audit.Event(actor(), "keys-rotate",
                               detail=f"current key {ring.current}, {files} files re-encrypted")])
@@ -76,6 +80,27 @@ def reencrypt(store, settings) -> int:
     for path in settings.paths_sftp.glob("*/outbox/*"):
         resealed += outbox.reseal(path)
     return len(names) - unreadable + resealed
+
+
+def cmd_keys_retire(args, out) -> int:
+    """Remove a payload key from the key file once no stored file is sealed with it."""
+    settings = open_config(args)
+    store = open_store(settings)
+    if args.key not in store.ring.keys:
+        raise NotFound(f"no key {args.key!r} in {settings.paths_keys}")
+    if args.key == store.ring.current:
+        raise UsageError(f"{args.key} is the current key; keys rotate first")
+    users = store.sealed_keys().get(args.key, 0) + sum(
+        1 for path in settings.paths_sftp.glob("*/outbox/*")
+        if (keys.file_header(path) or ("",))[0] == args.key)
+    if users:
+        raise KeyInUse(f"{users} stored payload(s) are sealed with key {args.key}; "
+                       "keys rotate --reencrypt first")
+    store.forget_key(args.key, actor())      # first: a crash before the save leaves both usable
+    keys.save(keys.without(store.ring, args.key), settings.paths_keys)
+    out(json.dumps({"retired": args.key}) if args.json else
+        f"retired key {args.key} (systemctl reload gatewayd to drop it from the running daemon)")
+    return 0
 
 
 def cmd_purge(args, out) -> int:

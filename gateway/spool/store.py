@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gateway import audit
+from gateway import audit, keys
 from gateway.errors import GatewayError
 from gateway.keys import Keyring, KeyProblem
 from gateway.spool import payloads, states
@@ -164,6 +164,14 @@ class Store:
                 self.db.executemany("INSERT INTO key_checks VALUES (?, ?)",
                                     [(k, self.ring.check_value(k)) for k in new])
 
+    def check_current(self) -> None:
+        """Refuse to seal with a key that was retired meanwhile (the daemon was not reloaded
+        after a rotation): what it sealed could not be opened after a restart."""
+        if self.db.execute("SELECT 1 FROM key_checks WHERE key_id = ?",
+                           (self.ring.current,)).fetchone() is None:
+            raise KeyProblem(f"key {self.ring.current!r} was retired; reload gatewayd to take the "
+                             "key file's current key")
+
     def close(self) -> None:
         self.db.close()
 
@@ -192,6 +200,7 @@ class Store:
         entries. Raises sqlite3.IntegrityError on a duplicate control id."""
         now = self.clock()
         with self._transaction():
+            self.check_current()
             entries = build(self._next_id)
             for entry in entries:
                 columns = [c for c in COLUMNS if entry.values.get(c) is not None]
@@ -330,6 +339,23 @@ class Store:
                             f"UPDATE messages SET {which}_name = ?, {which}_offset = ?, "
                             f"{which}_length = ?, {which}_sha256 = ? WHERE id = ?",
                             (part.name, part.offset, part.length, part.sha256, row["id"]))
+
+    def sealed_keys(self) -> dict[str, int]:
+        """How many stored parts each key id seals (read from the parts' headers)."""
+        counts: dict[str, int] = {}
+        for name, offset in self.db.execute(
+                "SELECT raw_name, raw_offset FROM messages UNION "
+                "SELECT out_name, out_offset FROM messages WHERE out_name IS NOT NULL"):
+            key_id = (keys.file_header(self.payload_root / name, offset) or ("(unreadable)",))[0]
+            counts[key_id] = counts.get(key_id, 0) + 1
+        return counts
+
+    def forget_key(self, key_id: str, actor: str) -> None:
+        """Drop a retired key's check value (and record who retired it)."""
+        with self._transaction():
+            self.db.execute("DELETE FROM key_checks WHERE key_id = ?", (key_id,))
+            audit.append(self.db, self.ring, [audit.Event(actor, "keys-retire", detail=key_id)],
+                         self.clock())
 
     def uses_payload(self, name: str) -> bool:
         """Whether any message still names the payload file ``name``."""

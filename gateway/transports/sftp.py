@@ -242,13 +242,8 @@ class Listing:
 
 def sealed_size(path: Path) -> int:
     """The size a sealed outbox file opens to."""
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-    try:
-        key_id = keys.header(head + bytes(64))[0]
-    except keys.SealBroken:
-        return 0
-    return keys.plain_size(path.stat().st_size, key_id)
+    found = keys.file_header(path)
+    return keys.plain_size(path.stat().st_size, found[0]) if found else 0
 
 
 def ingest(account: Account, path: Path, data: bytes) -> defer.Deferred:
@@ -325,6 +320,7 @@ class Outbox:
         outbox = self.root / account / "outbox"
         outbox.mkdir(parents=True, exist_ok=True)
         target = outbox / f"{row['zd_number'] or row['id']}.{EXTENSIONS.get(row['format'], 'dat')}"
+        self.store.check_current()
         _write(target, self.store.ring.seal(payload, row["id"]))
         return defer.succeed(None)
 
