@@ -4,8 +4,9 @@
 logs one line per event to stdout, never patient data. It serves HL7 over MLLP
 and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
-after the store committed; what arrives in one reactor turn is committed together
-(group commit). Every second the dispatcher starts due pushes to
+after the store committed. Storing runs on a writer thread with its own SQLite
+connection; what arrives while one batch is stored is committed together as the
+next (group commit). Every second the dispatcher starts due pushes to
 institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxes.
 SFTP drops (key-only accounts for the identities with an ``ssh_key``) feed the
 same intake. Payloads are sealed with the key file's keys (a missing or wrong

@@ -7,8 +7,9 @@ only with a receipt in hand. Input that cannot be read is stored as
 ``rejected`` with its reason, then the DecodeError is raised to the transport.
 
 ``accept_many`` is the same for several inputs at once with one payload file and
-one transaction (group commit): the daemon stores everything that arrived in one
-reactor turn together, so concurrent senders share the cost of the syncs.
+one transaction (group commit): the daemon stores everything that arrived while
+the previous batch was being stored together, so concurrent senders share the
+cost of the syncs.
 """
 
 import hashlib
