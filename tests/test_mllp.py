@@ -106,6 +106,26 @@ def test_handler_failure_closes_without_ack():
     assert transport.value() == b"" and transport.disconnecting
 
 
+def test_refusal_to_store_is_one_log_line():
+    """A store that refuses with a GatewayError (a retired key) closes without an ACK and
+    logs one line naming the error, not a traceback."""
+    from twisted.logger import Logger
+
+    from gateway.errors import GatewayError
+
+    class Refusing:
+        def handle(self, message, peer):
+            raise GatewayError("key 'k1' was retired", code="E-KEYS")
+
+    events = []
+    protocol, transport = connect(Refusing())
+    protocol.log = Logger(observer=events.append)
+    protocol.dataReceived(frame(b"A"))
+    assert transport.value() == b"" and transport.disconnecting
+    (event,) = events
+    assert "log_failure" not in event and event["error"] == "E-KEYS: key 'k1' was retired"
+
+
 def test_idle_connection_is_closed():
     """A connection that sends nothing for the idle timeout is closed."""
     clock = task.Clock()

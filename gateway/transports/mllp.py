@@ -15,6 +15,8 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from gateway.errors import GatewayError
+
 START, END = b"\x0b", b"\x1c\x0d"
 
 
@@ -89,8 +91,12 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
     def _failed(self, failure) -> None:
         self.busy = False
-        self.log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
-                         peer=self.peer)
+        if failure.check(GatewayError):        # e.g. a retired key: one line, no traceback
+            self.log.error("MLLP message from {peer} not stored ({error}); closing without ACK",
+                           peer=self.peer, error=str(failure.value))
+        else:
+            self.log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
+                             peer=self.peer)
         self.pending.clear()
         self.transport.loseConnection()
 
