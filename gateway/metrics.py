@@ -3,8 +3,9 @@
 Counters run from the daemon's start: messages received, duplicates, rejected
 (unreadable) and refused (not mandated or a reused control id) per channel;
 pushes delivered and failed per destination. Gauges come from the store: queue
-depth and the oldest message's age per destination and state. Labels carry
-channels, destinations (AGB codes) and states only — never patient data.
+depth and the oldest message's age per destination and state; notifications
+waiting to be sent, audit records, messages purged. Labels carry channels,
+destinations (AGB codes) and states only — never patient data.
 """
 
 from collections import Counter
@@ -25,6 +26,14 @@ HELP = {
     "gatewayd_pushes_delivered_total": "pushes acknowledged, per destination",
     "gatewayd_pushes_failed_total": "pushes that failed and were deferred, per destination",
 }
+
+PRIVACY_GAUGES = (
+    ("gatewayd_notifications_pending", "SELECT count(*) FROM notifications WHERE sent_at IS NULL",
+     "notifications not sent yet (failing sends are retried)"),
+    ("gatewayd_audit_records", "SELECT count(*) FROM audit", "records in the audit log"),
+    ("gatewayd_purged_messages", "SELECT sum(messages) FROM purge_counts",
+     "messages purged under the retention rules, all time"),
+)
 
 
 class Metrics:
@@ -86,6 +95,10 @@ class Metrics:
             lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
             lines += [f'{name}{{destination="{s["destination"]}",state="{s["state"]}"}} {s[field]}'
                       for s in stats]
+        db = self.intake.store.db
+        for name, query, text in PRIVACY_GAUGES:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge",
+                      f"{name} {db.execute(query).fetchone()[0] or 0}"]
         return "\n".join(lines) + "\n"
 
 

@@ -332,6 +332,8 @@ def test_metrics_on_the_local_port(gateway):
     assert 'gatewayd_refused_total{channel="https"}' in text
     assert 'gatewayd_pushes_delivered_total{destination="06009876"} 2' in text
     assert 'gatewayd_queue_depth{destination="06005678",state="ready"}' in text
+    assert "gatewayd_notifications_pending 0" in text and "gatewayd_purged_messages 0" in text
+    assert int(text.split("\ngatewayd_audit_records ")[1].split()[0]) > 20
     assert "123456782" not in text
 
 
