@@ -7,7 +7,7 @@ that expired (``delivery-expired``), a payload that failed its seal
 (``quarantined``); and, from the queue, a message an institution left unpulled
 longer than ``notify.unpulled_hours`` (``unpulled``). Each becomes one row in the
 ``notifications`` table, sent to every configured channel and retried with
-backoff until it goes through.
+backoff until each has taken it (a channel that took it is not sent to again).
 
 A notification names the kind of event, the ZD number, the message id, the
 destination's AGB code and where to look — never a name, BSN, birth date or
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     destination TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL,
+    mailed_at REAL,
+    posted_at REAL,
     sent_at REAL,
     UNIQUE (event, message_id)
 );
@@ -121,27 +123,31 @@ class Notifier:
 
     @defer.inlineCallbacks
     def send(self, now: float):
-        """Send every due notification to every channel; retry failures with backoff."""
+        """Send every due notification to each channel it has not reached yet; retry
+        failures with backoff (a channel that took it is not sent to again)."""
         due = self.store.db.execute("SELECT * FROM notifications WHERE sent_at IS NULL AND "
                                     "next_at <= ? ORDER BY id LIMIT 100", (now,)).fetchall()
         for row in due:
             try:
-                if self.recipients:
-                    yield self._mail(row)
-                if self.agent:
-                    yield self._post(row)
+                for column, configured, sending in (("mailed_at", self.recipients, self._mail),
+                                                    ("posted_at", self.agent, self._post)):
+                    if configured and row[column] is None:
+                        yield sending(row)
+                        self._set(row, f"{column} = ?", self.reactor.seconds())
             except Exception as exc:         # noqa: BLE001 - any failure is retried
                 delay = min(3600, 60 * 2 ** min(row["attempts"], 10))
-                self.store.db.execute("UPDATE notifications SET attempts = attempts + 1, next_at = ? "
-                                      "WHERE id = ?", (self.reactor.seconds() + delay, row["id"]))
+                self._set(row, "attempts = attempts + 1, next_at = ?", self.reactor.seconds() + delay)
                 log.warn("notification {id} ({event} zd={zd}) not sent, retry in {delay}s: {error}",
                          id=row["id"], event=row["event"], zd=row["zd_number"], delay=delay,
                          error=type(exc).__name__)
                 continue
-            self.store.db.execute("UPDATE notifications SET sent_at = ? WHERE id = ?",
-                                  (self.reactor.seconds(), row["id"]))
+            self._set(row, "sent_at = ?", self.reactor.seconds())
             log.info("notification sent: {event} zd={zd} id={id}", event=row["event"],
                      zd=row["zd_number"], id=row["message_id"])
+
+    def _set(self, row, assignment: str, value) -> None:
+        self.store.db.execute(f"UPDATE notifications SET {assignment} WHERE id = ?",
+                              (value, row["id"]))
 
     def _mail(self, row) -> defer.Deferred:
         message = EmailMessage()

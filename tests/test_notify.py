@@ -3,7 +3,7 @@
 import dataclasses
 import time
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from gateway import config, notify, routes
 from gateway.intake import Envelope, Intake
@@ -53,3 +53,38 @@ def test_content_names_event_zd_and_where_only(tmp_path):
         "event": "answer-arrived", "what": "a teleconsult answer arrived for a referrer",
         "zd_number": "ZD100200301_ANTW", "message_id": 6, "destination": "answers:01234567",
         "where": "gatewayctl status ZD100200301_ANTW", "at": "1970-01-01T00:00:00+00:00"}
+
+
+def test_a_failing_channel_is_retried_alone(tmp_path):
+    """E-mail goes out, the webhook fails: the retry (after backoff) posts again but does
+    not mail again; once both took it, it is sent."""
+    clock = task.Clock()
+    clock.advance(1_800_000_000)
+    store = Store(tmp_path, clock.seconds, RING)
+    settings = dataclasses.replace(config.defaults(tmp_path), notify_email_to="a@example.org",
+                                   notify_webhook_url="https://127.0.0.1:1/hook")
+    notifier = notify.Notifier(store, settings, clock)
+    intake = Intake(store, routes.load(SAMPLES), 1 << 24)
+    intake.accept(numbered_referral(1).replace(b"06005678", b"06001111"), ADMIN)   # fallback
+    sent = {"mail": 0, "post": 0}
+    outcomes = iter([RuntimeError("webhook down"), None])
+
+    def mail(row):
+        sent["mail"] += 1
+        return defer.succeed(None)
+
+    def post(row):
+        sent["post"] += 1
+        problem = next(outcomes)
+        return defer.fail(problem) if problem else defer.succeed(None)
+
+    notifier._mail, notifier._post = mail, post
+    notifier.tick()
+    assert sent == {"mail": 1, "post": 1}
+    notifier.tick()                                  # not due yet: backoff
+    assert sent == {"mail": 1, "post": 1}
+    clock.advance(60)
+    notifier.tick()
+    assert sent == {"mail": 1, "post": 2}
+    (row,) = store.db.execute("SELECT * FROM notifications").fetchall()
+    assert row["sent_at"] is not None and row["attempts"] == 1
