@@ -19,6 +19,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
+from gateway.document import ANSWER_SUFFIX, answer_number
 from gateway.keys import Keyring
 
 SCHEMA = """
@@ -111,7 +112,7 @@ def query(db: sqlite3.Connection, zd_number: str | None = None, patient: str | N
     conditions, values = [], []
     if zd_number:
         conditions.append("zd_number IN (?, ?)")
-        values += [zd_number, zd_number.removesuffix("_ANTW") + "_ANTW"]
+        values += [zd_number, answer_number(zd_number.removesuffix(ANSWER_SUFFIX))]
     if patient:
         conditions.append("patient = ?")
         values.append(patient)

@@ -47,12 +47,12 @@ class Keyring:
     current: str
     audit_key: bytes
 
-    def seal(self, data: bytes, message_id: int) -> bytes:
-        """``data`` encrypted under the current key, bound to ``message_id``."""
-        key_id = self.current.encode()
-        header = MAGIC + bytes([len(key_id)]) + key_id + struct.pack(">Q", message_id)
+    def seal(self, data: bytes, message_id: int, key_id: str | None = None) -> bytes:
+        """``data`` encrypted under the current key (or ``key_id``), bound to ``message_id``."""
+        key_id = key_id or self.current
+        header = MAGIC + bytes([len(key_id)]) + key_id.encode() + struct.pack(">Q", message_id)
         nonce = os.urandom(12)
-        return header + nonce + AESGCM(self.keys[self.current]).encrypt(nonce, data, header)
+        return header + nonce + AESGCM(self.keys[key_id]).encrypt(nonce, data, header)
 
     def open(self, blob: bytes, message_id: int) -> bytes:
         """The plaintext of ``blob``; raise SealBroken unless it is intact and ``message_id``'s."""
@@ -81,7 +81,7 @@ class Keyring:
 
     def check_value(self, key_id: str) -> bytes:
         """A value sealed under ``key_id`` that the store keeps, to tell a wrong key at start."""
-        return Keyring({key_id: self.keys[key_id]}, key_id, self.audit_key).seal(CHECK, 0)
+        return self.seal(CHECK, 0, key_id)
 
     def fits(self, key_id: str, check: bytes) -> bool:
         try:

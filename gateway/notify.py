@@ -77,6 +77,7 @@ class Notifier:
         store.db.execute("INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), "
                          "(SELECT seq FROM audit_anchor)) FROM audit))")
         self.sending = False
+        self.unpulled_checked = 0.0      # hours-long limit: once a minute is plenty
 
     @property
     def enabled(self) -> bool:
@@ -101,10 +102,12 @@ class Notifier:
                                  "ON m.id = a.message_id WHERE a.seq > ? ORDER BY a.seq LIMIT 1000",
                                  (cursor,)).fetchall()
             found = [(event, row) for row in records if (event := _event(row))]
-            found += [("unpulled", row) for row in db.execute(
-                "SELECT * FROM messages WHERE state = 'ready' AND received_at < ? "
-                "AND id NOT IN (SELECT message_id FROM notifications WHERE event = 'unpulled')",
-                (now - self.settings.notify_unpulled_hours * 3600,))]
+            if now - self.unpulled_checked >= 60:
+                self.unpulled_checked = now
+                found += [("unpulled", row) for row in db.execute(
+                    "SELECT * FROM messages WHERE state = 'ready' AND received_at < ? AND id NOT IN "
+                    "(SELECT message_id FROM notifications WHERE event = 'unpulled')",
+                    (now - self.settings.notify_unpulled_hours * 3600,))]
             added = sum(db.execute(
                 "INSERT OR IGNORE INTO notifications (created, event, message_id, zd_number, "
                 "destination, next_at) VALUES (?, ?, ?, ?, ?, ?)",

@@ -35,9 +35,9 @@ from dataclasses import replace
 
 from gateway.codecs import edisyntax
 from gateway.codecs.edisyntax import Interchange, Message, OutSegment, Segment
-from gateway.document import (Address, Document, Kind, Patient, Recipient, Sender, Sex,
-                              agb_problem, all_text, bsn_problem, fits_latin1, normalize_bsn,
-                              text_fields)
+from gateway.document import (ANSWER_SUFFIX, Address, Document, Kind, Patient, Recipient,
+                              Sender, Sex, agb_problem, all_text, bsn_problem, fits_latin1,
+                              normalize_bsn, text_fields)
 from gateway.errors import DocumentError, EncodeError
 
 LINE_WIDTH = 70
@@ -77,7 +77,7 @@ def _document(interchange: Interchange, message: Message) -> Document:
     sender = replace(sender, organisation_agb=headers.get("organisation_agb", ""))
     recipient = _party(interchange, (segments["GGO"] or [None])[0], unb, 3, Recipient)
     recipient = replace(recipient, practitioner_agb=headers.get("practitioner_agb", ""))
-    answer = zd.endswith("_ANTW")
+    answer = zd.endswith(ANSWER_SUFFIX)
     try:
         return Document(
             kind=Kind.TELECONSULT_ANSWER if answer else Kind.REFERRAL,
@@ -87,7 +87,7 @@ def _document(interchange: Interchange, message: Message) -> Document:
             recipient=recipient,
             patient=_patient(interchange, segments["PID"], segments["PAD"]),
             body=tuple(body),
-            in_reply_to=zd.removesuffix("_ANTW") if answer else None,
+            in_reply_to=zd.removesuffix(ANSWER_SUFFIX) if answer else None,
         )
     except DocumentError as exc:
         raise interchange.error(f"{exc.where} {exc.message}", unh, code=exc.code) from None
@@ -151,7 +151,8 @@ def _letter(interchange: Interchange, txts: list[Segment]):
             continue
         body.append(line)
         for found in _BARE_ZD.finditer(line):
-            if not bare_zd or (found[0].endswith("_ANTW") and not bare_zd.endswith("_ANTW")):
+            answer, kept_answer = found[0].endswith(ANSWER_SUFFIX), bare_zd.endswith(ANSWER_SUFFIX)
+            if not bare_zd or (answer and not kept_answer):
                 bare_zd = found[0]
     return headers, body, bare_zd
 

@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from gateway.spool import payloads
 from gateway.spool.store import StateError, Store
 
-PUSH_STATES = ("outbound", "deferred")
 
 
 class Deliverer(Protocol):
