@@ -24,6 +24,7 @@ class Setting:
     help: str
     low: int | None = None
     high: int | None = None
+    choices: tuple = ()       # for str settings: the values allowed (empty: any)
 
     @property
     def attribute(self) -> str:
@@ -60,6 +61,8 @@ SETTINGS = (
             "largest MLLP frame; a larger one closes the connection", 1024, 256 * 1024 * 1024),
     Setting("limits.idle_timeout_seconds", int, 300,
             "close connections (or handshakes) silent this long", 1, 86400),
+    Setting("limits.min_free_mb", int, 64, "below this much free space on the spool's file "
+            "system, /healthz answers 503 (the store is about to fail)", 0, 1024 * 1024),
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
             "sending", 1, 3650),
     Setting("retention.referral_days", int, 180, "referrals, cancellations and supplements are "
@@ -77,10 +80,15 @@ SETTINGS = (
             "(empty: none)"),
     Setting("notify.ca", str, "", "CA file the SMTP server's (STARTTLS) and the webhook's "
             "certificates must chain to (empty: the system's trusted CAs)"),
+    Setting("log.format", str, "text", "text, or json for log shippers (one object a line)",
+            choices=("text", "json")),
+    Setting("log.level", str, "info", "write events at this level and above",
+            choices=("debug", "info", "warning", "error")),
     Setting("notify.unpulled_hours", int, 24, "notify when an institution leaves a message "
             "unpulled this long", 1, 24 * 365),
 )
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
+PORTS = ("listen.mllp_port", "listen.https_port", "listen.sftp_port", "listen.metrics_port")
 
 Config = dataclasses.make_dataclass(
     "Config", [(s.attribute, s.type) for s in SETTINGS] + [("base", Path), ("identities", tuple)],
@@ -109,6 +117,20 @@ def load(path: Path) -> "Config":
         raise ConfigError(f"cannot read {path}: {exc.strerror}", code="E-CONFIG-FILE") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", where=str(path), code="E-CONFIG-SYNTAX") from None
+    return _from_data(data, Path(path))
+
+
+def loads_checked(text: str, path: Path) -> "Config":
+    """The Config that ``text`` would be as the file ``path`` (nothing is written); raise
+    ConfigError naming the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=str(path), code="E-CONFIG-SYNTAX") from None
+    return _from_data(data, Path(path))
+
+
+def _from_data(data: dict, path: Path) -> "Config":
     found = identities.parse(data.pop("identities", {}), str(path))
     values = {}
     for section, entries in data.items():
@@ -129,6 +151,12 @@ def _build(values: dict, base: Path, where: str = "defaults",
     for setting in SETTINGS:
         value = values.get(setting.key, setting.default)
         built[setting.attribute] = _check(setting, value, base, where)
+    ports = [(key, built[key.replace(".", "_")]) for key in PORTS]
+    for index, (key, port) in enumerate(ports):
+        for other, same in ports[:index]:
+            if port == same:
+                raise ConfigError(f"{key} = {port} is also {other}; each listener needs its "
+                                  "own port", where=where, code="E-CONFIG-VALUE")
     return Config(**built, base=base, identities=known)
 
 
@@ -148,6 +176,9 @@ def _check(setting: Setting, value, base: Path, where: str):
     if not isinstance(value, setting.type):
         raise ConfigError(f"{setting.key} must be a {setting.type.__name__}", where=where,
                           code="E-CONFIG-VALUE")
+    if setting.choices and value not in setting.choices:
+        raise ConfigError(f"{setting.key} = {value!r} is not one of {', '.join(setting.choices)}",
+                          where=where, code="E-CONFIG-VALUE")
     return value
 
 
@@ -162,7 +193,8 @@ def render(samples: bool = False) -> str:
             head, name = setting.key.split(".")
             if head != section:
                 continue
-            bounds = f" ({setting.low}..{setting.high})" if setting.low is not None else ""
+            bounds = f" ({setting.low}..{setting.high})" if setting.low is not None else \
+                f" ({', '.join(setting.choices)})" if setting.choices else ""
             lines.append(f"# {setting.help}{bounds}")
             value = f'"{setting.default}"' if setting.type in (str, Path) else str(setting.default)
             lines.append(f"{name} = {value}")

@@ -31,14 +31,16 @@ from pathlib import Path
 
 from twisted.conch.ssh import keys as ssh_keys
 from twisted.internet import defer, reactor, ssl, task, threads
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 
-from gateway import audit, config, keys, notify, retention, routes, systemd
+from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
 from gateway.errors import ConfigError, GatewayError
 from gateway.intake import Envelope, Intake
 from gateway.metrics import LocalStatus, Metrics
+from gateway.routes import editing
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, sftp, tls
@@ -47,8 +49,11 @@ from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
 from gateway.transports.mllp_client import MLLPDeliverer
 
-EX_CONFIG = 78
+EX_OSERR, EX_TEMPFAIL, EX_CONFIG = 71, 75, 78
 DAY = 86400
+RELOADABLE = ("routes", "identities", "certificates", "keys")
+PART_NAMES = {"routes": "route tables", "identities": "identities",
+              "certificates": "certificates", "keys": "keys"}
 log = Logger(namespace="gatewayd")
 
 
@@ -66,9 +71,9 @@ class ByScheme:
 class Gateway:
     """The running gateway: store, intake, identities and TLS, and what reloads them."""
 
-    def __init__(self, config_path: Path):
-        self.config_path = config_path
-        self.settings = settings = config.load(config_path)
+    def __init__(self, config_path: Path, settings):
+        self.config_path, self.settings = config_path, settings
+        self.started_at = time.time()
         ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
         self.store = Store(settings.paths_spool, reactor.seconds, ring)
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
@@ -79,7 +84,7 @@ class Gateway:
         self.pool = ThreadPool(1, 1, "writer")
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
-        self.metrics = Metrics(self.intake, reactor.seconds)
+        self.metrics = Metrics(self.intake, reactor.seconds, settings, self.started_at)
         self.notifier = notify.Notifier(self.store, settings, reactor)
         self.accept = self.metrics.counting(GroupCommit(
             self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
@@ -96,12 +101,12 @@ class Gateway:
         factory = MLLPFactory(AckingHandler(self.accept, self.envelope_for("mllp")),
                               settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
                               tls.peer_identity)
-        mllp = reactor.listenSSL(settings.listen_mllp_port, factory, self.tls,
+        mllp = reactor.listenSSL(settings.listen_mllp_port, tls.watch(factory, "mllp"), self.tls,
                                  interface=settings.listen_host).getHost()
         site = server.Site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
                                     self.accept))
         site.displayTracebacks = False
-        https = reactor.listenSSL(settings.listen_https_port, site, self.tls,
+        https = reactor.listenSSL(settings.listen_https_port, tls.watch(site, "https"), self.tls,
                                   interface=settings.listen_host).getHost()
         sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._sftp_factory(),
                                       interface=settings.listen_host).getHost()
@@ -109,13 +114,42 @@ class Gateway:
         status.displayTracebacks = False
         metrics = reactor.listenTCP(settings.listen_metrics_port, status,
                                     interface="127.0.0.1").getHost()
+        control.listen(reactor, settings.paths_spool, self.control_commands())
         log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} sftp={host}:{sftp} "
                  "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
                  sftp=sftp_port.port, metrics=metrics.port)
 
+    def control_commands(self) -> dict:
+        """What gatewayctl may ask of the running daemon over the control socket."""
+        def reload(request):
+            parts = tuple(p for p in request.get("parts") or RELOADABLE if p in RELOADABLE)
+            return self.reload(parts or RELOADABLE, str(request.get("actor", "cli"))[:80],
+                               bool(request.get("recorded")))
+        return {
+            "status": lambda _: {"version": __version__, "started_at": self.started_at,
+                                 "current_key": self.store.ring.current,
+                                 "problem": self.metrics.store_problem()},
+            "reload": reload,
+            "tables": lambda _: editing.as_data(self.intake.tables),
+            "kick": lambda _: {"started": len(self.dispatcher.tick())},
+            "reroute": lambda request: {"moved": [vars(r) for r in self.intake.reroute_fallback(
+                str(request.get("actor", "cli"))[:80])]},
+        }
+
     def _sftp_factory(self):
-        """SFTP accounts for the identities that have an SSH key."""
-        settings = self.settings
+        """The SFTP server, for the accounts of the identities that have an SSH key (kept
+        in two dicts that a reload updates in place)."""
+        self.sftp_accounts, self.sftp_keys = {}, {}
+        self._update_sftp(self.settings)
+        try:
+            host_key = ssh_keys.Key.fromFile(str(self.settings.paths_ssh_host_key))
+        except (OSError, ssh_keys.BadKeyError) as exc:
+            raise ConfigError(f"SSH host key unusable: {exc}", code="E-CONFIG-SSH") from None
+        return sftp.server_factory(host_key, self.sftp_accounts, self.sftp_keys)
+
+    def _update_sftp(self, settings) -> None:
+        """Make the SFTP accounts and their keys those of ``settings``' identities; raise
+        ConfigError (nothing changed) when a key file is unusable."""
         accounts, authorized = {}, {}
         for identity in settings.identities:
             if not identity.ssh_key:
@@ -126,14 +160,13 @@ class Gateway:
             except (OSError, ssh_keys.BadKeyError) as exc:
                 raise ConfigError(f"identities.{identity.name}.ssh_key unusable: {exc}",
                                   code="E-CONFIG-SSH") from None
-            accounts[identity.name] = sftp.Account(identity.name, settings.paths_sftp / identity.name,
-                                                   identity.agb, self.accept,
-                                                   settings.limits_max_upload_bytes, self.outbox)
-        try:
-            host_key = ssh_keys.Key.fromFile(str(settings.paths_ssh_host_key))
-        except (OSError, ssh_keys.BadKeyError) as exc:
-            raise ConfigError(f"SSH host key unusable: {exc}", code="E-CONFIG-SSH") from None
-        return sftp.server_factory(host_key, accounts, authorized)
+            kept = self.sftp_accounts.get(identity.name)
+            accounts[identity.name] = kept if kept and kept.mandates == identity.agb else \
+                sftp.Account(identity.name, settings.paths_sftp / identity.name, identity.agb,
+                             self.accept, settings.limits_max_upload_bytes, self.outbox)
+        for live, new in ((self.sftp_accounts, accounts), (self.sftp_keys, authorized)):
+            live.clear()
+            live.update(new)
 
     def deliver(self) -> None:
         settings = self.settings
@@ -145,6 +178,7 @@ class Gateway:
         dispatcher = Dispatcher(self.store, settings,
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),
                                 reactor.seconds, schemes=tuple(deliverers))
+        self.dispatcher = dispatcher
         _every(1.0, dispatcher.tick, "delivery loop")
 
     def stop_writer(self) -> None:
@@ -182,34 +216,48 @@ class Gateway:
             log.info("audit head seq={seq} hash={hash}", seq=seq, hash=head)
         return threads.deferToThread(run).addCallback(done)
 
-    def reload(self) -> None:
-        """Reload route tables, certificates, keys and identities; keep whatever fails to load."""
+    def reload(self, parts: tuple = RELOADABLE, actor: str = "reload",
+               recorded: bool = False) -> dict:
+        """Reload ``parts`` (route tables, identities, certificates, keys) from the files;
+        keep whatever fails to load. ``actor`` is recorded with the changes found, unless
+        the caller ``recorded`` them already (gatewayctl). Returns what was reloaded, what
+        was refused and why, and how many messages left fallback."""
         systemd.notify("RELOADING=1")
         try:
             settings = config.load(self.config_path)
         except GatewayError as exc:
             log.error("reload refused, configuration kept: {error}", error=str(exc))
             systemd.notify("READY=1")
-            return
-        for name, apply in (("route tables", lambda: self._reload_tables(settings)),
-                            ("certificates", lambda: self.tls.replace(self._tls_options(settings))),
-                            ("keys", lambda: self._reload_keys(settings))):
+            return {"reloaded": [], "refused": {"configuration": str(exc)}, "moved": 0}
+        reloaders = {"routes": self._reload_tables, "identities": self._reload_identities,
+                     "certificates": lambda s, *_: self.tls.replace(self._tls_options(s)),
+                     "keys": self._reload_keys}
+        result = {"reloaded": [], "refused": {}, "moved": 0}
+        for part in parts:
             try:
-                apply()
-                log.info("reloaded {name}", name=name)
+                result["moved"] += reloaders[part](settings, actor, recorded) or 0
+                result["reloaded"].append(part)
+                log.info("reloaded {name}", name=PART_NAMES[part])
             except GatewayError as exc:
-                log.error("reload of {name} refused, old kept: {error}", name=name, error=str(exc))
+                result["refused"][part] = str(exc)
+                log.error("reload of {name} refused, old kept: {error}", name=PART_NAMES[part],
+                          error=str(exc))
+        systemd.notify("READY=1")
+        return result
+
+    def _reload_identities(self, settings, actor: str, recorded: bool) -> None:
+        self._update_sftp(settings)
         new = {identity.name: identity for identity in settings.identities}
         changed = sorted(name for name in set(new) | set(self.identities)
                          if new.get(name) != self.identities.get(name))
-        if changed:
-            self.store.record([audit.Event("reload", "identities-change",
+        if changed and not recorded:
+            self.store.record([audit.Event(actor, "identities-change",
                                            detail=f"changed: {', '.join(changed)}")])
         self.identities.clear()
         self.identities.update(new)
-        systemd.notify("READY=1")
+        self.settings = self.metrics.settings = settings
 
-    def _reload_keys(self, settings) -> None:
+    def _reload_keys(self, settings, actor: str, recorded: bool) -> None:
         ring, old = keys.load(settings.paths_keys), self.store.ring
         if ring != old:
             self.store.ring = ring
@@ -219,18 +267,29 @@ class Gateway:
                 self.store.ring = old
                 raise
             self.writer.store.ring = ring
-            self.store.record([audit.Event("reload", "keys-reload",
-                                           detail=f"current key {ring.current}")])
+            if not recorded:
+                self.store.record([audit.Event(actor, "keys-reload",
+                                               detail=f"current key {ring.current}")])
 
-    def _reload_tables(self, settings) -> None:
-        self.intake.tables = self.writer.tables = routes.load(settings.paths_routes)
-        moved = self.intake.reroute_fallback("reload")
+    def _reload_tables(self, settings, actor: str, recorded: bool) -> int:
+        """New tables in force; their changes recorded line by line (who = ``actor``);
+        the fallback queue routed again. How many messages left fallback."""
+        new = routes.load(settings.paths_routes)
+        changes = editing.describe(self.intake.tables, new)
+        if changes and not recorded:
+            self.store.record_route_changes(actor, changes)
+            for change in changes:
+                log.info("route change by {actor}: {change}", actor=actor, change=change)
+        self.intake.tables = self.writer.tables = new
+        moved = self.intake.reroute_fallback(actor)
         if moved:
             log.info("{count} message(s) moved out of fallback", count=len(moved))
+        return len(moved)
 
     @staticmethod
     def _tls_options(settings):
-        return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        pinned = frozenset(i.cert_sha256 for i in settings.identities if i.cert_sha256)
+        return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key, pinned)
 
 
 def _every(seconds: float, work, name: str) -> None:
@@ -248,18 +307,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="configuration file (default: $GATEWAY_CONFIG)")
     args = parser.parse_args(argv)
     if not args.config:
-        print("gatewayd: error E-CONFIG-FILE: pass -c CONFIG or set GATEWAY_CONFIG "
-              "(gatewayctl init DIR writes one)", file=sys.stderr)
-        return EX_CONFIG
+        return _fail("E-CONFIG-FILE: pass -c CONFIG or set GATEWAY_CONFIG "
+                     "(gatewayctl init DIR writes one)", EX_CONFIG)
     try:
-        gateway = Gateway(Path(args.config))
+        settings = config.load(Path(args.config))
+        spool_lock = control.lock(settings.paths_spool)   # held for the process's life
+        gateway = Gateway(Path(args.config), settings)
         gateway.listen()
+    except control.SpoolBusy as exc:
+        return _fail(str(exc), EX_TEMPFAIL)
     except GatewayError as exc:
-        print(f"gatewayd: error {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return _fail(str(exc), EX_CONFIG)
+    except CannotListenError as exc:
+        return _fail(f"E-LISTEN: cannot listen on {exc.interface or '*'}:{exc.port}: "
+                     f"{getattr(exc.socketError, 'strerror', None) or exc.socketError}", EX_OSERR)
+    gateway.spool_lock = spool_lock
     gateway.deliver()
     gateway.maintain()
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([logs.observer(sys.stdout, settings.log_format,
+                                                    settings.log_level)],
+                                     redirectStandardIO=False)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))
     reactor.addSystemEventTrigger("before", "shutdown", gateway.store.close)
@@ -271,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     reactor.callWhenRunning(systemd.notify, "READY=1")
     reactor.run()
     return 0
+
+
+def _fail(text: str, status: int) -> int:
+    """One line on stderr instead of a traceback; the exit status for systemd."""
+    print(f"gatewayd: error {logs.escape(text)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

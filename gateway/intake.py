@@ -223,13 +223,19 @@ class Intake:
 
     def reroute_fallback(self, actor: str) -> list[Receipt]:
         """Route every message in fallback again (after the tables changed); those that
-        now have a route move on. Returns receipts for the ones that moved."""
+        now have a route move on, those that stay get the reason that holds now (a
+        damaged payload stays as it is). Returns receipts for the ones that moved."""
         moved = []
         for row in self.store.listing("fallback"):
-            raw = self.store.payload(row, "raw")
+            try:
+                raw = self.store.payload(row, "raw")
+            except payloads.PayloadCorrupt:
+                continue
             doc = codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]]
             route, out = self.route(doc)
             if route.fallback:
+                if route.fallback != row["reason"]:
+                    self.store.note(row["id"], actor, route.fallback, "route", set_reason=True)
                 continue
             (out_part,) = self.store.write_payloads([(row["id"], out)])
             state = "ready" if route.delivery == "pull" else "outbound"

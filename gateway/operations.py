@@ -1,9 +1,13 @@
-"""Operations from practice, by ZD number: resend, cancel, supplement, export, stats.
+"""Operations from practice: resend, cancel, supplement, discard, reroute, export, stats.
 
 Each refuses with one clear line when it cannot be done. A cancellation or
 supplement is a new document (same ZD number, ``in_reply_to`` the referral)
 that goes through ``Intake.accept`` like any other message, as the local
-administrator; the referral itself is marked cancelled.
+administrator; the referral itself is marked cancelled. The cancel window
+counts from the gateway's receipt of the referral; a referral its institution
+never received is withdrawn from the spool instead (nothing is sent). ``discard``
+throws junk away from fallback or held (like ``postsuper -d``), kept in the
+history with its reason; ``reroute`` sends one message to another institution.
 """
 
 import csv
@@ -12,13 +16,15 @@ import datetime as dt
 import io
 import mimetypes
 
-from gateway import audit, codecs, routes
-from gateway.document import Attachment, Document, Kind, local_time
-from gateway.errors import GatewayError
+from gateway import audit, codecs, routes, times
+from gateway.document import AMSTERDAM, Attachment, Document, Kind, local_time
+from gateway.errors import EncodeError, GatewayError
 from gateway.intake import ADMIN, Envelope, Intake, Receipt
 from gateway.retention import purge_text
+from gateway.spool import queries
 
 REFERRAL_KINDS = (str(Kind.REFERRAL), str(Kind.TELECONSULT_REQUEST))
+WITHDRAWABLE = ("ready", "outbound", "deferred", "held", "fallback", "expired")
 EXPORT_COLUMNS = ("date", "zd_number", "kind", "sender_agb", "recipient_agb", "state",
                   "received_at", "updated_at")
 
@@ -62,10 +68,14 @@ def cancel(intake: Intake, zd_number: str, reason: str, now: dt.datetime, cancel
     row = referral(intake, zd_number)
     if row["state"] == "cancelled":
         raise Refused(f"{zd_number} was cancelled already on {_date(row['updated_at'])}")
-    sent = dt.datetime.fromisoformat(row["sent_at"])
-    if local_time(now) - sent > dt.timedelta(days=cancel_days):
-        raise Refused(f"{zd_number} was sent on {sent:%Y-%m-%d}, more than {cancel_days} days ago; "
-                      "it can no longer be cancelled")
+    if now.timestamp() - row["received_at"] > cancel_days * 86400:
+        raise Refused(f"{zd_number} was received on {_date(row['received_at'])}, more than "
+                      f"{cancel_days} days ago; it can no longer be cancelled")
+    if row["state"] in WITHDRAWABLE and not queries.ever_delivered(intake.store.db, row["id"]):
+        intake.store.transition(row["id"], "cancelled", actor,
+                                f"withdrawn before its institution received it: {reason}",
+                                action="cancel", next_attempt_at=None)
+        return Receipt(row["id"], zd_number, "cancelled", row["destination"])
     original = _document(intake, row)
     receipt = _follow_up(intake, original, Kind.CANCELLATION, (reason,), (), now, actor)
     intake.store.transition(row["id"], "cancelled", actor, f"cancelled: {receipt.zd_number}",
@@ -108,11 +118,59 @@ def _follow_up(intake: Intake, original: Document, kind: Kind, body, attachments
     return receipt
 
 
+def discard(intake: Intake, message_id: int, reason: str, actor: str) -> None:
+    """Throw away a message in fallback or held (junk); its row and history stay, with
+    the reason, until retention purges its case."""
+    row = _message(intake, message_id)
+    if row["state"] not in ("fallback", "held"):
+        raise Refused(f"message {message_id} is {row['state']}; only messages in fallback or "
+                      "held can be discarded", code="E-STATE")
+    intake.store.transition(message_id, "discarded", actor, f"discarded: {reason}",
+                            action="discard", next_attempt_at=None)
+
+
+def reroute(intake: Intake, message_id: int, agb: str, actor: str) -> Receipt:
+    """Send one message in fallback or held to the institution ``agb`` instead, in that
+    institution's format and delivery."""
+    row = _message(intake, message_id)
+    if row["state"] not in ("fallback", "held"):
+        raise Refused(f"message {message_id} is {row['state']}; only messages in fallback or "
+                      "held can be rerouted", code="E-STATE")
+    institution = intake.tables.institutions.get(agb)
+    if institution is None:
+        raise Refused(f"institution AGB {agb} is not in the route table")
+    doc = _document(intake, row)
+    option = routes.REQUIRED_OPTION.get(doc.kind, (None,))[0]
+    if doc.kind is Kind.TELECONSULT_ANSWER or (option and option not in institution.options):
+        raise Refused(f"institution {agb} does not take a {doc.kind}")
+    if doc.attachments and "attachments" not in institution.options:
+        raise Refused(f"institution {agb} does not accept attachments")
+    try:
+        out = codecs.get(institution.format).encode(doc)
+    except EncodeError as exc:
+        raise Refused(f"cannot be written as {institution.format} for {agb}: {exc}") from None
+    (part,) = intake.store.write_payloads([(message_id, out)])
+    state = "ready" if institution.delivery == "pull" else "outbound"
+    intake.store.transition(message_id, state, actor, f"rerouted to {agb} by an administrator",
+                            action="route", destination=agb, format=institution.format,
+                            delivery=institution.delivery, next_attempt_at=None,
+                            out_name=part.name, out_offset=part.offset, out_length=part.length,
+                            out_sha256=part.sha256)
+    return Receipt(message_id, row["zd_number"], state, agb)
+
+
+def _message(intake: Intake, message_id: int):
+    row = intake.store.get(message_id)
+    if row is None:
+        raise Refused(f"no message {message_id}", code="E-NOT-FOUND")
+    return row
+
+
 def export(intake: Intake, start: dt.date, end: dt.date, actor: str) -> str:
     """CSV of the messages received from ``start`` to ``end`` inclusive: identifiers,
     states and times only, no patient data."""
-    low = dt.datetime.combine(start, dt.time()).timestamp()
-    high = dt.datetime.combine(end + dt.timedelta(days=1), dt.time()).timestamp()
+    low = dt.datetime.combine(start, dt.time(), AMSTERDAM).timestamp()
+    high = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), AMSTERDAM).timestamp()
     rows = intake.store.db.execute(
         "SELECT * FROM messages WHERE received_at >= ? AND received_at < ? AND state != 'rejected' "
         "ORDER BY received_at, id", (low, high))
@@ -124,8 +182,8 @@ def export(intake: Intake, start: dt.date, end: dt.date, actor: str) -> str:
                          for row in rows])
     for row in rows:
         writer.writerow([_date(row["received_at"]), row["zd_number"], row["kind"], row["sender_agb"],
-                         row["recipient_agb"], row["state"], _iso(row["received_at"]),
-                         _iso(row["updated_at"])])
+                         row["recipient_agb"], row["state"], times.utc(row["received_at"]),
+                         times.utc(row["updated_at"])])
     return out.getvalue()
 
 
@@ -133,15 +191,11 @@ def stats(intake: Intake, now: float) -> list[dict]:
     """Queue depth and the oldest message's age (seconds) per destination and state."""
     rows = intake.store.db.execute(
         "SELECT destination, state, count(*) AS depth, min(received_at) AS oldest FROM messages "
-        "WHERE state NOT IN ('delivered', 'cancelled') GROUP BY destination, state "
+        "WHERE state NOT IN ('delivered', 'cancelled', 'discarded') GROUP BY destination, state "
         "ORDER BY destination, state").fetchall()
     return [{"destination": r["destination"], "state": r["state"], "depth": r["depth"],
              "oldest_age_seconds": round(now - r["oldest"])} for r in rows]
 
 
 def _date(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d")
-
-
-def _iso(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds).isoformat(timespec="seconds")
+    return times.local(seconds)[:10]

@@ -35,15 +35,34 @@ class Authority:
                                                   False, False), critical=True)
                      .sign(self.key, hashes.SHA256()))
 
+    @classmethod
+    def load(cls, cert_path: Path, key_path: Path) -> "Authority":
+        """The CA in ``cert_path`` with its private key ``key_path``; raise ValueError or
+        OSError when either cannot be read."""
+        authority = cls.__new__(cls)
+        authority.cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        authority.key = serialization.load_pem_private_key(Path(key_path).read_bytes(), None)
+        return authority
+
+    def sign(self, csr: x509.CertificateSigningRequest, common_name: str):
+        """A client certificate for ``common_name`` on the key of ``csr`` (whose own subject
+        is not used); raise ValueError when the request's signature is not valid."""
+        if not csr.is_signature_valid:
+            raise ValueError("the request's signature does not match its key")
+        return self.issue(common_name, public_key=csr.public_key())[0]
+
     def issue(self, common_name: str, server: bool = False, not_before: dt.datetime | None = None,
-              not_after: dt.datetime | None = None, key=None):
-        """A certificate for ``common_name`` signed by this CA; returns (cert, key)."""
-        key = key or ec.generate_private_key(ec.SECP256R1())
+              not_after: dt.datetime | None = None, key=None, public_key=None):
+        """A certificate for ``common_name`` signed by this CA; returns (cert, key) — key
+        None when only ``public_key`` was given."""
+        if public_key is None:
+            key = key or ec.generate_private_key(ec.SECP256R1())
+            public_key = key.public_key()
         now = dt.datetime.now(dt.timezone.utc)
         usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server \
             else [ExtendedKeyUsageOID.CLIENT_AUTH]   # the gateway also pushes as a client
         builder = (x509.CertificateBuilder().subject_name(_name(common_name))
-                   .issuer_name(self.cert.subject).public_key(key.public_key())
+                   .issuer_name(self.cert.subject).public_key(public_key)
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(not_before or now - DAY).not_valid_after(not_after or now + 825 * DAY)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -61,10 +80,13 @@ def weak_rsa_key():
 
 
 def write(folder: Path, stem: str, cert, key) -> tuple[Path, Path]:
-    """Write ``stem.pem`` (certificate) and ``stem.key`` (0600) into ``folder``."""
+    """Write ``stem.pem`` (certificate) and ``stem.key`` (0600) into ``folder``; without a
+    ``key`` only the certificate."""
     folder.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is None:
+        return cert_path, key_path
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(key.private_bytes(serialization.Encoding.PEM,
@@ -87,6 +109,21 @@ def write_ssh_key(path: Path) -> tuple[Path, Path]:
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                      serialization.PublicFormat.OpenSSH) + b"\n")
     return path, public
+
+
+def fingerprint(cert) -> str:
+    """The certificate's SHA-256 fingerprint, hex (what identities pin)."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def subject(cert) -> str:
+    """The certificate's subject as one line (RFC 4514)."""
+    return cert.subject.rfc4514_string()
+
+
+def client_cert_path(settings, name: str) -> Path:
+    """Where an identity's client certificate is kept: ``clients/NAME.pem`` beside the CA."""
+    return settings.tls_ca.parent / "clients" / f"{name}.pem"
 
 
 def _name(common_name: str) -> x509.Name:

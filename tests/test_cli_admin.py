@@ -34,7 +34,7 @@ def test_init_submit_status_queue(tmp_path):
     (status,) = json.loads(ctl("status", "ZD100200300", "--json", env_config=config).stdout)
     assert [h["state"] for h in status["history"]] == ["received", "ready"]
     table = ctl("queue", "ls", env_config=config).stdout.decode()
-    assert table.splitlines()[0].split()[:3] == ["id", "zd_number", "kind"]
+    assert table.splitlines()[0].split()[:4] == ["id", "received", "age", "state"]
     assert "ZD100200300" in table
 
 

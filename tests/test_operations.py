@@ -45,10 +45,16 @@ def test_resend_refused_when_cancelled_or_rerouted(intake):
         operations.resend(intake, "ZD100200300", "test")
 
 
+def _received(intake, message_id: int = 1) -> dt.datetime:
+    return dt.datetime.fromtimestamp(intake.store.get(message_id)["received_at"], dt.timezone.utc)
+
+
 def test_cancel_sends_a_cancellation_within_180_days(intake):
-    """A cancellation goes to the institution and the referral is marked cancelled."""
+    """A delivered referral: a cancellation goes to the institution and the referral is
+    marked cancelled."""
+    intake.store.transition(1, "delivered", "test")
     receipt = operations.cancel(intake, "ZD100200300", "elders geholpen",
-                                SENT + dt.timedelta(days=10), 180, "test")
+                                _received(intake) + dt.timedelta(days=10), 180, "test")
     row = intake.store.get(receipt.id)
     assert (row["kind"], row["state"], row["destination"]) == ("cancellation", "ready", "06005678")
     doc = zdxml.decode(intake.store.payload(row, "out"))[0]
@@ -56,13 +62,37 @@ def test_cancel_sends_a_cancellation_within_180_days(intake):
                                                       ("elders geholpen",))
     assert intake.store.get(1)["state"] == "cancelled"
     with pytest.raises(operations.Refused, match="cancelled already"):
-        operations.cancel(intake, "ZD100200300", "again", SENT + dt.timedelta(days=11), 180, "test")
+        operations.cancel(intake, "ZD100200300", "again", _received(intake) + dt.timedelta(days=11),
+                          180, "test")
 
 
-def test_cancel_refused_after_180_days_or_without_the_option(intake, tmp_path):
-    """Past 180 days, or at an institution without the cancel option, cancel is refused."""
+def test_cancel_window_counts_from_the_gateways_receipt(intake):
+    """The 180 days run from when the gateway received the referral, not from the sender's
+    own date (the fixture's DET lies months before): cancelling today works, day 181 not."""
+    intake.store.transition(1, "delivered", "test")
+    assert _received(intake).date() > SENT.date()
     with pytest.raises(operations.Refused, match="more than 180 days ago"):
-        operations.cancel(intake, "ZD100200300", "x", SENT + dt.timedelta(days=181), 180, "test")
+        operations.cancel(intake, "ZD100200300", "x", _received(intake) + dt.timedelta(days=181),
+                          180, "test")
+    receipt = operations.cancel(intake, "ZD100200300", "x", _received(intake), 180, "test")
+    assert intake.store.get(receipt.id)["kind"] == "cancellation"
+
+
+def test_cancel_of_a_referral_never_pulled_withdraws_it(intake):
+    """A referral still waiting in the spool is withdrawn: cancelled, out of the spool, and
+    no cancellation is sent to an institution that never saw it."""
+    receipt = operations.cancel(intake, "ZD100200300", "verkeerd adres", _received(intake),
+                                180, "test")
+    assert (receipt.id, receipt.state) == (1, "cancelled")
+    assert "withdrawn before its institution received it" in intake.store.get(1)["reason"]
+    assert [row["kind"] for row in intake.store.by_zd("ZD100200300")] == ["referral"]
+    assert intake.store.db.execute("SELECT count(*) FROM messages WHERE state = 'ready'"
+                                   ).fetchone()[0] == 0
+
+
+def test_cancel_refused_without_the_option(intake, tmp_path):
+    """At an institution without the cancel option, cancelling a delivered referral is refused."""
+    intake.store.transition(1, "delivered", "test")
     folder = tmp_path / "strict"
     folder.mkdir()
     (folder / "institutions.csv").write_text("agb,name,format,delivery,options\n"
@@ -71,7 +101,7 @@ def test_cancel_refused_after_180_days_or_without_the_option(intake, tmp_path):
         "01765432,A. Özdemir,*,sftp:his-hoogveld\n", ""))
     intake.tables = routes.load(folder)
     with pytest.raises(operations.Refused, match="does not accept cancellations"):
-        operations.cancel(intake, "ZD100200300", "x", SENT + dt.timedelta(days=1), 180, "test")
+        operations.cancel(intake, "ZD100200300", "x", _received(intake), 180, "test")
 
 
 def test_supplement_text_and_attachment(intake, tmp_path):

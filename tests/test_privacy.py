@@ -147,7 +147,7 @@ def test_rotation_keeps_old_files_readable_and_reencrypts(tmp_path):
     for message_id in (first, second):
         assert daemon.ctl(made, "show", str(message_id), "--converted").stdout.startswith(b"<?xml")
     result = json.loads(daemon.ctl(made, "keys", "rotate", "--reencrypt", "--json").stdout)
-    assert result == {"current": "k3", "reencrypted_files": 2}
+    assert result == {"current": "k3", "reencrypted_files": 2, "daemon": None}
     assert _key_ids(made) == {"k3"}
     assert daemon.ctl(made, "show", str(first)).stdout.startswith(b"MSH|")
     actions = [r["action"] for r in daemon.ctl_json(made, "audit", "query", "--who", actor())]
@@ -176,7 +176,7 @@ def test_retire_only_a_key_nothing_is_sealed_with(tmp_path):
     assert daemon.ctl(made, "keys", "retire", "k2", check=False).returncode == 64   # current
     daemon.ctl(made, "keys", "rotate", "--reencrypt")
     for key_id in ("k1", "k2"):
-        assert daemon.ctl_json(made, "keys", "retire", key_id) == {"retired": key_id}
+        assert daemon.ctl_json(made, "keys", "retire", key_id) == {"retired": key_id, "daemon": None}
     assert sorted(keys.load(Path(made["keys"])).keys) == ["k3"]
     assert daemon.ctl(made, "show", "1", "--converted").stdout.startswith(b"<?xml")
     assert [r["detail"] for r in daemon.ctl_json(made, "audit", "query", "--who", actor())

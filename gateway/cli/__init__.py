@@ -1,8 +1,8 @@
 """gatewayctl: the administrator's command line.
 
 Commands are thin: they call the same functions the daemon uses. Exit codes
-follow sysexits: 0 success, 64 usage, 65 bad input, 66 unreadable file, 70 an
-internal error (a bug; ``GATEWAY_DEBUG=1`` shows its traceback), 78 bad
+follow sysexits: 0 success, 64 usage, 65 bad input, 66 unreadable file, 69 no
+gatewayd running (``reload``), 70 an internal error (a bug; ``GATEWAY_DEBUG=1`` shows its traceback), 78 bad
 configuration or route tables (each table problem on a line of its own). Every
 failure is one line on stderr, ``gatewayctl: error E-…: what, where``.
 """
@@ -11,11 +11,13 @@ import os
 import sys
 
 from gateway.cli.common import Unreadable, UsageError
+from gateway.cli.live import NotRunning
 from gateway.cli.parser import build_parser
 from gateway.errors import ConfigError, GatewayError
 from gateway.routes import TableError
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CONFIG = 0, 64, 65, 66, 70, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CONFIG = \
+    0, 64, 65, 66, 69, 70, 78
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EX_USAGE)
     except Unreadable as exc:
         return _fail(exc, EX_NOINPUT)
-    except TableError as exc:
+    except TableError as exc:          # each problem once, then what it means
         for problem in exc.problems:
             print(f"gatewayctl: {problem}", file=sys.stderr)
-        return _fail(exc, EX_CONFIG)
+        print(f"gatewayctl: error {exc.code}: {len(exc.problems)} problem(s) in the route "
+              "tables; nothing changed", file=sys.stderr)
+        return EX_CONFIG
+    except NotRunning as exc:
+        return _fail(exc, EX_UNAVAILABLE)
     except ConfigError as exc:
         return _fail(exc, EX_CONFIG)
     except GatewayError as exc:

@@ -14,14 +14,16 @@ from pathlib import Path
 
 import datetime as dt
 
-from gateway import audit, codecs, config, keys, operations, pki, routes
+from gateway import audit, codecs, config, keys, operations, pki, routes, times
+from gateway.cli import live
 from gateway.cli.common import UsageError, actor, read_input
 from gateway.errors import ConfigError, GatewayError
 from gateway.routes import editing
 from gateway.intake import ADMIN, Envelope, Intake
-from gateway.spool import delivery
 from gateway.spool.store import Store
 
+SETTABLE = {"institution": ("name", "format", "delivery", "options"),
+            "referrer": ("name", "institutions", "answer_address")}
 LIST_COLUMNS = ("id", "zd_number", "kind", "state", "destination", "sender_agb", "recipient_agb",
                 "reason")
 
@@ -30,12 +32,17 @@ class NotFound(GatewayError):
     code = "E-NOT-FOUND"
 
 
-def open_config(args) -> "config.Config":
+def config_path(args) -> Path:
+    """The configuration file ``-c`` or ``GATEWAY_CONFIG`` names; raise ConfigError."""
     path = args.config or os.environ.get("GATEWAY_CONFIG")
     if not path:
         raise ConfigError("no configuration: pass -c CONFIG or set GATEWAY_CONFIG "
                           "(gatewayctl init DIR writes one)", code="E-CONFIG-FILE")
-    return config.load(Path(path))
+    return Path(path)
+
+
+def open_config(args) -> "config.Config":
+    return config.load(config_path(args))
 
 
 def open_store(settings) -> Store:
@@ -54,7 +61,6 @@ def cmd_init(args, out) -> int:
     target = folder / "gatewayd.toml"
     if target.exists():
         raise ConfigError(f"{target} exists already; not overwriting it", code="E-CONFIG-EXISTS")
-    (folder / "routes").mkdir(parents=True, exist_ok=True)
     text = config.render(samples=True)
     if args.mllp_port:
         text = text.replace("mllp_port = 2575", f"mllp_port = {args.mllp_port}")
@@ -64,6 +70,8 @@ def cmd_init(args, out) -> int:
         text = text.replace("sftp_port = 2222", f"sftp_port = {args.sftp_port}")
     if args.metrics_port:
         text = text.replace("metrics_port = 9464", f"metrics_port = {args.metrics_port}")
+    config.loads_checked(text, target)          # refuses the same port twice before any file
+    (folder / "routes").mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
     for name in ("institutions.csv", "referrers.csv"):
@@ -74,7 +82,9 @@ def cmd_init(args, out) -> int:
         keys.save(keys.generate(), settings.paths_keys)
     open_store(settings).close()
     identities = _make_tls(settings)
+    known_hosts = _known_hosts(settings)
     made = {"config": str(target.resolve()), "routes": str(settings.paths_routes),
+            "known_hosts": str(known_hosts),
             "spool": str(settings.paths_spool), "keys": str(settings.paths_keys),
             "ca": str(settings.tls_ca),
             "ports": {"mllp": settings.listen_mllp_port, "https": settings.listen_https_port,
@@ -110,6 +120,18 @@ def _make_tls(settings) -> list[dict]:
     return made
 
 
+def _known_hosts(settings) -> Path:
+    """``ssh/known_hosts`` with the SFTP host key, for ``sftp -o UserKnownHostsFile=…``."""
+    public = settings.paths_ssh_host_key.with_name(settings.paths_ssh_host_key.name + ".pub")
+    key = " ".join(public.read_text(encoding="ascii").split()[:2])
+    port = settings.listen_sftp_port
+    names = [settings.listen_host] + (["localhost"] if settings.listen_host == "127.0.0.1" else [])
+    target = settings.paths_ssh_host_key.with_name("known_hosts")
+    target.write_text(",".join(f"[{n}]:{port}" if port != 22 else n for n in names)
+                      + f" {key}\n", encoding="ascii")
+    return target
+
+
 def cmd_submit(args, out) -> int:
     """Ingest a file as if received: as the local administrator (any AGB code), or
     ``--as`` an identity, with only that identity's mandates."""
@@ -121,7 +143,7 @@ def cmd_submit(args, out) -> int:
     receipts = intake.accept(read_input(args.file), envelope)
     rows = [vars(receipt) for receipt in receipts]
     out(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2) if args.json else
-        _table(rows, ("id", "zd_number", "state", "destination", "duplicate")))
+        table(rows, ("id", "zd_number", "state", "destination", "duplicate")))
     return 0
 
 
@@ -134,34 +156,17 @@ def cmd_status(args, out) -> int:
     if not rows:
         raise NotFound(f"no message with ZD number or id {args.key}")
     store.record([audit.about(row, actor(), "view", detail="status") for row in rows])
-    data = [{**{k: row[k] for k in LIST_COLUMNS}, "history": [
-        {"at": _iso(h["at"]), "state": h["state"], "actor": h["actor"], "reason": h["reason"]}
-        for h in store.history(row["id"])]} for row in rows]
+    when = times.utc if args.json else times.local
+    data = [{**{k: row[k] for k in LIST_COLUMNS}, "received_at": when(row["received_at"]),
+             "history": [{"at": when(h["at"]), "state": h["state"], "actor": h["actor"],
+                          "reason": h["reason"]} for h in store.history(row["id"])]}
+            for row in rows]
     if args.json:
         out(json.dumps(data, indent=2))
         return 0
     for item in data:
-        out(_table([item], LIST_COLUMNS))
-        out(_table(item["history"], ("at", "state", "actor", "reason")))
-    return 0
-
-
-def cmd_queue_ls(args, out) -> int:
-    """Messages, newest first, or those in one state."""
-    rows = open_intake(args).store.listing(args.state)
-    data = [{k: row[k] for k in LIST_COLUMNS} for row in rows]
-    out(json.dumps(data, indent=2) if args.json else _table(data, LIST_COLUMNS))
-    return 0
-
-
-def cmd_queue_action(args, out) -> int:
-    """hold, release or retry one message by id."""
-    store = open_intake(args).store
-    action = {"hold": delivery.hold, "release": delivery.release, "retry": delivery.retry_now}
-    action[args.queue_command](store, args.id, actor())
-    row = store.get(args.id)
-    out(json.dumps({"id": row["id"], "state": row["state"]}) if args.json else
-        f"{row['id']}: {row['state']}")
+        out(table([item], LIST_COLUMNS))
+        out(table(item["history"], ("at", "state", "actor", "reason")))
     return 0
 
 
@@ -192,65 +197,65 @@ def cmd_export(args, out) -> int:
     return 0
 
 
-def cmd_stats(args, out) -> int:
-    """Queue depth and oldest age per destination and state."""
-    rows = operations.stats(open_intake(args), time.time())
-    out(json.dumps(rows, indent=2) if args.json else
-        _table(rows, ("destination", "state", "depth", "oldest_age_seconds")))
-    return 0
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
 def _receipt_out(args, out, receipt) -> int:
     out(json.dumps(vars(receipt), indent=2) if args.json else
-        _table([vars(receipt)], ("id", "zd_number", "state", "destination")))
-    return 0
-
-
-def cmd_fallback_reroute(args, out) -> int:
-    """Route the messages in fallback again with the tables in force."""
-    moved = open_intake(args).reroute_fallback(actor())
-    rows = [vars(receipt) for receipt in moved]
-    out(json.dumps(rows, indent=2) if args.json else
-        _table(rows, ("id", "zd_number", "state", "destination")))
+        table([vars(receipt)], ("id", "zd_number", "state", "destination")))
     return 0
 
 
 def cmd_routes_change(args, out) -> int:
-    """add, rm or import: validate, apply, log what changed, re-route the fallback queue."""
+    """add, set, rm or import: validate, apply, log what changed; the running gatewayd takes
+    the tables at once and routes its fallback queue again (without one, we do)."""
     intake = open_intake(args)
-    folder = open_config(args).paths_routes
+    settings = open_config(args)
     old = intake.tables
-    if args.routes_command == "add":
-        values = [args.agb, args.name, *args.values]
-        if args.table == "institution":
-            if len(args.values) != 2:
-                raise UsageError("routes add institution AGB NAME FORMAT DELIVERY [--options A;B]")
-            values.append(args.options or "")
-        else:
-            if len(args.values) != 1:
-                raise UsageError("routes add referrer AGB NAME INSTITUTIONS [--answer-address sftp:X]")
-            values.append(args.answer_address or "")
-        new = editing.add_row(folder, args.table, values)
-    elif args.routes_command == "rm":
-        try:
-            new = editing.remove_row(folder, args.table, args.agb)
-        except KeyError:
-            raise NotFound(f"no {args.table} with AGB {args.agb} in the table") from None
-    else:
-        source = Path(args.folder)
-        new = editing.apply(folder, {name: (source / name).read_text(encoding="utf-8")
-                                     for name, _ in editing.FILES.values()})
+    new = _edit(args, settings.paths_routes)
     changes = editing.describe(old, new)
     intake.store.record_route_changes(actor(), changes or ["(no change)"])
-    intake.tables = new
-    moved = intake.reroute_fallback(actor())
-    out(json.dumps({"changes": changes, "moved": [vars(r) for r in moved]}, indent=2) if args.json
-        else "\n".join(changes or ["no change"]) + f"\n{len(moved)} message(s) moved out of fallback")
+    answer = live.reload_parts(settings, ["routes"])
+    if answer is None:
+        intake.tables = new
+        moved = len(intake.reroute_fallback(actor()))
+    else:
+        moved = answer["moved"]
+    out(json.dumps({"changes": changes, "moved": moved, "daemon": answer and answer["pid"]},
+                   indent=2) if args.json else "\n".join(changes or ["no change"])
+        + f"\n{moved} message(s) moved out of fallback\n{live.where(answer)}")
     return 0
+
+
+def _edit(args, folder: Path):
+    """The change ``args`` ask for, applied to the files; the new tables."""
+    if args.routes_command == "import":
+        source = Path(args.folder)
+        return editing.apply(folder, {name: (source / name).read_text(encoding="utf-8-sig")
+                                      for name, _ in editing.FILES.values()})
+    try:
+        if args.routes_command == "rm":
+            return editing.remove_row(folder, args.table, args.agb)
+        if args.routes_command == "set":
+            changes = {column: getattr(args, column) for column in SETTABLE[args.table]
+                       if getattr(args, column) is not None}
+            if not changes:
+                raise UsageError(f"routes set {args.table} AGB: give at least one of "
+                                 + ", ".join(f"--{c.replace('_', '-')}" for c in SETTABLE[args.table]))
+            return editing.set_row(folder, args.table, args.agb, changes)
+    except KeyError:
+        raise NotFound(f"no {args.table} with AGB {args.agb} in the table") from None
+    values = [args.agb, args.name, *args.values]
+    if args.table == "institution":
+        if len(args.values) != 2:
+            raise UsageError("routes add institution AGB NAME FORMAT DELIVERY [--options A;B]")
+        values.append(args.options or "")
+    else:
+        if len(args.values) != 1:
+            raise UsageError("routes add referrer AGB NAME INSTITUTIONS [--answer-address sftp:X]")
+        values.append(args.answer_address or "")
+    return editing.add_row(folder, args.table, values)
 
 
 def cmd_routes_export(args, out) -> int:
@@ -266,9 +271,10 @@ def cmd_routes_export(args, out) -> int:
 
 def cmd_routes_log(args, out) -> int:
     """Changes applied to the route tables: when, by whom, what."""
-    rows = [{"at": _iso(r["at"]), "actor": r["actor"], "change": r["change"]}
+    when = times.utc if args.json else times.local
+    rows = [{"at": when(r["at"]), "actor": r["actor"], "change": r["change"]}
             for r in open_intake(args).store.route_changes()]
-    out(json.dumps(rows, indent=2) if args.json else _table(rows, ("at", "actor", "change")))
+    out(json.dumps(rows, indent=2) if args.json else table(rows, ("at", "actor", "change")))
     return 0
 
 
@@ -283,19 +289,20 @@ def cmd_routes_check(args, out) -> int:
 
 
 def cmd_routes_ls(args, out) -> int:
-    """The route tables in force."""
-    tables = routes.load(open_config(args).paths_routes)
-    institutions = [{"agb": i.agb, "name": i.name, "format": i.format, "delivery": i.delivery,
-                     "options": ";".join(sorted(i.options))} for i in tables.institutions.values()]
-    referrers = [{"agb": r.agb, "name": r.name, "answer_address": r.answer_address,
-                  "institutions": "*" if r.institutions is None else ";".join(sorted(r.institutions))}
-                 for r in tables.referrers.values()]
+    """The route tables in force: the running gatewayd's, else the files'."""
+    settings = open_config(args)
+    answer = live.tell(settings, "tables")
+    data = {k: answer[k] for k in ("institutions", "referrers")} if answer else \
+        editing.as_data(routes.load(settings.paths_routes))
+    source = f"in force in gatewayd pid {answer['pid']}" if answer else \
+        f"from {settings.paths_routes} (no gatewayd running)"
     if args.json:
-        out(json.dumps({"institutions": institutions, "referrers": referrers}, indent=2))
+        out(json.dumps({**data, "source": source}, indent=2))
     else:
-        out(_table(institutions, ("agb", "name", "format", "delivery", "options")))
+        out(f"# route tables {source}")
+        out(table(data["institutions"], ("agb", "name", "format", "delivery", "options")))
         out("")
-        out(_table(referrers, ("agb", "name", "institutions", "answer_address")))
+        out(table(data["referrers"], ("agb", "name", "institutions", "answer_address")))
     return 0
 
 
@@ -317,11 +324,7 @@ def cmd_routes_explain(args, out) -> int:
     return 0
 
 
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
-
-
-def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
+def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     if not rows:
         return "(none)"
     cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]

@@ -4,9 +4,9 @@ import argparse
 import datetime as dt
 
 from gateway import __version__, codecs
-from gateway.cli import admin, codec, privacy
+from gateway.cli import admin, codec, identities as identities_cli, live, privacy
+from gateway.cli import queue as queue_cli
 from gateway.cli.common import Parser
-from gateway.spool.states import STATES
 
 FORMATS = sorted(codecs.CODECS)
 
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     _queue_commands(commands)
     _route_commands(commands)
     _privacy_commands(commands)
+    identities_cli.add_commands(_group(commands, "identities", "who may connect: onboarding"),
+                                _command)
     return parser
 
 
@@ -77,23 +79,57 @@ def _message_commands(commands) -> None:
                       json_flag=False)
     export.add_argument("--from", dest="start", required=True, type=_date, metavar="YYYY-MM-DD")
     export.add_argument("--to", dest="end", required=True, type=_date, metavar="YYYY-MM-DD")
-    _command(commands, "stats", admin.cmd_stats, "queue depth and oldest age per destination")
 
 
 def _queue_commands(commands) -> None:
     queue = _group(commands, "queue", "list and act on queued messages")
-    _command(queue, "ls", admin.cmd_queue_ls, "list messages, optionally in one state").add_argument(
-        "--state", choices=STATES)
-    for action, text in (("hold", "stop a message until released"),
-                         ("release", "put a held message back in its queue"),
-                         ("retry", "try a deferred push again now")):
-        _command(queue, action, admin.cmd_queue_action, text).add_argument(
-            "id", type=int, metavar="ID")
+    _listing(_command(queue, "ls", queue_cli.cmd_queue_ls,
+                      "queued messages, oldest first (--state all: every message)"), "queue")
+    for action, text in (("hold", "stop messages until released"),
+                         ("release", "put held messages back in their queue"),
+                         ("retry", "try deferred pushes again now")):
+        sub = _command(queue, action, queue_cli.cmd_queue_action, text)
+        sub.add_argument("id", type=int, metavar="ID", nargs="?", help="one message")
+        sub.add_argument("--destination", metavar="AGB", help="every one at this destination")
+        sub.add_argument("--all", action="store_true", help="every one, everywhere")
     fallback = _group(commands, "fallback", "the fallback queue")
-    _command(fallback, "ls", admin.cmd_queue_ls, "list messages in fallback").set_defaults(
-        state="fallback")
-    _command(fallback, "reroute", admin.cmd_fallback_reroute,
+    _listing(_command(fallback, "ls", queue_cli.cmd_queue_ls, "messages in fallback, oldest first"),
+             "fallback")
+    _command(fallback, "reroute", queue_cli.cmd_fallback_reroute,
              "route the messages in fallback again with the tables in force")
+    discard = _command(commands, "discard", queue_cli.cmd_discard,
+                       "throw away messages in fallback or held (kept in history, audited)")
+    discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+    discard.add_argument("--reason", required=True, help="why (kept in the history)")
+    reroute = _command(commands, "reroute", queue_cli.cmd_reroute,
+                       "send one message in fallback or held to another institution")
+    reroute.add_argument("id", type=int, metavar="ID")
+    reroute.add_argument("--to", required=True, metavar="AGB", help="the institution's AGB code")
+    stats = _command(commands, "stats", queue_cli.cmd_stats,
+                     "queue depth and oldest age per destination and state")
+    stats.add_argument("--ages", action="store_true",
+                       help="messages per destination in age buckets (minutes), like qshape")
+    stats.add_argument("--destination", metavar="AGB", help="only this destination")
+    _command(commands, "reload", live.cmd_reload,
+             "make the running gatewayd reload tables, identities, certificates and keys")
+
+
+def _listing(sub, view: str) -> None:
+    sub.set_defaults(queue_view=view)
+    if view == "queue":
+        sub.add_argument("--state", action="append", metavar="STATE",
+                         help="only this state (repeatable; all: every state)")
+    else:
+        sub.set_defaults(state=None)
+    sub.add_argument("--destination", metavar="AGB", help="only this destination")
+    sub.add_argument("--since", metavar="TIME", help="received at or after (ISO 8601; local "
+                     "time unless an offset is given)")
+    sub.add_argument("--until", metavar="TIME", help="received before (ISO 8601)")
+    sub.add_argument("--zd", metavar="ZD", help="this ZD number (and its answer)")
+    sub.add_argument("--sender", metavar="AGB", help="only this sender AGB")
+    sub.add_argument("--limit", type=int, default=100, metavar="N", help="page size (100)")
+    sub.add_argument("--after", type=int, metavar="ID",
+                     help="the page after this message (the last id of the previous page)")
 
 
 def _route_commands(commands) -> None:
@@ -109,6 +145,12 @@ def _route_commands(commands) -> None:
     add.add_argument("values", nargs="*", metavar="FORMAT DELIVERY | INSTITUTIONS")
     add.add_argument("--options", help="institution options, ;-separated")
     add.add_argument("--answer-address", help="referrer's answer address (sftp:ACCOUNT)")
+    change = _command(tables, "set", admin.cmd_routes_change,
+                      "change columns of one row in place")
+    change.add_argument("table", choices=("institution", "referrer"))
+    change.add_argument("agb", metavar="AGB")
+    for column in ("name", "format", "delivery", "options", "institutions", "answer-address"):
+        change.add_argument(f"--{column}", metavar="VALUE")
     remove = _command(tables, "rm", admin.cmd_routes_change, "remove an institution or a referrer")
     remove.add_argument("table", choices=("institution", "referrer"))
     remove.add_argument("agb", metavar="AGB")
@@ -146,6 +188,8 @@ def _privacy_commands(commands) -> None:
     show.add_argument("id", type=int, metavar="ID")
     show.add_argument("--converted", action="store_true",
                       help="the converted content instead of what was received")
+    show.add_argument("--raw", action="store_true",
+                      help="the bytes as stored (in a terminal HL7 is shown a segment a line)")
 
 
 def _date(text: str) -> dt.date:

@@ -6,16 +6,19 @@ key no stored file uses any more); ``purge`` enforces the
 retention rules (``--dry-run`` only shows, ``--as-of`` looks at another date);
 ``audit verify|query`` check the hash chain and answer "who saw this patient's
 data, when"; ``show`` prints a stored message (audited: it is a view of patient
-data).
+data; HL7 a segment a line in a terminal, ``--raw`` as stored). Key changes reach
+the running gatewayd at once; ``keys retire`` refuses the key it still seals with.
 """
 
 import json
 import sys
 
 from gateway import audit, keys, retention
-from gateway.cli.admin import NotFound, _table, open_config, open_store
+from gateway.cli import live
+from gateway.cli.admin import NotFound, table, open_config, open_store
 from gateway.cli.common import UsageError, actor
 from gateway.errors import ConfigError, GatewayError
+from gateway.spool import queries
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports.sftp import Outbox
 
@@ -58,9 +61,10 @@ def cmd_keys_rotate(args, out) -> int:
     files = reencrypt(store, settings) if args.reencrypt else 0
     store.record([audit.Event(actor(), "keys-rotate",
                               detail=f"current key {ring.current}, {files} files re-encrypted")])
-    out(json.dumps({"current": ring.current, "reencrypted_files": files}) if args.json else
-        f"current key {ring.current}; {files} file(s) re-encrypted "
-        "(a running gatewayd takes the new key at its next reload: systemctl reload gatewayd)")
+    answer = live.reload_parts(settings, ["keys"])
+    out(json.dumps({"current": ring.current, "reencrypted_files": files,
+                    "daemon": answer and answer["pid"]}) if args.json else
+        f"current key {ring.current}; {files} file(s) re-encrypted; {live.where(answer)}")
     return 0
 
 
@@ -90,6 +94,10 @@ def cmd_keys_retire(args, out) -> int:
         raise NotFound(f"no key {args.key!r} in {settings.paths_keys}")
     if args.key == store.ring.current:
         raise UsageError(f"{args.key} is the current key; keys rotate first")
+    running = live.tell(settings, "status")
+    if running and running["current_key"] == args.key:
+        raise KeyInUse(f"the running gatewayd (pid {running['pid']}) still seals with key "
+                       f"{args.key}; gatewayctl reload (or systemctl reload gatewayd) first")
     users = store.sealed_keys().get(args.key, 0) + sum(
         1 for path in settings.paths_sftp.glob("*/outbox/*")
         if (keys.file_header(path) or ("",))[0] == args.key)
@@ -98,8 +106,9 @@ def cmd_keys_retire(args, out) -> int:
                        "keys rotate --reencrypt first")
     store.forget_key(args.key, actor())      # first: a crash before the save leaves both usable
     keys.save(keys.without(store.ring, args.key), settings.paths_keys)
-    out(json.dumps({"retired": args.key}) if args.json else
-        f"retired key {args.key} (systemctl reload gatewayd to drop it from the running daemon)")
+    answer = live.reload_parts(settings, ["keys"])
+    out(json.dumps({"retired": args.key, "daemon": answer and answer["pid"]}) if args.json else
+        f"retired key {args.key}; {live.where(answer)}")
     return 0
 
 
@@ -107,16 +116,39 @@ def cmd_purge(args, out) -> int:
     """Purge what the retention rules no longer allow to keep (or show it)."""
     settings = open_config(args)
     store = open_store(settings)
-    report = retention.purge(store, settings, retention.as_of(args.as_of), dry_run=args.dry_run)
-    data = {"dry_run": args.dry_run, **retention.describe(report)}
+    if args.dry_run:
+        return _purge_preview(store, settings, args, out)
+    report = retention.purge(store, settings, retention.as_of(args.as_of))
+    data = {"dry_run": False, **retention.describe(report)}
     if args.json:
         out(json.dumps(data, indent=2))
     else:
-        verb = "would purge" if args.dry_run else "purged"
-        out(f"{verb} {data['messages']} message(s) of {len(data['zd_numbers'])} ZD number(s)"
+        out(f"purged {data['messages']} message(s) of {len(data['zd_numbers'])} ZD number(s)"
             + "".join(f"\n  {rule}: {count}" for rule, count in data["by_rule"].items())
-            + ("" if args.dry_run else f"\nremoved {data['files_removed']} file(s), "
-               f"{data['audit_records_removed']} audit record(s)"))
+            + f"\nremoved {data['files_removed']} file(s), "
+              f"{data['audit_records_removed']} audit record(s)")
+    return 0
+
+
+def _purge_preview(store, settings, args, out) -> int:
+    """What a purge would remove, case by case, and a warning for messages their
+    institution never picked up."""
+    report = retention.purge(store, settings, retention.as_of(args.as_of), dry_run=True)
+    data = {"dry_run": True, **retention.describe(report)}
+    waiting = queries.never_pulled(store.db, [g.key for g in report.groups
+                                              if not g.key.startswith("#")])
+    data["never_pulled"] = [{"id": r["id"], "zd_number": r["zd_number"], "state": r["state"],
+                             "destination": r["destination"]} for r in waiting]
+    if args.json:
+        out(json.dumps(data, indent=2))
+        return 0
+    out(f"would purge {data['messages']} message(s) of {len(data['zd_numbers'])} ZD number(s)"
+        + "".join(f"\n  {rule}: {count}" for rule, count in data["by_rule"].items()))
+    out(table([{"case": g.key, "rule": g.rule, "messages": g.messages} for g in report.groups],
+              ("case", "rule", "messages")))
+    for row in data["never_pulled"]:
+        out(f"WARNING: message {row['id']} ({row['zd_number']}) is {row['state']} at "
+            f"{row['destination']}: its institution never picked it up")
     return 0
 
 
@@ -140,7 +172,7 @@ def cmd_audit_query(args, out) -> int:
     rows = audit.query(store.db, args.zd, patient, args.who, retention.as_of(args.start)
                        if args.start else None, retention.as_of(args.end) if args.end else None)
     store.record([audit.Event(actor(), "audit-query", detail=_question(args))])
-    out(json.dumps(rows, indent=2) if args.json else _table(rows, AUDIT_COLUMNS))
+    out(json.dumps(rows, indent=2) if args.json else table(rows, AUDIT_COLUMNS))
     return 0
 
 
@@ -162,6 +194,8 @@ def cmd_show(args, out) -> int:
         raise NotFound(f"message {args.id} has no converted content (state {row['state']})")
     data = store.payload(row, which)
     store.record([audit.about(row, actor(), "view", detail=f"show {which}")])
+    if not args.raw and sys.stdout.isatty() and data.lstrip()[:3] == b"MSH":
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").rstrip(b"\n") + b"\n"
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()

@@ -3,7 +3,8 @@
 A referral, request, supplement or cancellation goes to the institution whose
 AGB code is the document's recipient; the referrer's personal AGB code must be
 known to that institution, else the message goes to that institution's fallback
-queue ("referrer AGB … not in the table"). A teleconsult answer goes back to the
+queue ("referrer AGB … not in the table", or "… is not linked to institution …" when
+the referrer is known but not to this institution). A teleconsult answer goes back to the
 requesting referrer's answer address, as MEDVRI (what GP systems read).
 """
 
@@ -39,8 +40,11 @@ def match(doc: Document, tables: Tables, requester_agb: str | None = None) -> Ro
         return Route(doc.recipient.agb, "", "", f"recipient AGB {doc.recipient.agb} not in the table")
     route = Route(institution.agb, institution.format, institution.delivery)
     referrer = tables.referrers.get(doc.sender.agb)
-    if referrer is None or not referrer.known_to(institution.agb):
+    if referrer is None:
         return _fallback(route, f"referrer AGB {doc.sender.agb} not in the table")
+    if not referrer.known_to(institution.agb):
+        return _fallback(route, f"referrer AGB {doc.sender.agb} is not linked to institution "
+                                f"{institution.agb} (its institutions in referrers.csv)")
     if doc.kind in REQUIRED_OPTION:
         option, what = REQUIRED_OPTION[doc.kind]
         if option not in institution.options:

@@ -1,9 +1,11 @@
-"""Changing the route tables: add, remove, import — validated whole before applying.
+"""Changing the route tables: add, set, remove, import — validated whole before applying.
 
 A change is written to copies of both CSV files, the copies are loaded (which
 checks everything), and only then do they replace the files in force (temporary
 name, fsync, rename). A change that fails validation leaves the tables as they
-were. ``describe`` says what changed, for the change log.
+were. ``set_row`` changes one row where it stands (comments and order kept).
+``describe`` says what changed, line by line and field by field, for the change
+log — for a gatewayctl change and for files edited by hand and reloaded alike.
 """
 
 import csv
@@ -21,7 +23,7 @@ FILES = {"institution": ("institutions.csv", INSTITUTION_COLUMNS),
 def add_row(folder: Path, table: str, values: list[str]) -> Tables:
     """Append a row to ``table`` (institution or referrer); return the new tables."""
     name, _ = FILES[table]
-    text = (folder / name).read_text(encoding="utf-8")
+    text = (folder / name).read_text(encoding="utf-8-sig")
     line = _csv_line(values)
     return apply(folder, {name: text + ("" if text.endswith("\n") or not text else "\n") + line})
 
@@ -29,11 +31,34 @@ def add_row(folder: Path, table: str, values: list[str]) -> Tables:
 def remove_row(folder: Path, table: str, agb: str) -> Tables:
     """Remove the row for ``agb`` from ``table``; raise KeyError if there is none."""
     name, _ = FILES[table]
-    lines = (folder / name).read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if next(csv.reader([line]), [""])[0:1] != [agb]]
+    lines = (folder / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    kept = [line for line in lines if _agb(line) != agb]
     if len(kept) == len(lines):
         raise KeyError(agb)
     return apply(folder, {name: "".join(kept)})
+
+
+def set_row(folder: Path, table: str, agb: str, changes: dict[str, str]) -> Tables:
+    """Change columns of the row for ``agb`` in place (the other rows, comments and the
+    order stay); raise KeyError if there is none, TableError if the result is invalid."""
+    name, columns = FILES[table]
+    lines = (folder / name).read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        if number and _agb(line) == agb:
+            cells = [cell.strip() for cell in next(csv.reader([line]))]
+            cells += [""] * (len(columns) - len(cells))
+            row = dict(zip(columns, cells))
+            row.update(changes)
+            lines[number] = _csv_line([row[c] for c in columns])
+            return apply(folder, {name: "".join(lines)})
+    raise KeyError(agb)
+
+
+def _agb(line: str) -> str | None:
+    """The AGB code a CSV data line is about (None for blanks and comments)."""
+    if not line.strip() or line.lstrip().startswith("#"):
+        return None
+    return next(csv.reader([line]), [""])[0].strip()
 
 
 def apply(folder: Path, replacements: dict[str, str]) -> Tables:
@@ -43,7 +68,7 @@ def apply(folder: Path, replacements: dict[str, str]) -> Tables:
         for name, _ in FILES.values():
             text = replacements.get(name)
             if text is None:
-                text = (folder / name).read_text(encoding="utf-8")
+                text = (folder / name).read_text(encoding="utf-8-sig")
             (Path(scratch) / name).write_text(text, encoding="utf-8")
         try:
             tables = load(Path(scratch))
@@ -61,9 +86,35 @@ def describe(old: Tables, new: Tables) -> list[str]:
                                  ("referrer", old.referrers, new.referrers)):
         changes += [f"+ {label} {agb}" for agb in sorted(set(after) - set(before))]
         changes += [f"- {label} {agb}" for agb in sorted(set(before) - set(after))]
-        changes += [f"~ {label} {agb}" for agb in sorted(set(before) & set(after))
-                    if before[agb] != after[agb]]
+        changes += [f"~ {label} {agb}: {_fields(before[agb], after[agb])}"
+                    for agb in sorted(set(before) & set(after)) if before[agb] != after[agb]]
     return changes
+
+
+def _fields(old, new) -> str:
+    """``field old -> new`` for each field that differs between two rows."""
+    shown = []
+    for field in vars(old):
+        was, now = _text(getattr(old, field)), _text(getattr(new, field))
+        if was != now:
+            shown.append(f"{field} {was or '(empty)'} -> {now or '(empty)'}")
+    return ", ".join(shown)
+
+
+def _text(value) -> str:
+    if value is None:
+        return "*"
+    return ";".join(sorted(value)) if isinstance(value, frozenset) else str(value)
+
+
+def as_data(tables: Tables) -> dict:
+    """Both tables as JSON-ready rows (``routes ls``, and the daemon's tables in force)."""
+    return {"institutions": [{"agb": i.agb, "name": i.name, "format": i.format,
+                              "delivery": i.delivery, "options": ";".join(sorted(i.options))}
+                             for i in tables.institutions.values()],
+            "referrers": [{"agb": r.agb, "name": r.name, "answer_address": r.answer_address,
+                           "institutions": "*" if r.institutions is None else
+                           ";".join(sorted(r.institutions))} for r in tables.referrers.values()]}
 
 
 def _csv_line(values: list[str]) -> str:

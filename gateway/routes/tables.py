@@ -28,6 +28,7 @@ OPTIONS = ("cancel", "supplement", "attachments")
 INSTITUTION_COLUMNS = ("agb", "name", "format", "delivery", "options")
 REFERRER_COLUMNS = ("agb", "name", "institutions", "answer_address")
 _DELIVERY = re.compile(r"pull|mllp://[A-Za-z0-9.-]+:\d{1,5}|sftp:[a-z_][a-z0-9_-]{0,31}")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ANSWER = re.compile(r"sftp:[a-z_][a-z0-9_-]{0,31}")
 
 
@@ -81,7 +82,7 @@ def load(folder: Path) -> Tables:
 def _rows(path: Path, columns: tuple[str, ...], problems: list[str]):
     """Yield (line number, row dict) for each data row of the CSV file at ``path``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")    # a spreadsheet's BOM is fine
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{path}:0: cannot read: {getattr(exc, 'strerror', None) or exc}")
         return
@@ -117,6 +118,8 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
             (row["format"] not in FORMATS, f"format {row['format']!r} is not one of {', '.join(FORMATS)}"),
             (not _DELIVERY.fullmatch(row["delivery"]),
              f"delivery {row['delivery']!r} is not pull, mllp://host:port or sftp:ACCOUNT"),
+            (bool(_DELIVERY.fullmatch(row["delivery"])) and bool(_address_problem(row["delivery"])),
+             f"delivery {row['delivery']!r}: {_address_problem(row['delivery'])}"),
             (row["delivery"].startswith("mllp://") and row["format"] != "hl7",
              "delivery over mllp:// needs format hl7"),
             (bool(options - set(OPTIONS)),
@@ -129,6 +132,18 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
             found[row["agb"]] = Institution(row["agb"], row["name"], row["format"], row["delivery"],
                                             options)
     return found
+
+
+def _address_problem(delivery: str) -> str | None:
+    """Why an ``mllp://host:port`` address that looks right cannot be reached, or None."""
+    if not delivery.startswith("mllp://"):
+        return None
+    host, _, port = delivery.removeprefix("mllp://").rpartition(":")
+    if not 1 <= int(port) <= 65535:
+        return f"port {int(port)} is outside 1..65535"
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        return f"host {host!r} is not a host name or IPv4 address"
+    return None
 
 
 def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> dict[str, Referrer]:

@@ -34,7 +34,7 @@ def backoff(attempts: int, first: int, maximum: int) -> int:
 class Dispatcher:
     """Runs push deliveries from a Store; call ``tick()`` periodically (a LoopingCall)."""
 
-    log = Logger()
+    log = Logger(namespace="gatewayd.delivery")
 
     def __init__(self, store: Store, config, deliverer: Deliverer, clock: Callable[[], float],
                  schemes: tuple[str, ...] = ("mllp://", "sftp:")):

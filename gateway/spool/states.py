@@ -10,11 +10,12 @@ held       stopped by an administrator until released (a push already under way
            when it was held may still complete: held -> delivered)
 expired    past its lifetime without delivery
 cancelled  withdrawn; never delivered again
+discarded  junk an administrator threw away from fallback or held, with a reason (final)
 rejected   input that could not be read; kept with its reason for an administrator
 """
 
 STATES = ("received", "ready", "outbound", "deferred", "delivered", "fallback", "held",
-          "expired", "cancelled", "rejected")
+          "expired", "cancelled", "rejected", "discarded")
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "received": frozenset({"ready", "outbound", "fallback", "rejected"}),
@@ -22,11 +23,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "outbound": frozenset({"delivered", "deferred", "fallback", "held", "cancelled"}),
     "deferred": frozenset({"outbound", "fallback", "held", "expired", "cancelled"}),
     "delivered": frozenset({"ready", "outbound", "cancelled"}),
-    "fallback": frozenset({"ready", "outbound", "held", "cancelled"}),
-    "held": frozenset({"ready", "outbound", "fallback", "cancelled", "delivered"}),
+    "fallback": frozenset({"ready", "outbound", "held", "cancelled", "discarded"}),
+    "held": frozenset({"ready", "outbound", "fallback", "cancelled", "delivered", "discarded"}),
     "expired": frozenset({"fallback", "cancelled"}),
     "cancelled": frozenset(),
     "rejected": frozenset(),
+    "discarded": frozenset(),
 }
 
 

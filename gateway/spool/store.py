@@ -237,12 +237,16 @@ class Store:
                 row, actor, action or ACTIONS[state], result or RESULTS.get(state, "ok"), detail)],
                 now)
 
-    def note(self, message_id: int, actor: str, reason: str, action: str) -> None:
+    def note(self, message_id: int, actor: str, reason: str, action: str,
+             set_reason: bool = False) -> None:
         """Add to a message's history and the audit log without changing its state (e.g. a
-        pickup confirmed)."""
+        pickup confirmed); ``set_reason`` also makes ``reason`` its current reason."""
         now = self.clock()
         with self._transaction():
             row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is not None and set_reason:
+                self.db.execute("UPDATE messages SET reason = ?, updated_at = ? WHERE id = ?",
+                                (reason, now, message_id))
             if row is not None:
                 self._history(message_id, now, row["state"], actor, reason)
                 audit.append(self.db, self.ring, [audit.about(row, actor, action, detail=reason)], now)

@@ -32,7 +32,7 @@ def _address(transport) -> str:
 
 
 class MLLPProtocol(protocol.Protocol, TimeoutMixin):
-    log = Logger()
+    log = Logger(namespace="gatewayd.mllp")
 
     def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
                  identify: Callable = _address):

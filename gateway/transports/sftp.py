@@ -15,6 +15,7 @@ offered: curve25519/ECDH key exchange, AES-CTR ciphers, SHA-2 MACs.
 
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from twisted.conch import avatar
@@ -288,8 +289,25 @@ def server_factory(host_key: SSHKey, accounts: dict[str, Account],
     ssh.publicKeys = {host_key.sshType(): host_key.public()}
     ssh.privateKeys = {host_key.sshType(): host_key}
     ssh.portal = portal.Portal(Realm(accounts), [SSHPublicKeyChecker(InMemorySSHKeyDB(
-        {name.encode(): found for name, found in authorized.items()}))])
+        _ByteNames(authorized)))])
     return ssh
+
+
+class _ByteNames(Mapping):
+    """``authorized`` looked up by byte user names, live: a reload that changes the dict
+    changes who may log in."""
+
+    def __init__(self, authorized: dict):
+        self.authorized = authorized
+
+    def __getitem__(self, name: bytes):
+        return self.authorized[name.decode("utf-8", "replace")]
+
+    def __iter__(self):
+        return (name.encode() for name in self.authorized)
+
+    def __len__(self):
+        return len(self.authorized)
 
 
 EXTENSIONS = {"edifact": "edi", "hl7": "hl7", "xml": "xml"}

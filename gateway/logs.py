@@ -1,0 +1,116 @@
+"""gatewayd's log: one line per gateway event, at a level that means something.
+
+``observer(stream, format, level, environ)`` is the one observer the daemon
+installs. Events from gatewayd's own loggers (namespace ``gatewayd…``) keep
+their level; everything Twisted and conch say about their internals (packet
+dispatching, key exchange, a client's disconnect message) is DEBUG, except an
+unhandled failure, which stays an ERROR line. Below ``log.level`` nothing is
+written.
+
+Formats: ``text`` (default) is ``TIME LEVEL [system] message``; ``json`` is one
+object a line (``time``, ``level``, ``system``, ``message`` and the event's
+plain fields) for log shippers. Under systemd (``$JOURNAL_STREAM`` set, so
+stdout goes to journald) each text line starts with an sd-daemon ``<N>``
+priority prefix and no time (journald stamps it), so ``journalctl -p warning``
+selects by level. Times are UTC, ISO 8601 with ``Z``.
+
+Values in events come from the network (certificate names, file names): every
+control character in a line is escaped (``\\n``, ``\\x1b``), so nobody can forge
+a line. A failure is one line: its type and message, never a traceback. What
+callers log carries identifiers, never patient data.
+"""
+
+import datetime as dt
+import json
+import os
+import re
+
+from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, PredicateResult,
+                            formatEvent)
+from zope.interface import implementer
+
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warning": LogLevel.warn,
+          "error": LogLevel.error}
+FORMATS = ("text", "json")
+NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "WARNING",
+         LogLevel.error: "ERROR", LogLevel.critical: "CRITICAL"}
+PRIORITIES = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3,
+              LogLevel.critical: 2}        # syslog priorities, as sd-daemon(3) prefixes
+OURS = "gatewayd"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """``text`` with every control character written as an escape (one line, no forging)."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"
+                                               if ord(m.group()) < 256 else
+                                               f"\\u{ord(m.group()):04x}"), text)
+
+
+def level_of(event: dict) -> LogLevel:
+    """The level an event is written at: its own for gatewayd's events; DEBUG for
+    Twisted's internals, ERROR for their unhandled failures."""
+    level = event.get("log_level", LogLevel.info)
+    if str(event.get("log_namespace", "")).startswith(OURS):
+        return level
+    if "log_failure" in event and level >= LogLevel.error:
+        return LogLevel.error
+    return LogLevel.debug
+
+
+def message(event: dict) -> str:
+    """The event's text on one line; a failure adds its type and message."""
+    text = formatEvent(event)
+    failure = event.get("log_failure")
+    if failure is not None:
+        text = f"{text}: {failure.type.__name__}: {failure.getErrorMessage()}"
+    return escape(text)
+
+
+def _utc(seconds: float | None) -> str:
+    moment = dt.datetime.fromtimestamp(seconds or 0, dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _plain(event: dict) -> dict:
+    return {key: value for key, value in event.items() if not key.startswith("log_")
+            and isinstance(value, (str, int, float, bool)) and key != "format"}
+
+
+@implementer(ILogObserver)
+class LineObserver:
+    """Writes each event as one line (text, text with journald prefixes, or JSON)."""
+
+    def __init__(self, stream, format: str = "text", journal: bool = False):
+        self.stream, self.format, self.journal = stream, format, journal
+
+    def __call__(self, event: dict) -> None:
+        level = level_of(event)
+        system = escape(str(event.get("log_system") or event.get("log_namespace") or "-"))
+        if self.format == "json":
+            data = {"time": _utc(event.get("log_time")), "level": NAMES[level].lower(),
+                    "system": system, "message": message(event)}
+            data.update({k: escape(v) if isinstance(v, str) else v
+                         for k, v in _plain(event).items() if k not in data})
+            line = json.dumps(data, ensure_ascii=False)
+            if self.journal:
+                line = f"<{PRIORITIES[level]}>{line}"
+        elif self.journal:
+            line = f"<{PRIORITIES[level]}>{NAMES[level]} [{system}] {message(event)}"
+        else:
+            line = f"{_utc(event.get('log_time'))} {NAMES[level]} [{system}] {message(event)}"
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def observer(stream, format: str = "text", level: str = "info",
+             environ=os.environ) -> ILogObserver:
+    """The daemon's observer: ``format`` text or json, nothing below ``level``, journald
+    priority prefixes when ``$JOURNAL_STREAM`` says stdout is the journal."""
+    threshold = LEVELS[level]
+
+    def wanted(event: dict) -> PredicateResult:
+        return PredicateResult.yes if level_of(event) >= threshold else PredicateResult.no
+    return FilteringLogObserver(LineObserver(stream, format, bool(environ.get("JOURNAL_STREAM"))),
+                                [wanted])
