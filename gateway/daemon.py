@@ -37,8 +37,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import server
 
 from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
-from gateway.errors import ConfigError, GatewayError
-from gateway.intake import Envelope, Intake
+from gateway.errors import ConfigError, DecodeError, GatewayError
+from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
 from gateway.spool.delivery import Dispatcher
@@ -86,9 +86,34 @@ class Gateway:
         self.tls = tls.Reloadable(self._tls_options(settings))
         self.metrics = Metrics(self.intake, reactor.seconds, settings, self.started_at)
         self.notifier = notify.Notifier(self.store, settings, reactor)
-        self.accept = self.metrics.counting(GroupCommit(
+        self.accept = self._logged(self.metrics.counting(GroupCommit(
             self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
-            gather=0.005).accept)
+            gather=0.005).accept))
+
+    def _logged(self, accept):
+        """Wrap ``accept``: a WARNING line for each new message that went to fallback (with
+        the reason), an ERROR line when storing failed (the sender gets no acknowledgement).
+        The transports log what was accepted or refused."""
+        def logged(raw: bytes, envelope: Envelope) -> defer.Deferred:
+            def receipts(found):
+                for receipt in found:
+                    if receipt.state == "fallback" and not receipt.duplicate:
+                        row = self.store.get(receipt.id)
+                        log.warn("fallback id={id} zd={zd} at {destination}: {reason}",
+                                 id=receipt.id, zd=receipt.zd_number,
+                                 destination=receipt.destination or "-",
+                                 reason=row["reason"] if row else "?")
+                return found
+
+            def failed(failure):
+                if not failure.check(DecodeError, NotMandated, DuplicateConflict):
+                    log.error("not stored, not acknowledged: a message from {peer} on {channel}: "
+                              "{error}", peer=envelope.identity, channel=envelope.channel,
+                              error=str(failure.value) if failure.check(GatewayError) else
+                              f"{failure.type.__name__}: {failure.getErrorMessage()}")
+                return failure
+            return defer.maybeDeferred(accept, raw, envelope).addCallbacks(receipts, failed)
+        return logged
 
     def envelope_for(self, channel: str):
         def envelope(peer: str) -> Envelope:

@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from gateway import times
 from gateway.spool import payloads
 from gateway.spool.store import StateError, Store
 
@@ -114,6 +115,10 @@ class Dispatcher:
         delay = backoff(attempts, self.config.retry_first_seconds, self.config.retry_max_seconds)
         self.store.transition(row["id"], "deferred", "delivery", reason, attempts=attempts,
                               next_attempt_at=now + delay)
+        self.log.warn("deferred id={id} destination={destination} attempt={attempt} next try "
+                      "{next} (in {delay}s): {reason}", id=row["id"],
+                      destination=row["destination"], attempt=attempts,
+                      next=times.utc(now + delay), delay=delay, reason=reason)
 
 
 def _reason(failure) -> str:

@@ -4,7 +4,8 @@
   ``{id, zd_number, state}`` after the store committed (a list for several
   documents), or 4xx with ``{code, message, where}``: 400 unreadable (kept as
   rejected), 403 not mandated, 409 a reused control id, 413 too large.
-- ``GET /v1/spool`` — the caller's institution's messages waiting for pickup.
+- ``GET /v1/spool`` — the caller's institution's messages waiting for pickup
+  (``received_at`` in ISO 8601 UTC, ``Z``).
 - ``GET /v1/messages/{id}`` — the payload in the institution's format.
 - ``POST /v1/messages/{id}/ack`` — confirms pickup (unconfirmed ones stay offered).
 - ``GET /v1/status/{zd}`` — state of the caller's own messages with that ZD number.
@@ -20,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from gateway import audit
+from gateway import audit, times
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
 from gateway.retention import purge_text
@@ -55,6 +56,9 @@ class Api(resource.Resource):
         return server.NOT_DONE_YET
 
     def _failed(self, failure, peer: str):
+        if failure.check(DecodeError, NotMandated, DuplicateConflict):
+            self.log.warn("refused {code} from {peer}: {error}", code=failure.value.code,
+                          peer=peer, error=str(failure.value))
         if failure.check(GatewayError):
             return _error(failure.value)
         self.log.failure("request from {peer} failed; nothing acknowledged", failure, peer=peer)
@@ -106,7 +110,8 @@ class Api(resource.Resource):
             "SELECT id, zd_number, kind, format, received_at FROM messages "
             "WHERE destination = ? AND state = 'ready' ORDER BY id LIMIT 1000",
             (_institution(identity),)).fetchall()
-        return 200, _json({"messages": [dict(row) for row in rows]}), b"application/json"
+        return 200, _json({"messages": [{**dict(row), "received_at": times.utc(row["received_at"])}
+                                        for row in rows]}), b"application/json"
 
     def _own(self, identity, message_id: str, peer: str, action: str):
         row = self.intake.store.get(int(message_id)) if message_id.isdigit() else None
@@ -128,12 +133,16 @@ class Api(resource.Resource):
             raise GatewayError("message unavailable", where=f"message {message_id}",
                                code="E-HTTP-NOT-FOUND") from None
         self.intake.store.record([audit.about(row, f"https:{peer}", "pull")])
+        self.log.info("pulled id={id} zd={zd} by https:{peer}", id=row["id"], zd=row["zd_number"],
+                      peer=peer)
         return 200, payload, CONTENT_TYPES[row["format"]]
 
     def _ack(self, identity, message_id: str, peer: str):
         row = self._own(identity, message_id, peer, "pickup")
         self.intake.store.transition(row["id"], "delivered", f"https:{peer}", "pickup confirmed",
                                      action="pickup")
+        self.log.info("delivered id={id} zd={zd}: pickup confirmed by https:{peer}", id=row["id"],
+                      zd=row["zd_number"], peer=peer)
         return 200, _json({"id": row["id"], "state": "delivered"}), b"application/json"
 
     def _status(self, peer: str, zd_number: str):
