@@ -33,6 +33,25 @@ def test_unit_file_verifies(tmp_path):
         assert line in text
 
 
+def test_unit_lets_gatewayd_write_every_folder_it_writes(tmp_path):
+    """With ProtectSystem=strict only ReadWritePaths (and the StateDirectory) are writable:
+    they cover the spool (database, payloads, lock, control socket) and the SFTP folders of
+    the configuration the unit's comments describe."""
+    from gateway import config
+    unit = (ROOT / "gatewayd.service").read_text()
+    writable = [Path(p.lstrip("-")) for line in unit.splitlines()
+                if line.startswith("ReadWritePaths=") for p in line.split("=", 1)[1].split()]
+    writable += [Path("/var/lib") / name for line in unit.splitlines()
+                 if line.startswith("StateDirectory=") for name in line.split("=", 1)[1].split()]
+    production = tmp_path / "gatewayd.toml"
+    production.write_text('[paths]\nspool = "/var/lib/gatewayd/spool"\n'
+                           'sftp = "/var/lib/gatewayd/sftp"\nkeys = "/etc/gatewayd/keys/gatewayd.keys"\n')
+    settings = config.load(production)
+    for folder in (settings.paths_spool, settings.paths_sftp):
+        assert any(folder.is_relative_to(allowed) for allowed in writable), folder
+    assert Path("/var/lib/gatewayd") in writable and "ProtectSystem=strict" in unit
+
+
 def test_notify_messages(tmp_path):
     """READY=1 once listening; RELOADING=1 then READY=1 on SIGHUP, a bad route table refused
     and the old one kept; STOPPING=1 and exit 0 on SIGTERM."""

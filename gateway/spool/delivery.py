@@ -19,6 +19,7 @@ from gateway import times
 from gateway.spool import payloads
 from gateway.spool.store import StateError, Store
 
+log = Logger(namespace="gatewayd.delivery")   # module level: as a class attribute Twisted renames it
 
 
 class Deliverer(Protocol):
@@ -35,13 +36,13 @@ def backoff(attempts: int, first: int, maximum: int) -> int:
 class Dispatcher:
     """Runs push deliveries from a Store; call ``tick()`` periodically (a LoopingCall)."""
 
-    log = Logger(namespace="gatewayd.delivery")
 
     def __init__(self, store: Store, config, deliverer: Deliverer, clock: Callable[[], float],
                  schemes: tuple[str, ...] = ("mllp://", "sftp:")):
         self.store, self.config, self.deliverer, self.clock = store, config, deliverer, clock
         self.schemes = schemes    # only deliveries the deliverer can make are started
         self.in_flight: dict[str, int] = {}
+        self.log = log
         self.busy: set[int] = set()
 
     def tick(self) -> list[defer.Deferred]:

@@ -17,9 +17,10 @@ from gateway.codecs import hl7v2
 from gateway.errors import DecodeError
 from gateway.intake import DuplicateConflict, Envelope, NotMandated, Receipt
 
+log = Logger(namespace="gatewayd.mllp")   # module level: as a class attribute Twisted renames it
+
 
 class AckingHandler:
-    log = Logger(namespace="gatewayd.mllp")
 
     def __init__(self, accept: Callable[[bytes, Envelope], list[Receipt]],
                  envelope_for: Callable[[str], Envelope]):
@@ -34,7 +35,7 @@ class AckingHandler:
 
     def _accepted(self, receipts, message: bytes, peer: str) -> bytes:
         for receipt in receipts:
-            self.log.info("accepted id={id} zd={zd} state={state} destination={destination} "
+            log.info("accepted id={id} zd={zd} state={state} destination={destination} "
                           "duplicate={duplicate} from {peer}", id=receipt.id, zd=receipt.zd_number,
                           state=receipt.state, destination=receipt.destination,
                           duplicate=receipt.duplicate, peer=peer)
@@ -43,6 +44,6 @@ class AckingHandler:
     def _refused(self, failure, message: bytes, peer: str) -> bytes:
         failure.trap(NotMandated, DecodeError, DuplicateConflict)
         code = "AR" if failure.check(NotMandated) else "AE"
-        self.log.warn("refused {code} from {peer}: {error}", code=code, peer=peer,
+        log.warn("refused {code} from {peer}: {error}", code=code, peer=peer,
                       error=str(failure.value))
         return hl7v2.ack(message, code, failure.value)

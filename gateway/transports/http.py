@@ -31,12 +31,13 @@ from gateway.transports import tls
 CONTENT_TYPES = {"xml": b"application/fhir+xml", "hl7": b"x-application/hl7-v2+er7",
                  "edifact": b"application/EDIFACT"}
 
+log = Logger(namespace="gatewayd.https")   # module level: as a class attribute Twisted renames it
+
 
 class Api(resource.Resource):
     """Routes requests by path; each request is answered from the intake and store."""
 
     isLeaf = True
-    log = Logger(namespace="gatewayd.https")
 
     def __init__(self, intake: Intake, identities: dict, max_bytes: int, accept=None):
         super().__init__()
@@ -57,11 +58,11 @@ class Api(resource.Resource):
 
     def _failed(self, failure, peer: str):
         if failure.check(DecodeError, NotMandated, DuplicateConflict):
-            self.log.warn("refused {code} from {peer}: {error}", code=failure.value.code,
+            log.warn("refused {code} from {peer}: {error}", code=failure.value.code,
                           peer=peer, error=str(failure.value))
         if failure.check(GatewayError):
             return _error(failure.value)
-        self.log.failure("request from {peer} failed; nothing acknowledged", failure, peer=peer)
+        log.failure("request from {peer} failed; nothing acknowledged", failure, peer=peer)
         return 503, _json({"code": "E-UNAVAILABLE", "message": "not stored; send again",
                            "where": ""}), b"application/json"
 
@@ -100,7 +101,7 @@ class Api(resource.Resource):
 
     def _posted(self, receipts, peer: str):
         for receipt in receipts:
-            self.log.info("accepted id={id} zd={zd} state={state} from {peer}", id=receipt.id,
+            log.info("accepted id={id} zd={zd} state={state} from {peer}", id=receipt.id,
                           zd=receipt.zd_number, state=receipt.state, peer=peer)
         data = [{"id": r.id, "zd_number": r.zd_number, "state": r.state} for r in receipts]
         return 202, _json(data[0] if len(data) == 1 else data), b"application/json"
@@ -129,11 +130,11 @@ class Api(resource.Resource):
         except PayloadCorrupt as exc:
             self.intake.store.transition(row["id"], "fallback", "https", f"E-PAYLOAD-CORRUPT: {exc}",
                                          action="quarantine")
-            self.log.critical("ALERT payload corrupt id={id}: quarantined in fallback", id=row["id"])
+            log.critical("ALERT payload corrupt id={id}: quarantined in fallback", id=row["id"])
             raise GatewayError("message unavailable", where=f"message {message_id}",
                                code="E-HTTP-NOT-FOUND") from None
         self.intake.store.record([audit.about(row, f"https:{peer}", "pull")])
-        self.log.info("pulled id={id} zd={zd} by https:{peer}", id=row["id"], zd=row["zd_number"],
+        log.info("pulled id={id} zd={zd} by https:{peer}", id=row["id"], zd=row["zd_number"],
                       peer=peer)
         return 200, payload, CONTENT_TYPES[row["format"]]
 
@@ -141,7 +142,7 @@ class Api(resource.Resource):
         row = self._own(identity, message_id, peer, "pickup")
         self.intake.store.transition(row["id"], "delivered", f"https:{peer}", "pickup confirmed",
                                      action="pickup")
-        self.log.info("delivered id={id} zd={zd}: pickup confirmed by https:{peer}", id=row["id"],
+        log.info("delivered id={id} zd={zd}: pickup confirmed by https:{peer}", id=row["id"],
                       zd=row["zd_number"], peer=peer)
         return 200, _json({"id": row["id"], "state": "delivered"}), b"application/json"
 

@@ -19,6 +19,8 @@ from gateway.errors import GatewayError
 
 START, END = b"\x0b", b"\x1c\x0d"
 
+log = Logger(namespace="gatewayd.mllp")   # module level: as a class attribute Twisted renames it
+
 
 class Handler(Interface):
     """Turns one framed message into its ACK bytes (AA only after a durable store)."""
@@ -32,7 +34,6 @@ def _address(transport) -> str:
 
 
 class MLLPProtocol(protocol.Protocol, TimeoutMixin):
-    log = Logger(namespace="gatewayd.mllp")
 
     def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
                  identify: Callable = _address):
@@ -92,22 +93,22 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
     def _failed(self, failure) -> None:
         self.busy = False
         if failure.check(GatewayError):        # e.g. a retired key: one line, no traceback
-            self.log.error("MLLP message from {peer} not stored ({error}); closing without ACK",
+            log.error("MLLP message from {peer} not stored ({error}); closing without ACK",
                            peer=self.peer, error=str(failure.value))
         else:
-            self.log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
+            log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
                              peer=self.peer)
         self.pending.clear()
         self.transport.loseConnection()
 
     def _refuse(self, reason: str) -> None:
-        self.log.warn("MLLP connection from {peer} closed: {reason}", peer=self.peer, reason=reason)
+        log.warn("MLLP connection from {peer} closed: {reason}", peer=self.peer, reason=reason)
         del self.buffer[:]
         self.pending.clear()
         self.transport.abortConnection()
 
     def timeoutConnection(self):
-        self.log.info("MLLP connection from {peer} idle too long; closed", peer=self.peer)
+        log.info("MLLP connection from {peer} idle too long; closed", peer=self.peer)
         self.transport.abortConnection()
 
     def connectionLost(self, reason=protocol.connectionDone):
