@@ -3,8 +3,12 @@
 An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
 upload); deleting a file from ``outbox/`` confirms its pickup. An upload is
-ingested when its file is closed — or when it is renamed from a ``.part`` or
-``.tmp`` name. Uploads are held in memory (capped) until the store committed them,
+ingested when the client closes its file — or renames it from a ``.part`` or
+``.tmp`` name. A session that ends with files still open (a dropped connection,
+a killed client) discards them: a cut-off upload is never taken for a whole one
+(logged and audited, no ``.err`` file, since nothing was read). An upload over the
+cap, or a write that would leave a gap, is refused and nothing of it is kept.
+Uploads are held in memory until the store committed them,
 so no patient data reaches ``inbox/`` in plain text; outbox files are sealed
 (``gateway.keys``) and opened as the client reads them, sizes shown as opened.
 Paths are resolved and compared component by component; ``..``, absolute paths
@@ -29,7 +33,7 @@ from zope.interface import implementer
 
 from gateway import audit, keys
 from gateway.errors import DecodeError
-from gateway.intake import DuplicateConflict, Envelope, NotMandated
+from gateway.intake import REFUSALS, Envelope
 
 FOLDERS = ("inbox", "outbox", "errors")
 STAGING_SUFFIXES = (".part", ".tmp")
@@ -39,6 +43,17 @@ log = Logger(namespace="gatewayd.sftp")
 class Refused(filetransfer.SFTPError):
     def __init__(self, message: str):
         super().__init__(filetransfer.FX_PERMISSION_DENIED, message)
+
+
+class Server(filetransfer.FileTransferServer):
+    """The SFTP subsystem: a session that ends with uploads still open discards them
+    (conch would close — and so ingest — them)."""
+
+    def connectionLost(self, reason):
+        for handle in self.openFiles.values():
+            if isinstance(handle, Upload):
+                handle.abandon()
+        super().connectionLost(reason)
 
 
 class Transport(transport.SSHServerTransport):
@@ -61,7 +76,7 @@ class Account(avatar.ConchUser):
         self.accept, self.max_upload, self.outbox = accept, max_upload, outbox
         self.staged: dict[str, bytes] = {}      # closed .part/.tmp uploads awaiting their rename
         self.channelLookup[b"session"] = session.SSHSession   # no ISession: no shell, no exec
-        self.subsystemLookup[b"sftp"] = filetransfer.FileTransferServer
+        self.subsystemLookup[b"sftp"] = Server
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
@@ -84,9 +99,14 @@ class Account(avatar.ConchUser):
             self._refuse(f"outside the account: {text[:80]!r}")
         return resolved
 
-    def _refuse(self, what: str):
+    def _refuse(self, what: str, told: str = "permission denied"):
         log.warn("SFTP {account} refused: {what}", account=self.name, what=what)
-        raise Refused("permission denied")
+        raise Refused(told)
+
+    def audit(self, result: str, detail: str) -> None:
+        """Record an upload that was not taken (no message id: nothing was stored)."""
+        self.outbox.store.record([audit.Event(f"sftp:{self.name}", "receive", result,
+                                              detail=detail)])
 
     def gotVersion(self, otherVersion, extData):
         return {}
@@ -166,18 +186,23 @@ class Account(avatar.ConchUser):
 
 @implementer(ISFTPFile)
 class Upload:
-    """A file written into inbox/: held in memory, capped, and ingested when closed."""
+    """A file written into inbox/: held in memory, capped, and ingested when the client
+    closes it. Writes must follow on from what was written (no gaps: SFTP clients write
+    in order); a refused or abandoned upload keeps nothing."""
 
     def __init__(self, account: Account, path: Path):
         self.account, self.path, self.data = account, path, bytearray()
+        self.done = False          # closed, refused or abandoned: nothing more is taken
 
     def writeChunk(self, offset, data):
+        if self.done:
+            raise Refused("upload refused")
         end = offset + len(data)
         if end > self.account.max_upload:
-            self.data = bytearray()
-            self.account._refuse(f"upload larger than {self.account.max_upload} bytes")
-        if end > len(self.data):
-            self.data.extend(bytes(end - len(self.data)))
+            self._refuse(f"E-TOO-LARGE: upload larger than {self.account.max_upload} bytes")
+        if offset > len(self.data):
+            self._refuse(f"E-UPLOAD-GAP: write at byte {offset} after {len(self.data)} bytes; "
+                         "writes must follow on from the bytes written")
         self.data[offset:end] = data
 
     def readChunk(self, offset, length):
@@ -190,10 +215,34 @@ class Upload:
         return None
 
     def close(self):
-        if self.path.suffix in STAGING_SUFFIXES:
-            self.account.staged[self.path.name] = bytes(self.data)
+        if self.done:
             return None
-        return ingest(self.account, self.path, bytes(self.data))
+        self.done = True
+        data, self.data = bytes(self.data), bytearray()
+        if self.path.suffix in STAGING_SUFFIXES:
+            self.account.staged[self.path.name] = data
+            return None
+        return ingest(self.account, self.path, data)
+
+    def abandon(self) -> None:
+        """The session ended before the client closed the file: the upload may be cut
+        off, so nothing of it is taken."""
+        if not self.done:
+            log.warn("SFTP {account} upload {name} cut off after {size} bytes (session ended "
+                     "before close): discarded", account=self.account.name,
+                     name=_shown(self.path.name), size=len(self.data))
+            self._discard("discarded", f"upload cut off after {len(self.data)} bytes "
+                                       "(session ended before close)")
+
+    def _refuse(self, why: str):
+        """Keep nothing, say why in errors/<name>.err, and fail the client's write."""
+        self._discard("refused", why)
+        (self.account.root / "errors" / f"{self.path.name}.err").write_text(f"{why}\n")
+        self.account._refuse(f"{why}: {_shown(self.path.name)}", why)
+
+    def _discard(self, result: str, detail: str) -> None:
+        self.done, self.data = True, bytearray()
+        self.account.audit(result, detail)
 
 
 @implementer(ISFTPFile)
@@ -257,12 +306,17 @@ def ingest(account: Account, path: Path, data: bytes) -> defer.Deferred:
                      id=receipt.id, zd=receipt.zd_number, state=receipt.state, account=account.name)
 
     def refused(failure):
-        failure.trap(DecodeError, NotMandated, DuplicateConflict)
+        failure.trap(DecodeError, *REFUSALS)
         (account.root / "errors" / f"{path.name}.err").write_text(f"{failure.value}\n")
         log.warn("upload from sftp:{account} refused: {error}", account=account.name,
                  error=str(failure.value))
 
     return result.addCallbacks(stored, refused)
+
+
+def _shown(name: str) -> str:
+    """A client's file name as it may appear in a log line: quoted, escaped, bounded."""
+    return repr(name[:80])
 
 
 def _attrs(info: os.stat_result) -> dict:
