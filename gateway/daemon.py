@@ -98,9 +98,8 @@ class Gateway:
                               tls.peer_identity)
         mllp = reactor.listenSSL(settings.listen_mllp_port, factory, self.tls,
                                  interface=settings.listen_host).getHost()
-        site = server.Site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
-                                    self.accept))
-        site.displayTracebacks = False
+        site = http.site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
+                                  self.accept))
         https = reactor.listenSSL(settings.listen_https_port, site, self.tls,
                                   interface=settings.listen_host).getHost()
         sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._sftp_factory(),

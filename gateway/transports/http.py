@@ -12,8 +12,15 @@
 
 An institution sees and pulls only its own spool (its identity's ``pull``);
 anything else is 404, exactly as for a message that does not exist.
+
+Request bodies stay in memory, never in a temporary file (Twisted's default
+spills bodies over 100 kB to one, in plain text): a declared ``Content-Length``
+over ``limits.max_message_bytes`` is answered 413 before any of the body is read,
+and a chunked body is cut off with 413 the moment it passes the cap. Either way
+the connection is closed, nothing is stored and an audit record says so.
 """
 
+import io
 import json
 
 from twisted.internet import defer
@@ -22,7 +29,7 @@ from twisted.web import resource, server
 
 from gateway import audit
 from gateway.errors import DecodeError, GatewayError
-from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.intake import REFUSALS, Envelope, Intake
 from gateway.retention import purge_text
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
@@ -90,7 +97,7 @@ class Api(resource.Resource):
                            code="E-HTTP-NOT-FOUND")
 
     def _post(self, peer, identity, request) -> defer.Deferred:
-        body = request.content.read(self.max_bytes + 1)
+        body, request.content = request.content.getvalue(), None
         envelope = Envelope(peer, "https", identity.agb if identity else frozenset())
         return defer.maybeDeferred(self.accept, body, envelope).addCallback(self._posted, peer)
 
@@ -148,6 +155,56 @@ class Api(resource.Resource):
             b"application/json"
 
 
+class BoundedRequest(server.Request):
+    """A request whose body is held in memory and capped at the site's ``max_body``."""
+
+    refused = False
+
+    def gotLength(self, length):
+        self.content, self.received = io.BytesIO(), 0
+        if length is not None and length > self.channel.site.max_body:
+            self.requestHeaders.removeHeader(b"expect")      # no "100 Continue" after a 413
+            self._too_large(f"declared Content-Length {length}")
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        self.received += len(data)
+        if self.received > self.channel.site.max_body:
+            self._too_large("chunked body")
+            return
+        self.content.write(data)
+
+    def process(self):
+        if not self.refused:
+            super().process()
+
+    def _too_large(self, what: str) -> None:
+        """Answer 413 now, before the body is read, and close: nothing is stored."""
+        self.refused, self.content = True, io.BytesIO()
+        peer = tls.peer_identity(self.channel.transport)
+        error = GatewayError(f"body larger than {self.channel.site.max_body} bytes",
+                             where=what, code="E-TOO-LARGE")
+        Api.log.warn("HTTPS body from {peer} refused: {error}", peer=peer, error=str(error))
+        self.channel.site.refused(peer, error)
+        status, body, content_type = _error(error)
+        self.channel.transport.write(
+            b"HTTP/1.1 %d Payload Too Large\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, content_type, len(body), body))
+        self.channel.loseConnection()
+
+
+def site(api: Api) -> server.Site:
+    """The HTTPS site for ``api``: bodies in memory, capped at its ``max_bytes``; no
+    tracebacks shown to clients."""
+    built = server.Site(api, requestFactory=BoundedRequest)
+    built.displayTracebacks = False
+    built.max_body = api.max_bytes
+    built.refused = lambda peer, error: api.intake.store.record([audit.Event(
+        f"https:{peer}", "receive", "refused", detail=str(error))])
+    return built
+
+
 def _institution(identity) -> str:
     """The spool an identity may pull; none for a HIS or an unknown certificate."""
     if identity is None or not identity.pull:
@@ -161,8 +218,7 @@ STATUS = {"E-NOT-MANDATED": 403, "E-HTTP-FORBIDDEN": 403, "E-DUPLICATE-CONFLICT"
 
 
 def _error(exc: GatewayError):
-    status = STATUS.get(exc.code, 400 if isinstance(exc, (DecodeError, DuplicateConflict,
-                                                          NotMandated)) else 500)
+    status = STATUS.get(exc.code, 400 if isinstance(exc, (DecodeError, *REFUSALS)) else 500)
     body = {"code": exc.code, "message": exc.message, "where": exc.where}
     return status, _json(body), b"application/json"
 
