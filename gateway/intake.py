@@ -5,6 +5,8 @@ encode -> store. Payload files are fsynced before the rows are committed, and
 ``accept`` returns only after that commit: a transport acknowledges a sender
 only with a receipt in hand. Input that cannot be read is stored as
 ``rejected`` with its reason, then the DecodeError is raised to the transport.
+Input refused whole — over the size cap, not mandated, a reused control id — is
+not stored at all; an audit record notes the refusal.
 
 ``accept_many`` is the same for several inputs at once with one payload file and
 one transaction (group commit): the daemon stores everything that arrived while
@@ -35,6 +37,15 @@ class DuplicateConflict(GatewayError):
     """A control id already used by this identity arrives with different content."""
 
     code = "E-DUPLICATE-CONFLICT"
+
+
+class TooLarge(GatewayError):
+    """Input over ``limits.max_message_bytes``: refused unread and not stored (HTTP 413)."""
+
+    code = "E-TOO-LARGE"
+
+
+REFUSALS = (NotMandated, DuplicateConflict, TooLarge)   # refused whole: nothing stored
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,8 @@ class Intake:
     def accept(self, raw: bytes, envelope: Envelope) -> list[Receipt]:
         """Store ``raw`` durably and return a receipt per document in it.
 
-        Raises DecodeError (stored as rejected), NotMandated or DuplicateConflict
-        (nothing stored)."""
+        Raises DecodeError (stored as rejected), or one of REFUSALS (nothing stored;
+        an audit record says so)."""
         (outcome,) = self.accept_many([(raw, envelope)])
         if isinstance(outcome, GatewayError):
             raise outcome
@@ -111,13 +122,17 @@ class Intake:
         storing itself fails, that exception is raised and no item is stored."""
         outcomes: list = [None] * len(items)
         plans: list[_Plan] = []
+        refused: list[Event] = []
         batch: dict[tuple[str, str], tuple[str, _New]] = {}
         for index, (raw, envelope) in enumerate(items):
             try:
                 plans.append(self._plan(index, raw, envelope, batch))
-            except (NotMandated, DuplicateConflict) as exc:
+            except REFUSALS as exc:
                 outcomes[index] = exc
+                refused.append(Event(_actor(envelope), "receive", "refused", detail=str(exc)))
         self._commit(plans)
+        if refused:
+            self.store.record(refused)
         for plan in plans:
             outcomes[plan.index] = plan.error or [
                 slot.receipt() if isinstance(slot, _New) else
@@ -126,11 +141,10 @@ class Intake:
         return outcomes
 
     def _plan(self, index: int, raw: bytes, envelope: Envelope, batch: dict) -> _Plan:
+        if len(raw) > self.max_bytes:
+            raise TooLarge(f"message is larger than {self.max_bytes} bytes", where="byte 1")
         plan = _Plan(index, raw, envelope, hashlib.sha256(raw).hexdigest())
         try:
-            if len(raw) > self.max_bytes:
-                raise DecodeError(f"message is larger than {self.max_bytes} bytes",
-                                  where="byte 1", code="E-TOO-LARGE")
             decoded = codecs.get(codecs.sniff(raw)).decode_messages(raw)
         except DecodeError as exc:
             plan.error = exc
@@ -197,7 +211,7 @@ class Intake:
             raise
 
     def _entries(self, plan: _Plan, written: list[payloads.Part]) -> list[Entry]:
-        actor = plan.envelope.who or f"{plan.envelope.channel}:{plan.envelope.identity}"
+        actor = _actor(plan.envelope)
         raw = written[plan.raw_index]
         raw_columns = {**_part_columns("raw", raw), "raw_owner": _raw_owner(plan)}
         if plan.error:
@@ -245,6 +259,11 @@ class Intake:
         requests = [row for row in self.store.by_zd(doc.in_reply_to)
                     if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
         return requests[0]["sender_agb"] if requests else None
+
+def _actor(envelope: Envelope) -> str:
+    """Who the audit log names for an input."""
+    return envelope.who or f"{envelope.channel}:{envelope.identity}"
+
 
 def _receipt(row, duplicate: bool = False) -> Receipt:
     """The receipt of a stored message row."""
