@@ -41,8 +41,9 @@ from gateway.intake import Envelope, Intake
 from gateway.metrics import LocalStatus, Metrics
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
-from gateway.transports import http, sftp, tls
+from gateway.transports import http, sftp, ssh, tls, uploads
 from gateway.transports.batch import GroupCommit
+from gateway.transports.guard import Budget, Guard
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
 from gateway.transports.mllp_client import MLLPDeliverer
@@ -72,10 +73,11 @@ class Gateway:
         ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
         self.store = Store(settings.paths_spool, reactor.seconds, ring)
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
-        self.intake = Intake(self.store, tables, settings.limits_max_message_bytes)
+        self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
+                             settings.limits_max_segments)
         # The intake's commits run on one writer thread with its own connection.
         self.writer = Intake(Store(settings.paths_spool, time.time, ring, other_thread=True),
-                             tables, settings.limits_max_message_bytes)
+                             tables, settings.limits_max_message_bytes, settings.limits_max_segments)
         self.pool = ThreadPool(1, 1, "writer")
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
@@ -93,17 +95,20 @@ class Gateway:
 
     def listen(self) -> None:
         settings = self.settings
+        budget = Budget(settings.limits_max_buffered_bytes)
         factory = MLLPFactory(AckingHandler(self.accept, self.envelope_for("mllp")),
                               settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
-                              tls.peer_identity)
-        mllp = reactor.listenSSL(settings.listen_mllp_port, factory, self.tls,
+                              tls.peer_identity, settings.limits_frame_seconds, budget)
+        mllp = reactor.listenSSL(settings.listen_mllp_port, self._guard(factory, "MLLP"), self.tls,
                                  interface=settings.listen_host).getHost()
         site = http.site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
-                                  self.accept))
-        https = reactor.listenSSL(settings.listen_https_port, site, self.tls,
+                                  self.accept), settings.limits_idle_timeout_seconds,
+                         settings.limits_frame_seconds, budget)
+        https = reactor.listenSSL(settings.listen_https_port, self._guard(site, "HTTPS"), self.tls,
                                   interface=settings.listen_host).getHost()
-        sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._sftp_factory(),
-                                      interface=settings.listen_host).getHost()
+        sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._guard(
+            self._sftp_factory(), "SFTP", settings.limits_idle_timeout_seconds, ssh.logged_in),
+            interface=settings.listen_host).getHost()
         status = server.Site(LocalStatus(self.metrics))
         status.displayTracebacks = False
         metrics = reactor.listenTCP(settings.listen_metrics_port, status,
@@ -112,10 +117,20 @@ class Gateway:
                  "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
                  sftp=sftp_port.port, metrics=metrics.port)
 
+    def _guard(self, factory, name: str, idle: float | None = None,
+               ready=lambda protocol: False) -> Guard:
+        """``factory`` under the connection limits (TLS listeners pass their handshake
+        in the Guard itself; ``ready`` says when an SSH login is done)."""
+        settings = self.settings
+        return Guard(factory, name, reactor, settings.limits_max_connections,
+                     settings.limits_max_connections_per_client, settings.limits_handshake_seconds,
+                     idle, ready)
+
     def _sftp_factory(self):
         """SFTP accounts for the identities that have an SSH key."""
         settings = self.settings
         accounts, authorized = {}, {}
+        holdings = uploads.Holdings(uploads.Limits.from_settings(settings), reactor)
         for identity in settings.identities:
             if not identity.ssh_key:
                 continue
@@ -126,8 +141,8 @@ class Gateway:
                 raise ConfigError(f"identities.{identity.name}.ssh_key unusable: {exc}",
                                   code="E-CONFIG-SSH") from None
             accounts[identity.name] = sftp.Account(identity.name, settings.paths_sftp / identity.name,
-                                                   identity.agb, self.accept,
-                                                   settings.limits_max_upload_bytes, self.outbox)
+                                                   identity.agb, self.accept, self.outbox,
+                                                   uploads.Shelf(holdings))
         try:
             host_key = ssh_keys.Key.fromFile(str(settings.paths_ssh_host_key))
         except (OSError, ssh_keys.BadKeyError) as exc:

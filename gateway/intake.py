@@ -46,6 +46,7 @@ class TooLarge(GatewayError):
 
 
 REFUSALS = (NotMandated, DuplicateConflict, TooLarge)   # refused whole: nothing stored
+SEGMENT_ENDS = {"hl7": (b"\r", b"\n"), "edifact": (b"'",)}   # an upper bound of the segments
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,10 @@ class _Plan:
 class Intake:
     """The intake chain over one Store and the route tables in force."""
 
-    def __init__(self, store: Store, tables: routes.Tables, max_bytes: int):
+    def __init__(self, store: Store, tables: routes.Tables, max_bytes: int,
+                 max_segments: int = 10_000):
         self.store, self.tables, self.max_bytes = store, tables, max_bytes
+        self.max_segments = max_segments
 
     def accept(self, raw: bytes, envelope: Envelope) -> list[Receipt]:
         """Store ``raw`` durably and return a receipt per document in it.
@@ -145,7 +148,11 @@ class Intake:
             raise TooLarge(f"message is larger than {self.max_bytes} bytes", where="byte 1")
         plan = _Plan(index, raw, envelope, hashlib.sha256(raw).hexdigest())
         try:
-            decoded = codecs.get(codecs.sniff(raw)).decode_messages(raw)
+            name = codecs.sniff(raw)
+            self._count_segments(name, raw)
+            decoded = codecs.get(name).decode_messages(raw)
+            for control_id, _ in decoded:
+                _check_control_id(control_id)
         except DecodeError as exc:
             plan.error = exc
             return plan
@@ -158,6 +165,15 @@ class Intake:
             plan.slots.append(self._slot(key, plan.content, part, doc, batch, added))
         batch.update(added)          # only once the whole input is accepted
         return plan
+
+    def _count_segments(self, name: str, raw: bytes) -> None:
+        """Refuse (unread, unstored) an HL7 or EDIFACT input with more segments than
+        ``limits.max_segments``: decoding millions of them would hold up every sender."""
+        ends = SEGMENT_ENDS.get(name, ())
+        count = max((raw.count(end) for end in ends), default=0)
+        if count > self.max_segments:
+            raise TooLarge(f"more than {self.max_segments} segments ({count})",
+                           where="limits.max_segments", code="E-TOO-MANY-SEGMENTS")
 
     def _slot(self, key, content: str, part: int, doc: Document, batch: dict, added: dict):
         if key in batch or key in added:
@@ -259,6 +275,18 @@ class Intake:
         requests = [row for row in self.store.by_zd(doc.in_reply_to)
                     if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
         return requests[0]["sender_agb"] if requests else None
+
+MAX_CONTROL_ID = 199      # HL7 v2.5's MSH-10 length: longer than any format's control id
+
+
+def _check_control_id(control_id: str | None) -> None:
+    """Refuse a control id (MSH-10, UNB/UNH reference, Bundle.id) that is over-long or holds
+    control characters: it is stored, logged and echoed."""
+    if control_id and (len(control_id) > MAX_CONTROL_ID or not control_id.isprintable()):
+        raise DecodeError(f"control id longer than {MAX_CONTROL_ID} characters or with control "
+                          "characters", where="control id (MSH-10, UNB/UNH reference, Bundle.id)",
+                          code="E-CONTROL-ID")
+
 
 def _actor(envelope: Envelope) -> str:
     """Who the audit log names for an input."""
