@@ -49,6 +49,7 @@ from gateway.transports.mllp import MLLPFactory
 from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_CONFIG = 78
+BACKLOG = 256           # connections waiting to be accepted (Twisted's default is 50)
 DAY = 86400
 log = Logger(namespace="gatewayd")
 
@@ -99,16 +100,17 @@ class Gateway:
         factory = MLLPFactory(AckingHandler(self.accept, self.envelope_for("mllp")),
                               settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
                               tls.peer_identity, settings.limits_frame_seconds, budget)
+        listening = {"interface": settings.listen_host, "backlog": BACKLOG}
         mllp = reactor.listenSSL(settings.listen_mllp_port, self._guard(factory, "MLLP"), self.tls,
-                                 interface=settings.listen_host).getHost()
+                                 **listening).getHost()
         site = http.site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
                                   self.accept), settings.limits_idle_timeout_seconds,
                          settings.limits_frame_seconds, budget)
         https = reactor.listenSSL(settings.listen_https_port, self._guard(site, "HTTPS"), self.tls,
-                                  interface=settings.listen_host).getHost()
+                                  **listening).getHost()
         sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._guard(
             self._sftp_factory(), "SFTP", settings.limits_idle_timeout_seconds, ssh.logged_in),
-            interface=settings.listen_host).getHost()
+            **listening).getHost()
         status = server.Site(LocalStatus(self.metrics))
         status.displayTracebacks = False
         metrics = reactor.listenTCP(settings.listen_metrics_port, status,
