@@ -60,7 +60,27 @@ SETTINGS = (
     Setting("limits.max_frame_bytes", int, 16 * 1024 * 1024,
             "largest MLLP frame; a larger one closes the connection", 1024, 256 * 1024 * 1024),
     Setting("limits.idle_timeout_seconds", int, 300,
-            "close connections (or handshakes) silent this long", 1, 86400),
+            "close connections silent this long (MLLP, HTTPS, SFTP)", 1, 86400),
+    Setting("limits.handshake_seconds", int, 30,
+            "a TLS handshake or an SSH login must be done within this long", 1, 3600),
+    Setting("limits.frame_seconds", int, 120, "an MLLP frame or an HTTPS request (headers "
+            "and body) must arrive whole within this long of its first byte", 1, 3600),
+    Setting("limits.max_buffered_bytes", int, 64 * 1024 * 1024, "bytes of incoming messages "
+            "(MLLP frames, HTTPS bodies) held until answered, all connections together; the "
+            "connection that pushes past it is closed", 1024 * 1024, 4 * 1024 * 1024 * 1024),
+    Setting("limits.max_connections", int, 500, "open connections per listener", 1, 100000),
+    Setting("limits.max_connections_per_client", int, 50, "open connections per listener "
+            "from one address, and from one certificate identity", 1, 100000),
+    Setting("limits.max_segments", int, 10000, "segments (lines) in one HL7 or EDIFACT "
+            "message", 100, 10000000),
+    Setting("limits.sftp_uploads_per_account", int, 20, "SFTP uploads an account may have "
+            "open or staged (.part/.tmp, closed but not renamed) at once", 1, 10000),
+    Setting("limits.sftp_bytes_per_account", int, 64 * 1024 * 1024, "bytes of open and staged "
+            "SFTP uploads held in memory for one account", 1024, 4 * 1024 * 1024 * 1024),
+    Setting("limits.sftp_bytes_total", int, 256 * 1024 * 1024, "bytes of open and staged SFTP "
+            "uploads held in memory, all accounts together", 1024, 16 * 1024 * 1024 * 1024),
+    Setting("limits.sftp_staged_seconds", int, HOUR, "a staged upload (.part/.tmp) not "
+            "renamed within this long is discarded", 1, 7 * DAY),
     Setting("limits.min_free_mb", int, 64, "below this much free space on the spool's file "
             "system, /healthz answers 503 (the store is about to fail)", 0, 1024 * 1024),
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "

@@ -38,18 +38,20 @@ from twisted.web import server
 
 from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
 from gateway.errors import ConfigError, DecodeError, GatewayError
-from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.intake import REFUSALS, Envelope, Intake
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
-from gateway.transports import http, sftp, tls
+from gateway.transports import http, sftp, ssh, tls, uploads
 from gateway.transports.batch import GroupCommit
+from gateway.transports.guard import Budget, Guard
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
 from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_OSERR, EX_TEMPFAIL, EX_CONFIG = 71, 75, 78
+BACKLOG = 256           # connections waiting to be accepted (Twisted's default is 50)
 DAY = 86400
 RELOADABLE = ("routes", "identities", "certificates", "keys")
 PART_NAMES = {"routes": "route tables", "identities": "identities",
@@ -77,10 +79,11 @@ class Gateway:
         ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
         self.store = Store(settings.paths_spool, reactor.seconds, ring)
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
-        self.intake = Intake(self.store, tables, settings.limits_max_message_bytes)
+        self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
+                             settings.limits_max_segments)
         # The intake's commits run on one writer thread with its own connection.
         self.writer = Intake(Store(settings.paths_spool, time.time, ring, other_thread=True),
-                             tables, settings.limits_max_message_bytes)
+                             tables, settings.limits_max_message_bytes, settings.limits_max_segments)
         self.pool = ThreadPool(1, 1, "writer")
         self.identities = {identity.name: identity for identity in settings.identities}
         self.tls = tls.Reloadable(self._tls_options(settings))
@@ -106,7 +109,7 @@ class Gateway:
                 return found
 
             def failed(failure):
-                if not failure.check(DecodeError, NotMandated, DuplicateConflict):
+                if not failure.check(DecodeError, *REFUSALS):
                     log.error("not stored, not acknowledged: a message from {peer} on {channel}: "
                               "{error}", peer=envelope.identity, channel=envelope.channel,
                               error=str(failure.value) if failure.check(GatewayError) else
@@ -123,18 +126,21 @@ class Gateway:
 
     def listen(self) -> None:
         settings = self.settings
+        budget = Budget(settings.limits_max_buffered_bytes)
         factory = MLLPFactory(AckingHandler(self.accept, self.envelope_for("mllp")),
                               settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
-                              tls.peer_identity)
-        mllp = reactor.listenSSL(settings.listen_mllp_port, tls.watch(factory, "mllp"), self.tls,
-                                 interface=settings.listen_host).getHost()
-        site = server.Site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
-                                    self.accept))
-        site.displayTracebacks = False
-        https = reactor.listenSSL(settings.listen_https_port, tls.watch(site, "https"), self.tls,
-                                  interface=settings.listen_host).getHost()
-        sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._sftp_factory(),
-                                      interface=settings.listen_host).getHost()
+                              tls.peer_identity, settings.limits_frame_seconds, budget)
+        listening = {"interface": settings.listen_host, "backlog": BACKLOG}
+        mllp = reactor.listenSSL(settings.listen_mllp_port, self._guard(factory, "MLLP"), self.tls,
+                                 **listening).getHost()
+        site = http.site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
+                                  self.accept), settings.limits_idle_timeout_seconds,
+                         settings.limits_frame_seconds, budget)
+        https = reactor.listenSSL(settings.listen_https_port, self._guard(site, "HTTPS"), self.tls,
+                                  **listening).getHost()
+        sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._guard(
+            self._sftp_factory(), "SFTP", settings.limits_idle_timeout_seconds, ssh.logged_in),
+            **listening).getHost()
         status = server.Site(LocalStatus(self.metrics))
         status.displayTracebacks = False
         metrics = reactor.listenTCP(settings.listen_metrics_port, status,
@@ -161,10 +167,20 @@ class Gateway:
                 str(request.get("actor", "cli"))[:80])]},
         }
 
+    def _guard(self, factory, name: str, idle: float | None = None,
+               ready=lambda protocol: False) -> Guard:
+        """``factory`` under the connection limits (TLS listeners pass their handshake
+        in the Guard itself; ``ready`` says when an SSH login is done)."""
+        settings = self.settings
+        return Guard(factory, name, reactor, settings.limits_max_connections,
+                     settings.limits_max_connections_per_client, settings.limits_handshake_seconds,
+                     idle, ready)
+
     def _sftp_factory(self):
         """The SFTP server, for the accounts of the identities that have an SSH key (kept
         in two dicts that a reload updates in place)."""
         self.sftp_accounts, self.sftp_keys = {}, {}
+        self.holdings = uploads.Holdings(uploads.Limits.from_settings(self.settings), reactor)
         self._update_sftp(self.settings)
         try:
             host_key = ssh_keys.Key.fromFile(str(self.settings.paths_ssh_host_key))
@@ -188,7 +204,7 @@ class Gateway:
             kept = self.sftp_accounts.get(identity.name)
             accounts[identity.name] = kept if kept and kept.mandates == identity.agb else \
                 sftp.Account(identity.name, settings.paths_sftp / identity.name, identity.agb,
-                             self.accept, settings.limits_max_upload_bytes, self.outbox)
+                             self.accept, self.outbox, uploads.Shelf(self.holdings))
         for live, new in ((self.sftp_accounts, accounts), (self.sftp_keys, authorized)):
             live.clear()
             live.update(new)

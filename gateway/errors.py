@@ -52,3 +52,10 @@ class DeliveryError(GatewayError):
     """A push delivery failed; the message is retried with backoff."""
 
     code = "E-DELIVERY"
+
+
+class StoreError(GatewayError):
+    """The store could not commit (disk full, I/O error): nothing was stored, nothing is
+    acknowledged; the sender tries again."""
+
+    code = "E-STORE"

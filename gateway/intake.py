@@ -5,6 +5,8 @@ encode -> store. Payload files are fsynced before the rows are committed, and
 ``accept`` returns only after that commit: a transport acknowledges a sender
 only with a receipt in hand. Input that cannot be read is stored as
 ``rejected`` with its reason, then the DecodeError is raised to the transport.
+Input refused whole — over the size cap, not mandated, a reused control id — is
+not stored at all; an audit record notes the refusal.
 
 ``accept_many`` is the same for several inputs at once with one payload file and
 one transaction (group commit): the daemon stores everything that arrived while
@@ -35,6 +37,16 @@ class DuplicateConflict(GatewayError):
     """A control id already used by this identity arrives with different content."""
 
     code = "E-DUPLICATE-CONFLICT"
+
+
+class TooLarge(GatewayError):
+    """Input over ``limits.max_message_bytes``: refused unread and not stored (HTTP 413)."""
+
+    code = "E-TOO-LARGE"
+
+
+REFUSALS = (NotMandated, DuplicateConflict, TooLarge)   # refused whole: nothing stored
+SEGMENT_ENDS = {"hl7": (b"\r", b"\n"), "edifact": (b"'",)}   # an upper bound of the segments
 
 
 @dataclass(frozen=True)
@@ -92,14 +104,16 @@ class _Plan:
 class Intake:
     """The intake chain over one Store and the route tables in force."""
 
-    def __init__(self, store: Store, tables: routes.Tables, max_bytes: int):
+    def __init__(self, store: Store, tables: routes.Tables, max_bytes: int,
+                 max_segments: int = 10_000):
         self.store, self.tables, self.max_bytes = store, tables, max_bytes
+        self.max_segments = max_segments
 
     def accept(self, raw: bytes, envelope: Envelope) -> list[Receipt]:
         """Store ``raw`` durably and return a receipt per document in it.
 
-        Raises DecodeError (stored as rejected), NotMandated or DuplicateConflict
-        (nothing stored)."""
+        Raises DecodeError (stored as rejected), or one of REFUSALS (nothing stored;
+        an audit record says so)."""
         (outcome,) = self.accept_many([(raw, envelope)])
         if isinstance(outcome, GatewayError):
             raise outcome
@@ -111,13 +125,17 @@ class Intake:
         storing itself fails, that exception is raised and no item is stored."""
         outcomes: list = [None] * len(items)
         plans: list[_Plan] = []
+        refused: list[Event] = []
         batch: dict[tuple[str, str], tuple[str, _New]] = {}
         for index, (raw, envelope) in enumerate(items):
             try:
                 plans.append(self._plan(index, raw, envelope, batch))
-            except (NotMandated, DuplicateConflict) as exc:
+            except REFUSALS as exc:
                 outcomes[index] = exc
+                refused.append(Event(_actor(envelope), "receive", "refused", detail=str(exc)))
         self._commit(plans)
+        if refused:
+            self.store.record(refused)
         for plan in plans:
             outcomes[plan.index] = plan.error or [
                 slot.receipt() if isinstance(slot, _New) else
@@ -126,12 +144,15 @@ class Intake:
         return outcomes
 
     def _plan(self, index: int, raw: bytes, envelope: Envelope, batch: dict) -> _Plan:
+        if len(raw) > self.max_bytes:
+            raise TooLarge(f"message is larger than {self.max_bytes} bytes", where="byte 1")
         plan = _Plan(index, raw, envelope, hashlib.sha256(raw).hexdigest())
         try:
-            if len(raw) > self.max_bytes:
-                raise DecodeError(f"message is larger than {self.max_bytes} bytes",
-                                  where="byte 1", code="E-TOO-LARGE")
-            decoded = codecs.get(codecs.sniff(raw)).decode_messages(raw)
+            name = codecs.sniff(raw)
+            self._count_segments(name, raw)
+            decoded = codecs.get(name).decode_messages(raw)
+            for control_id, _ in decoded:
+                _check_control_id(control_id)
         except DecodeError as exc:
             plan.error = exc
             return plan
@@ -144,6 +165,15 @@ class Intake:
             plan.slots.append(self._slot(key, plan.content, part, doc, batch, added))
         batch.update(added)          # only once the whole input is accepted
         return plan
+
+    def _count_segments(self, name: str, raw: bytes) -> None:
+        """Refuse (unread, unstored) an HL7 or EDIFACT input with more segments than
+        ``limits.max_segments``: decoding millions of them would hold up every sender."""
+        ends = SEGMENT_ENDS.get(name, ())
+        count = max((raw.count(end) for end in ends), default=0)
+        if count > self.max_segments:
+            raise TooLarge(f"more than {self.max_segments} segments ({count})",
+                           where="limits.max_segments", code="E-TOO-MANY-SEGMENTS")
 
     def _slot(self, key, content: str, part: int, doc: Document, batch: dict, added: dict):
         if key in batch or key in added:
@@ -197,7 +227,7 @@ class Intake:
             raise
 
     def _entries(self, plan: _Plan, written: list[payloads.Part]) -> list[Entry]:
-        actor = plan.envelope.who or f"{plan.envelope.channel}:{plan.envelope.identity}"
+        actor = _actor(plan.envelope)
         raw = written[plan.raw_index]
         raw_columns = {**_part_columns("raw", raw), "raw_owner": _raw_owner(plan)}
         if plan.error:
@@ -251,6 +281,23 @@ class Intake:
         requests = [row for row in self.store.by_zd(doc.in_reply_to)
                     if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
         return requests[0]["sender_agb"] if requests else None
+
+MAX_CONTROL_ID = 199      # HL7 v2.5's MSH-10 length: longer than any format's control id
+
+
+def _check_control_id(control_id: str | None) -> None:
+    """Refuse a control id (MSH-10, UNB/UNH reference, Bundle.id) that is over-long or holds
+    control characters: it is stored, logged and echoed."""
+    if control_id and (len(control_id) > MAX_CONTROL_ID or not control_id.isprintable()):
+        raise DecodeError(f"control id longer than {MAX_CONTROL_ID} characters or with control "
+                          "characters", where="control id (MSH-10, UNB/UNH reference, Bundle.id)",
+                          code="E-CONTROL-ID")
+
+
+def _actor(envelope: Envelope) -> str:
+    """Who the audit log names for an input."""
+    return envelope.who or f"{envelope.channel}:{envelope.identity}"
+
 
 def _receipt(row, duplicate: bool = False) -> Receipt:
     """The receipt of a stored message row."""

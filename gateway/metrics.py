@@ -26,7 +26,7 @@ from twisted.web import resource
 
 from gateway import __version__, operations, pki
 from gateway.errors import DecodeError, GatewayError
-from gateway.intake import DuplicateConflict, NotMandated
+from gateway.intake import REFUSALS
 
 CHANNELS = ("mllp", "https", "sftp")
 QUEUE_STATES = ("ready", "outbound", "deferred", "fallback", "held")
@@ -35,7 +35,7 @@ HELP = {
     "gatewayd_received_total": ("channel", "messages stored, per channel"),
     "gatewayd_duplicates_total": ("channel", "re-sent messages answered with their first receipt"),
     "gatewayd_rejected_total": ("channel", "unreadable messages, kept as rejected"),
-    "gatewayd_refused_total": ("channel", "messages refused: not mandated, or a reused control id"),
+    "gatewayd_refused_total": ("channel", "messages refused: not mandated, a reused control id, or too large"),
     "gatewayd_pushes_delivered_total": ("destination", "pushes acknowledged, per destination"),
     "gatewayd_pushes_failed_total": ("destination",
                                      "pushes that failed and were deferred, per destination"),
@@ -78,7 +78,7 @@ class Metrics:
             def error_counted(failure):
                 if failure.check(DecodeError):
                     self.counters["gatewayd_rejected_total", label] += 1
-                elif failure.check(NotMandated, DuplicateConflict):
+                elif failure.check(*REFUSALS):
                     self.counters["gatewayd_refused_total", label] += 1
                 else:
                     self.last_failure = (self.clock(), _why(failure.value))

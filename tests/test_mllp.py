@@ -4,7 +4,8 @@ oversize frames, idle timeout, ACKs in order."""
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
-from gateway.errors import DecodeError
+from gateway.errors import DecodeError, StoreError
+from gateway.transports.guard import Budget
 from gateway.transports.mllp import END, START, MLLPFactory
 from tests.helpers.fakes import RING
 
@@ -216,7 +217,7 @@ def test_group_commit_stores_one_turn_together(tmp_path):
     intake.accept_many = broken
     failed = group.accept(numbered_referral(9, "G"), admin)
     clock.advance(0)
-    assert fired(failed).check(OSError)
+    assert fired(failed).check(StoreError)          # one line logged, no receipt
 
 
 def test_group_commit_gathers_and_stores_one_batch_at_a_time(tmp_path):
@@ -260,3 +261,71 @@ def test_group_commit_gathers_and_stores_one_batch_at_a_time(tmp_path):
     storing[2].callback(None)
     assert batches == [3, 3, 1] and fired(final)
 
+
+
+def test_a_trickled_frame_is_closed_at_its_deadline():
+    """A byte every 10 s keeps the connection from idling out, but a frame must be whole
+    within frame_seconds of its first byte."""
+    clock = task.Clock()
+    factory = MLLPFactory(Echo(), 1000, 30.0, frame_seconds=60)
+    protocol = factory.buildProtocol(None)
+    protocol.callLater = clock.callLater
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(START)
+    for _ in range(5):
+        clock.advance(10)
+        protocol.dataReceived(b"x")
+    assert not transport.disconnecting
+    clock.advance(10)
+    assert transport.disconnecting
+    protocol.connectionLost(None)
+    assert factory.budget.held == 0
+
+
+def test_partial_frames_share_one_budget_and_the_one_over_it_is_closed():
+    """Three connections holding partial frames within a 2,500-byte budget: the one whose
+    bytes push the total over it is closed, the others stay; its share is freed."""
+    factory = MLLPFactory(Echo(), 1000, 30.0, budget=Budget(2500))
+    connections = []
+    for _ in range(3):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        connections.append((protocol, transport))
+    for protocol, _ in connections[:2]:
+        protocol.dataReceived(START + b"x" * 900)
+    assert factory.budget.held == 1800
+    connections[2][0].dataReceived(START + b"x" * 900)
+    assert [t.disconnecting for _, t in connections] == [False, False, True]
+    connections[2][0].connectionLost(None)
+    assert factory.budget.held == 1800
+    connections[0][0].dataReceived(b"y" + END)
+    assert acks(connections[0][1]) == [b"ACK:" + b"x" * 900 + b"y"]
+    assert factory.budget.held == 900
+
+
+def test_reading_pauses_while_frames_wait_for_their_turn():
+    """A client that sends frames without waiting for ACKs is not read further until the
+    waiting frames are answered (TCP holds the rest)."""
+    handler = Echo(delayed=True)
+    protocol, transport = connect(handler)
+    protocol.dataReceived(frame(b"ONE") + frame(b"TWO"))
+    assert transport.producerState == "paused"
+    handler.waiting[0][0].callback(b"ACK:ONE")
+    assert transport.producerState == "paused"
+    handler.waiting[1][0].callback(b"ACK:TWO")
+    assert transport.producerState == "producing"
+    assert acks(transport) == [b"ACK:ONE", b"ACK:TWO"]
+
+
+def test_a_frame_counts_in_the_budget_until_its_ack_is_written():
+    """The bytes of a message being stored stay in the budget until its ACK leaves."""
+    handler = Echo(delayed=True)
+    factory = MLLPFactory(handler, 1000, 30.0, budget=Budget(2500))
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(frame(b"x" * 900))
+    assert factory.budget.held == 900
+    handler.waiting[0][0].callback(b"ACK")
+    assert factory.budget.held == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import keys
+from gateway import keys, pki
 from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT, numbered_referral
@@ -118,6 +118,28 @@ def test_identity_onboarded_works_at_once_with_openssh_sftp_and_curl(gateway, tm
     assert result.returncode != 0 and "Permission denied" in result.stderr
     assert subprocess.run(post, input=numbered_referral(3, "NIEUW"), capture_output=True,
                           timeout=30).stdout == b"403"
+
+
+def test_certificate_from_another_ca_works_only_when_pinned(gateway, tmp_path):
+    """identities add --cert --ca trusts exactly that certificate (curl gets in at once);
+    another certificate from the same CA, naming an existing identity, is refused."""
+    made = gateway
+    other = pki.Authority("Ziekenhuis Oost CA")
+    pki.write(tmp_path, "oost-ca", other.cert, other.key)
+    pki.write(tmp_path, "zis-oost", *other.issue("zis-oost"))
+    pki.write(tmp_path, "his-brink", *other.issue("his-brink"))
+    daemon.ctl(made, "identities", "add", "institution", "zis-oost", "--agb", "06008888",
+               "--pull", "06008888", "--cert", str(tmp_path / "zis-oost.pem"), "--ca",
+               str(tmp_path / "oost-ca.pem"))
+    url = f"https://127.0.0.1:{made['ports']['https']}/v1/spool"
+    for name, expect in (("zis-oost", "200"), ("his-brink", "000")):
+        result = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                                 made["ca"], "--cert", str(tmp_path / f"{name}.pem"), "--key",
+                                 str(tmp_path / f"{name}.key"), url], capture_output=True,
+                                text=True, timeout=30)
+        assert result.stdout == expect, (name, result.stderr)
+    wait_for(lambda: "'his-brink' is from another CA and not pinned" in made["log"].read_text(),
+             "the refusal line")
 
 
 def test_keys_retire_refuses_the_daemons_key_and_healthz_says_why_it_cannot_store(gateway):

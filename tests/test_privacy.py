@@ -205,7 +205,7 @@ def test_outbox_files_are_sealed_and_listed_with_their_opened_size(tmp_path):
     outbox.deliver(row, b"UNA:+.? 'letter text")
     path = tmp_path / "sftp" / "his-brink" / "outbox" / "ZD100200301_ANTW.edi"
     assert b"letter text" not in path.read_bytes()
-    (name, _, attrs), = list(sftp.Listing(path.parent))
+    (name, _, attrs), = list(sftp.Listing(path.parent, {}))
     assert (name, attrs["size"]) == ("ZD100200301_ANTW.edi", len(b"UNA:+.? 'letter text"))
     with pytest.raises(keys.SealBroken):      # message 7 is not in the store: not this account's
         outbox.open("his-brink", path)

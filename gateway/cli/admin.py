@@ -52,7 +52,7 @@ def open_store(settings) -> Store:
 def open_intake(args) -> Intake:
     settings = open_config(args)
     return Intake(open_store(settings), routes.load(settings.paths_routes),
-                  settings.limits_max_message_bytes)
+                  settings.limits_max_message_bytes, settings.limits_max_segments)
 
 
 def cmd_init(args, out) -> int:

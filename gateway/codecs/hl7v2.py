@@ -330,7 +330,7 @@ def ack(message: bytes, code: str, error: GatewayError | str | None = None,
     if code not in ("AA", "AE", "AR"):
         raise ValueError(f"ACK code must be AA, AE or AR, not {code!r}")
     msh = _lenient_msh(message)
-    get = lambda n: msh[n] if n < len(msh) else ""  # noqa: E731
+    get = lambda n: _echoed(msh[n]) if n < len(msh) else ""  # noqa: E731
     control_id = get(10)
     event = get(9).split("^")[1] if "^" in get(9) else ""
     stamp = _ts(local_time(now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0))
@@ -343,6 +343,14 @@ def ack(message: bytes, code: str, error: GatewayError | str | None = None,
         err_code = ERROR_CODES.get(getattr(error, "code", ""), "207")
         lines.append(segment("ERR", field("", "", "", (err_code, _error_text(error), "HL70357"))))
     return ("\r".join(lines) + "\r").encode("latin-1", errors="replace")
+
+
+ECHO_LENGTH = 199      # MSH-10's length from HL7 v2.5 on; the cap for every field we echo
+
+
+def _echoed(value: str) -> str:
+    """A sender's MSH field as the ACK repeats it: control characters dropped, capped."""
+    return "".join(c for c in value[:ECHO_LENGTH] if c.isprintable())
 
 
 def _error_text(error: GatewayError | str) -> str:

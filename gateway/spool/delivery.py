@@ -42,7 +42,7 @@ class Dispatcher:
         self.store, self.config, self.deliverer, self.clock = store, config, deliverer, clock
         self.schemes = schemes    # only deliveries the deliverer can make are started
         self.in_flight: dict[str, int] = {}
-        self.log = log
+        self.log = log          # an attribute, so a test can listen
         self.busy: set[int] = set()
 
     def tick(self) -> list[defer.Deferred]:

@@ -11,10 +11,13 @@ caller gets a Deferred firing with its own receipts or failing with its own erro
 """
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreError
 from gateway.intake import Envelope, Intake
+
+log = Logger(namespace="gatewayd.store")
 
 
 class GroupCommit:
@@ -66,6 +69,14 @@ def _answer(items, outcomes) -> None:
 
 
 def _fail(items, failure: Failure) -> None:
-    """Nothing of this batch was stored: no one gets a receipt."""
+    """Nothing of this batch was stored: no one gets a receipt. A failure that is not a
+    GatewayError (a full disk, an I/O error) becomes a StoreError and is logged once, as
+    one line, not as a traceback for every sender."""
+    if not failure.check(GatewayError):
+        problem = failure.value
+        reason = getattr(problem, "strerror", None) or str(problem)[:200]
+        log.error("store failed ({kind}: {reason}); {count} input(s) not stored, not "
+                  "acknowledged", kind=type(problem).__name__, reason=reason, count=len(items))
+        failure = Failure(StoreError(f"not stored ({reason}); send again", where="store"))
     for _, _, waiting in items:
         waiting.errback(failure)

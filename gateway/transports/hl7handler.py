@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from gateway.codecs import hl7v2
 from gateway.errors import DecodeError
-from gateway.intake import DuplicateConflict, Envelope, NotMandated, Receipt
+from gateway.intake import REFUSALS, Envelope, NotMandated, Receipt
 
 log = Logger(namespace="gatewayd.mllp")   # module level: as a class attribute Twisted renames it
 
@@ -42,7 +42,7 @@ class AckingHandler:
         return hl7v2.ack(message, "AA")
 
     def _refused(self, failure, message: bytes, peer: str) -> bytes:
-        failure.trap(NotMandated, DecodeError, DuplicateConflict)
+        failure.trap(DecodeError, *REFUSALS)
         code = "AR" if failure.check(NotMandated) else "AE"
         log.warn("refused {code} from {peer}: {error}", code=code, peer=peer,
                       error=str(failure.value))

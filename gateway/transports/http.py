@@ -13,20 +13,32 @@
 
 An institution sees and pulls only its own spool (its identity's ``pull``);
 anything else is 404, exactly as for a message that does not exist.
+
+Request bodies stay in memory, never in a temporary file (Twisted's default
+spills bodies over 100 kB to one, in plain text): a declared ``Content-Length``
+over ``limits.max_message_bytes`` is answered 413 before any of the body is read,
+and a chunked body is cut off with 413 the moment it passes the cap. Either way
+the connection is closed, nothing is stored and an audit record says so.
+A request line or headers over 16 kB are answered 431, a request not whole
+within ``limits.frame_seconds`` of its first byte 408, and a connection silent
+for ``limits.idle_timeout_seconds`` is closed; each of these closes the
+connection.
 """
 
+import io
 import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from gateway import audit, times
-from gateway.errors import DecodeError, GatewayError
-from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.errors import DecodeError, GatewayError, StoreError
+from gateway.intake import REFUSALS, Envelope, Intake
 from gateway.retention import purge_text
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
+from gateway.transports.guard import Budget
 
 CONTENT_TYPES = {"xml": b"application/fhir+xml", "hl7": b"x-application/hl7-v2+er7",
                  "edifact": b"application/EDIFACT"}
@@ -57,9 +69,12 @@ class Api(resource.Resource):
         return server.NOT_DONE_YET
 
     def _failed(self, failure, peer: str):
-        if failure.check(DecodeError, NotMandated, DuplicateConflict):
+        if failure.check(DecodeError, *REFUSALS):
             log.warn("refused {code} from {peer}: {error}", code=failure.value.code,
-                          peer=peer, error=str(failure.value))
+                     peer=peer, error=str(failure.value))
+        if failure.check(StoreError):
+            log.warn("request from {peer} not stored ({error}); answered 503", peer=peer,
+                     error=str(failure.value))
         if failure.check(GatewayError):
             return _error(failure.value)
         log.failure("request from {peer} failed; nothing acknowledged", failure, peer=peer)
@@ -79,7 +94,7 @@ class Api(resource.Resource):
     def _dispatch(self, method, parts, peer, identity, request):
         if method == "POST" and parts == ["v1", "messages"]:
             return self._post(peer, identity, request)
-        if method == "GET" and parts == ["healthz"]:
+        if method in ("GET", "HEAD") and parts == ["healthz"]:
             self.intake.store.db.execute("SELECT 1").fetchone()
             return 200, b"ok\n", b"text/plain"
         if method == "GET" and parts == ["v1", "spool"]:
@@ -95,7 +110,7 @@ class Api(resource.Resource):
                            code="E-HTTP-NOT-FOUND")
 
     def _post(self, peer, identity, request) -> defer.Deferred:
-        body = request.content.read(self.max_bytes + 1)
+        body, request.content = request.content.getvalue(), None
         envelope = Envelope(peer, "https", identity.agb if identity else frozenset())
         return defer.maybeDeferred(self.accept, body, envelope).addCallback(self._posted, peer)
 
@@ -115,7 +130,7 @@ class Api(resource.Resource):
                                         for row in rows]}), b"application/json"
 
     def _own(self, identity, message_id: str, peer: str, action: str):
-        row = self.intake.store.get(int(message_id)) if message_id.isdigit() else None
+        row = self.intake.store.get(int(message_id)) if _is_id(message_id) else None
         if row is None or row["destination"] != _institution(identity) or row["state"] != "ready":
             if row is not None:      # somebody else's message: refused, and on record
                 self.intake.store.record([audit.about(row, f"https:{peer}", action, "refused")])
@@ -158,6 +173,140 @@ class Api(resource.Resource):
             b"application/json"
 
 
+class BoundedRequest(server.Request):
+    """A request whose body is held in memory, capped at the site's ``max_body``, and
+    counted in the site's Budget until the answer is written."""
+
+    refused = False
+    budget = None
+    held = 0
+
+    def gotLength(self, length):
+        self.content, self.budget = io.BytesIO(), self.channel.site.budget
+        if length is not None and length > self.channel.site.max_body:
+            self.requestHeaders.removeHeader(b"expect")      # no "100 Continue" after a 413
+            self._refuse(413, "Payload Too Large", GatewayError(
+                f"body larger than {self.channel.site.max_body} bytes",
+                where=f"declared Content-Length {length}", code="E-TOO-LARGE"))
+
+    def handleContentChunk(self, data):
+        if self.refused:
+            return
+        self.held += len(data)
+        self.budget.held += len(data)
+        if self.held > self.channel.site.max_body:
+            self._refuse(413, "Payload Too Large", GatewayError(
+                f"body larger than {self.channel.site.max_body} bytes", where="chunked body",
+                code="E-TOO-LARGE"))
+        elif self.budget.over():
+            self._refuse(503, "Service Unavailable", GatewayError(
+                f"incoming messages hold more than {self.budget.limit} bytes "
+                "(limits.max_buffered_bytes); send again later", code="E-BUSY"))
+        else:
+            self.content.write(data)
+
+    def process(self):
+        if not self.refused:
+            super().process()
+
+    def finish(self):
+        self._release()
+        super().finish()
+
+    def connectionLost(self, reason):
+        self._release()
+        super().connectionLost(reason)
+
+    def _release(self) -> None:
+        if self.budget is not None:
+            self.budget.held -= self.held
+        self.held = 0
+
+    def _refuse(self, status: int, phrase: str, error: GatewayError) -> None:
+        """Answer now, before the rest of the body is read, and close: nothing is stored."""
+        self.refused, self.content = True, io.BytesIO()
+        self._release()
+        peer = tls.peer_identity(self.channel.transport)
+        log.warn("HTTPS body from {peer} refused: {error}", peer=peer, error=str(error))
+        self.channel.site.refused(peer, error)
+        raw_answer(self.channel.transport, status, phrase, error)
+        self.channel.loseConnection()
+
+
+class Channel(http.HTTPChannel):
+    """HTTP/1.1 with answers for oversize headers (431) and slow requests (408)."""
+
+    header_bytes = 0
+    deadline = None
+
+    def lineReceived(self, line):
+        if self.deadline is None and line:
+            self.deadline = self.callLater(self.site.request_seconds, self._too_slow)
+        self.header_bytes += len(line)
+        if self.header_bytes > self.totalHeadersSize:
+            return self.lineLengthExceeded(line)
+        return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        self._close_with(431, "Request Header Fields Too Large",
+                         f"request line or headers longer than {self.totalHeadersSize} bytes")
+
+    def allContentReceived(self):
+        self._stop_clock()
+        self.header_bytes = 0
+        super().allContentReceived()
+
+    def _too_slow(self):
+        self.deadline = None
+        self._close_with(408, "Request Timeout", "request not complete within "
+                         f"{self.site.request_seconds} s (limits.frame_seconds)")
+
+    def _close_with(self, status: int, phrase: str, why: str) -> None:
+        """Answer ``status`` with a JSON error and close: the request is not read further."""
+        log.warn("HTTPS connection from {peer} closed with {status}: {why}",
+                     peer=tls.peer_identity(self.transport), status=status, why=why)
+        self._stop_clock()
+        raw_answer(self.transport, status, phrase, GatewayError(why, code=f"E-HTTP-{status}"))
+        self.dataReceived = lambda data: None
+        self.loseConnection()
+
+    def _stop_clock(self):
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
+
+    def connectionLost(self, reason):
+        self._stop_clock()
+        super().connectionLost(reason)
+
+
+def raw_answer(transport, status: int, phrase: str, error: GatewayError) -> None:
+    """Write a whole JSON error response straight to ``transport`` (outside any request)."""
+    body = _json({"code": error.code, "message": error.message, "where": error.where})
+    transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (status, phrase.encode(), len(body), body))
+
+
+def site(api: Api, idle_seconds: float, request_seconds: float, budget: Budget) -> server.Site:
+    """The HTTPS site for ``api``: bodies in memory, capped at its ``max_bytes`` and counted
+    in ``budget``; idle connections and slow requests closed; no tracebacks shown."""
+    built = server.Site(api, requestFactory=BoundedRequest, timeout=idle_seconds)
+    built.budget = budget
+    built.protocol = Channel
+    built.displayTracebacks = False
+    built.request_seconds = request_seconds
+    built.max_body = api.max_bytes
+    built.refused = lambda peer, error: api.intake.store.record([audit.Event(
+        f"https:{peer}", "receive", "refused", detail=str(error))])
+    return built
+
+
+def _is_id(text: str) -> bool:
+    """A message id as a URL may give it: 1 to 18 ASCII digits (no other scripts' digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def _institution(identity) -> str:
     """The spool an identity may pull; none for a HIS or an unknown certificate."""
     if identity is None or not identity.pull:
@@ -166,13 +315,12 @@ def _institution(identity) -> str:
     return identity.pull
 
 
-STATUS = {"E-NOT-MANDATED": 403, "E-HTTP-FORBIDDEN": 403, "E-DUPLICATE-CONFLICT": 409,
+STATUS = {"E-STORE": 503, "E-BUSY": 503, "E-NOT-MANDATED": 403, "E-HTTP-FORBIDDEN": 403, "E-DUPLICATE-CONFLICT": 409,
           "E-TOO-LARGE": 413, "E-HTTP-NOT-FOUND": 404, "E-PURGED": 410}
 
 
 def _error(exc: GatewayError):
-    status = STATUS.get(exc.code, 400 if isinstance(exc, (DecodeError, DuplicateConflict,
-                                                          NotMandated)) else 500)
+    status = STATUS.get(exc.code, 400 if isinstance(exc, (DecodeError, *REFUSALS)) else 500)
     body = {"code": exc.code, "message": exc.message, "where": exc.where}
     return status, _json(body), b"application/json"
 

@@ -2,11 +2,16 @@
 
 A frame is ``0x0B`` message ``0x1C 0x0D``. The protocol buffers bytes until a
 frame is complete, so several messages in one read and one message split over
-many reads give the same result; bytes outside a frame are discarded. A frame
-that grows past ``max_frame`` bytes closes the connection at once (memory stays
-bounded); so does a connection idle for ``idle_timeout`` seconds. Messages are
-handled one at a time, in order: the next frame waits until the previous one's
-ACK is written, so ACKs leave in the order their messages arrived.
+many reads give the same result; bytes outside a frame are discarded. Memory
+stays bounded: a frame that grows past ``max_frame`` bytes closes the connection
+at once; so does a frame not complete within ``frame_seconds`` of its start
+(trickling a byte at a time does not keep it alive), a connection idle for
+``idle_timeout`` seconds, and the connection whose bytes push the total held
+for all connections (partial frames and frames waiting for their turn) past the
+shared ``Budget`` (which counts a frame until its ACK is written). Messages are handled one at a time, in order: the next frame
+waits until the previous one's ACK is written, so ACKs leave in the order their
+messages arrived; while frames wait, the connection stops reading (TCP holds
+what the client sends next).
 """
 
 from typing import Callable, Protocol as Interface
@@ -16,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
 from gateway.errors import GatewayError
+from gateway.transports.guard import Budget
 
 START, END = b"\x0b", b"\x1c\x0d"
 
@@ -36,13 +42,19 @@ def _address(transport) -> str:
 class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
     def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
-                 identify: Callable = _address):
+                 identify: Callable = _address, frame_seconds: float = 120,
+                 budget: Budget | None = None):
         self.handler, self.max_frame, self.idle_timeout = handler, max_frame, idle_timeout
-        self.identify = identify
+        self.identify, self.frame_seconds = identify, frame_seconds
+        self.log = log          # an attribute, so a test can listen
+        self.budget = budget or Budget(4 * max_frame)
         self.buffer = bytearray()
         self.in_frame, self.scanned = False, 0
         self.pending: list[bytes] = []
-        self.busy = False
+        self.busy = self.paused = False
+        self.held = 0                       # what this connection counts in the budget
+        self.answering = 0                  # the size of the frame being answered
+        self.frame_call = None
         self.peer = ""
 
     def connectionMade(self):
@@ -52,6 +64,19 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes):
         self.resetTimeout()
         self.buffer += data
+        try:
+            self._frames()
+        finally:
+            self._count()
+        if self.budget.over() and self.held:
+            self._refuse(f"incoming messages hold more than {self.budget.limit} bytes "
+                         "(limits.max_buffered_bytes); this connection pushed it over")
+        elif self.pending and not self.paused and self.transport.connected:
+            self.paused = True                 # frames wait their turn: read no more now
+            self.transport.pauseProducing()
+
+    def _frames(self) -> None:
+        """Cut complete frames off the buffer into ``pending``; start each frame's clock."""
         while self.buffer:
             if not self.in_frame:
                 start = self.buffer.find(START)
@@ -60,6 +85,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
                     return
                 del self.buffer[:start + 1]
                 self.in_frame, self.scanned = True, 0
+                self.frame_call = self.callLater(self.frame_seconds, self._frame_late)
             end = self.buffer.find(END, max(self.scanned - 1, 0))
             if end < 0:
                 self.scanned = len(self.buffer)
@@ -69,61 +95,94 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
             frame = bytes(self.buffer[:end])
             del self.buffer[:end + 2]
             self.in_frame = False
+            self._stop_frame_clock()
             if len(frame) > self.max_frame:
                 self._refuse(f"frame larger than {self.max_frame} bytes")
                 return
             self.pending.append(frame)
             self._next()
 
+    def _count(self) -> None:
+        """Bring this connection's share of the shared budget up to date."""
+        held = len(self.buffer) + sum(map(len, self.pending)) + self.answering
+        self.budget.held += held - self.held
+        self.held = held
+
+    def _frame_late(self) -> None:
+        self.frame_call = None
+        self._refuse(f"frame not complete within {self.frame_seconds} s")
+
+    def _stop_frame_clock(self) -> None:
+        if self.frame_call is not None and self.frame_call.active():
+            self.frame_call.cancel()
+        self.frame_call = None
+
     def _next(self) -> None:
         if self.busy or not self.pending:
+            if self.paused and not self.pending and self.transport.connected:
+                self.paused = False
+                self.transport.resumeProducing()
             return
         self.busy = True
         self.peer = self.identify(self.transport)   # after the handshake: the certificate's name
         frame = self.pending.pop(0)
+        self.answering = len(frame)
         result = defer.maybeDeferred(self.handler.handle, frame, self.peer)
         result.addCallbacks(self._reply, self._failed)
 
     def _reply(self, ack: bytes) -> None:
-        self.busy = False
+        self.busy, self.answering = False, 0
+        self._count()
         if self.transport is not None and self.transport.connected:
             self.transport.write(START + ack + END)
         self._next()
 
     def _failed(self, failure) -> None:
-        self.busy = False
+        self.busy, self.answering = False, 0
         if failure.check(GatewayError):        # e.g. a retired key: one line, no traceback
-            log.error("MLLP message from {peer} not stored ({error}); closing without ACK",
+            self.log.error("MLLP message from {peer} not stored ({error}); closing without ACK",
                            peer=self.peer, error=str(failure.value))
         else:
-            log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
+            self.log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
                              peer=self.peer)
         self.pending.clear()
         self.transport.loseConnection()
 
     def _refuse(self, reason: str) -> None:
-        log.warn("MLLP connection from {peer} closed: {reason}", peer=self.peer, reason=reason)
-        del self.buffer[:]
-        self.pending.clear()
+        self.log.warn("MLLP connection from {peer} closed: {reason}", peer=self.peer, reason=reason)
+        self._drop()
         self.transport.abortConnection()
 
+    def _drop(self) -> None:
+        del self.buffer[:]
+        self.pending.clear()
+        self.answering = 0
+        self._count()
+        self._stop_frame_clock()
+
     def timeoutConnection(self):
-        log.info("MLLP connection from {peer} idle too long; closed", peer=self.peer)
+        self.log.info("MLLP connection from {peer} idle too long; closed", peer=self.peer)
         self.transport.abortConnection()
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.setTimeout(None)
+        self._drop()
 
 
 class MLLPFactory(protocol.Factory):
+    """MLLP connections sharing one Budget of held bytes."""
+
     noisy = False
 
     def __init__(self, handler: Handler, max_frame: int, idle_timeout: float,
-                 identify: Callable = _address):
+                 identify: Callable = _address, frame_seconds: float = 120,
+                 budget: Budget | None = None):
         self.handler, self.max_frame, self.idle_timeout = handler, max_frame, idle_timeout
-        self.identify = identify
+        self.identify, self.frame_seconds = identify, frame_seconds
+        self.budget = budget or Budget(4 * max_frame)
 
     def buildProtocol(self, addr):
-        built = MLLPProtocol(self.handler, self.max_frame, self.idle_timeout, self.identify)
+        built = MLLPProtocol(self.handler, self.max_frame, self.idle_timeout, self.identify,
+                             self.frame_seconds, self.budget)
         built.factory = self
         return built

@@ -3,16 +3,21 @@
 An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
 upload); deleting a file from ``outbox/`` confirms its pickup. An upload is
-ingested when its file is closed — or when it is renamed from a ``.part`` or
-``.tmp`` name. Uploads are held in memory (capped) until the store committed them,
-so no patient data reaches ``inbox/`` in plain text; outbox files are sealed
+ingested when the client closes its file — or renames it from a ``.part`` or
+``.tmp`` name; until then it is held in memory within bounds (see
+``gateway.transports.uploads``), so no patient data reaches ``inbox/`` in plain
+text, and a session that ends with files still open discards them (a cut-off
+upload is never taken for a whole one). Outbox files are sealed
 (``gateway.keys``) and opened as the client reads them, sizes shown as opened.
 Paths are resolved and compared component by component; ``..``, absolute paths
-outside the account, and links are refused and logged;
-there is no shell and no exec. Uploads are capped. Only modern algorithms are
-offered: curve25519/ECDH key exchange, AES-CTR ciphers, SHA-2 MACs.
+outside the account, links, names that are not UTF-8, hold a NUL or are over-long
+are refused and logged; there is no shell, no exec and no forwarding (see
+``gateway.transports.ssh``). A file-system error is one log line and an SFTP
+status, never a traceback.
 """
 
+import errno
+import functools
 import os
 import stat
 from collections.abc import Mapping
@@ -21,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from twisted.conch import avatar
 from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
 from twisted.conch.interfaces import IConchUser, ISFTPFile, ISFTPServer
-from twisted.conch.ssh import factory, filetransfer, session, transport
+from twisted.conch.ssh import factory, filetransfer
 from twisted.conch.ssh.keys import Key as SSHKey
 from twisted.cred import portal
 from twisted.internet import defer
@@ -29,131 +34,193 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import audit, keys
-from gateway.errors import DecodeError
-from gateway.intake import DuplicateConflict, Envelope, NotMandated
+from gateway.errors import DecodeError, StoreError
+from gateway.intake import REFUSALS, Envelope
+from gateway.transports import ssh
+from gateway.transports.uploads import STAGING_SUFFIXES, Refused, Shelf, Upload, shown
 
 FOLDERS = ("inbox", "outbox", "errors")
-STAGING_SUFFIXES = (".part", ".tmp")
+MAX_NAME, MAX_PATH = 255, 1024          # bytes in one path component, in a whole path
 log = Logger(namespace="gatewayd.sftp")
 
 
-class Refused(filetransfer.SFTPError):
-    def __init__(self, message: str):
-        super().__init__(filetransfer.FX_PERMISSION_DENIED, message)
-
-
-class Transport(transport.SSHServerTransport):
-    """Only modern algorithms: no CBC, no SHA-1 or MD5 MACs, no SHA-1 key exchange."""
-
-    supportedCiphers = [b"aes256-ctr", b"aes192-ctr", b"aes128-ctr"]
-    supportedMACs = [b"hmac-sha2-512", b"hmac-sha2-256"]
-    supportedKeyExchanges = [b"curve25519-sha256", b"curve25519-sha256@libssh.org",
-                             b"ecdh-sha2-nistp256", b"ecdh-sha2-nistp384"]
+def _clean(method):
+    """A file-system error in ``method`` is one log line and an SFTP status, not conch's
+    traceback ("no such file" is no news: no line)."""
+    @functools.wraps(method)
+    def checked(self, *args):
+        try:
+            return method(self, *args)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file") from None
+            log.warn("SFTP {account} {operation} failed: {error}", account=self.name,
+                     operation=method.__name__, error=exc.strerror)
+            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, exc.strerror or "failed") \
+                from None
+    return checked
 
 
 @implementer(ISFTPServer)
 class Account(avatar.ConchUser):
     """One SFTP account: the folder it is confined to and how uploads are ingested."""
 
-    def __init__(self, name: str, root: Path, mandates: frozenset[str], accept, max_upload: int,
-                 outbox: "Outbox"):
+    def __init__(self, name: str, root: Path, mandates: frozenset[str], accept,
+                 outbox: "Outbox", shelf: Shelf):
         super().__init__()
         self.name, self.root, self.mandates = name, root.resolve(), mandates
-        self.accept, self.max_upload, self.outbox = accept, max_upload, outbox
-        self.staged: dict[str, bytes] = {}      # closed .part/.tmp uploads awaiting their rename
-        self.channelLookup[b"session"] = session.SSHSession   # no ISession: no shell, no exec
-        self.subsystemLookup[b"sftp"] = filetransfer.FileTransferServer
+        self.accept, self.outbox, self.shelf = accept, outbox, shelf
+        self.channelLookup[b"session"] = ssh.Session
+        self.subsystemLookup[b"sftp"] = ssh.Server
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     def resolve(self, path: bytes | str) -> Path:
         """The real path for a client path, refused unless it stays inside the account."""
-        text = path.decode("utf-8") if isinstance(path, bytes) else path
+        raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.refuse(f"file name not UTF-8: {shown(raw.decode('utf-8', 'replace'))}")
+        if "\0" in text or len(raw) > MAX_PATH:
+            self.refuse(f"file name with a NUL or over {MAX_PATH} bytes: {shown(text)}")
         parts: list[str] = []
         for part in PurePosixPath("/", text).parts[1:]:
+            if len(part.encode()) > MAX_NAME:
+                self.refuse(f"file name over {MAX_NAME} bytes: {shown(part)}")
             if part == "..":
                 if not parts:
-                    self._refuse(f"'..' above the account folder: {text[:80]!r}")
+                    self.refuse(f"'..' above the account folder: {shown(text)}")
                 parts.pop()
             elif part != ".":
                 parts.append(part)
         real = self.root.joinpath(*parts)
         if real.is_symlink():
-            self._refuse(f"link: {text[:80]!r}")
+            self.refuse(f"link: {shown(text)}")
         resolved = real.resolve()
         if resolved.parts[:len(self.root.parts)] != self.root.parts:
-            self._refuse(f"outside the account: {text[:80]!r}")
+            self.refuse(f"outside the account: {shown(text)}")
         return resolved
 
-    def _refuse(self, what: str):
+    def refuse(self, what: str, told: str = "permission denied"):
         log.warn("SFTP {account} refused: {what}", account=self.name, what=what)
-        raise Refused("permission denied")
+        raise Refused(told)
+
+    def audit(self, result: str, detail: str) -> None:
+        """Record an upload that was not taken (no message id: nothing was stored)."""
+        self.outbox.store.record([audit.Event(f"sftp:{self.name}", "receive", result,
+                                              detail=detail)])
 
     def gotVersion(self, otherVersion, extData):
         return {}
 
+    @_clean
     def openFile(self, filename, flags, attrs):
         path = self.resolve(filename)
         writing = flags & (filetransfer.FXF_WRITE | filetransfer.FXF_CREAT | filetransfer.FXF_APPEND)
         if writing and path.parent != self.root / "inbox":
-            self._refuse(f"upload outside inbox/: {path.name!r}")
+            self.refuse(f"upload outside inbox/: {shown(path.name)}")
         if writing:
+            files = self.shelf.holdings.limits.files
+            if len(self.shelf.open) + len(self.shelf.staged) >= files:
+                self.refuse(f"E-UPLOAD-LIMIT: {files} uploads open or staged: {shown(path.name)}",
+                            f"E-UPLOAD-LIMIT: {files} uploads open or staged; rename or remove "
+                            "staged files first")
             return Upload(self, path)
         if path.parent == self.root / "errors":
             return Download(path.read_bytes())
         if path.parent != self.root / "outbox":
-            self._refuse(f"read outside outbox/ and errors/: {path.name!r}")
+            self.refuse(f"read outside outbox/ and errors/: {shown(path.name)}")
         try:
             return Download(self.outbox.open(self.name, path))
         except keys.SealBroken:
             raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable") from None
 
+    @_clean
     def removeFile(self, filename):
         path = self.resolve(filename)
-        if path.parent == self.root / "inbox" and path.name in self.staged:
-            del self.staged[path.name]
+        if path.parent == self.root / "inbox" and self.shelf.unstage(path.name) is not None:
             return
         if path.parent not in (self.root / "outbox", self.root / "errors"):
-            self._refuse(f"delete outside outbox/ and errors/: {path.name!r}")
+            self.refuse(f"delete outside outbox/ and errors/: {shown(path.name)}")
         path.unlink()
         if path.parent == self.root / "outbox":
             self.outbox.picked_up(self.name, path.name)   # reading and deleting confirms pickup
 
+    @_clean
     def renameFile(self, oldpath, newpath):
         old, new = self.resolve(oldpath), self.resolve(newpath)
         if old.parent != self.root / "inbox" or new.parent != self.root / "inbox":
-            self._refuse("rename outside inbox/")
-        if old.name not in self.staged:
+            self.refuse("rename outside inbox/")
+        data = self.shelf.unstage(old.name)
+        if data is None:
             raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file")
-        data = self.staged.pop(old.name)
         if new.suffix in STAGING_SUFFIXES:
-            self.staged[new.name] = data
+            self.shelf.stage(new.name, data, self.expire)
             return None
-        return ingest(self, new, data)
+        return self.ingest(new, data)
+
+    def expire(self, name: str) -> None:
+        """A staged upload was not renamed in time: discard it."""
+        data = self.shelf.unstage(name)
+        if data is not None:
+            seconds = self.shelf.holdings.limits.staged_seconds
+            log.warn("SFTP {account} staged upload {name} not renamed within {seconds} s: "
+                     "discarded", account=self.name, name=shown(name), seconds=seconds)
+            self.audit("discarded", f"staged upload of {len(data)} bytes not renamed within "
+                                    f"{seconds} s")
+
+    def ingest(self, path: Path, data: bytes) -> defer.Deferred:
+        """Hand a closed upload to the intake, or leave a .err file saying why not."""
+        result = defer.maybeDeferred(self.accept, data, Envelope(self.name, "sftp", self.mandates))
+
+        def stored(receipts):
+            for receipt in receipts:
+                log.info("accepted id={id} zd={zd} state={state} from sftp:{account}",
+                         id=receipt.id, zd=receipt.zd_number, state=receipt.state,
+                         account=self.name)
+
+        def refused(failure):
+            if failure.check(StoreError):        # not judged, just not stored: no .err file
+                log.warn("upload from sftp:{account} not stored ({error}); the client is told "
+                         "to send again", account=self.name, error=str(failure.value))
+                raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "not stored; send again")
+            failure.trap(DecodeError, *REFUSALS)
+            (self.root / "errors" / f"{path.name}.err").write_text(f"{failure.value}\n")
+            log.warn("upload from sftp:{account} refused: {error}", account=self.name,
+                     error=str(failure.value))
+
+        return result.addCallbacks(stored, refused)
 
     def makeDirectory(self, path, attrs):
-        self._refuse("making folders")
+        self.refuse("making folders")
 
     def removeDirectory(self, path):
-        self._refuse("removing folders")
+        self.refuse("removing folders")
 
+    @_clean
     def openDirectory(self, path):
-        return Listing(self.resolve(path))
+        folder = self.resolve(path)
+        if not folder.is_dir():
+            raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "not a folder")
+        staged = self.shelf.staged if folder == self.root / "inbox" else {}
+        return Listing(folder, {name: len(s.data) for name, s in staged.items()})
 
+    @_clean
     def getAttrs(self, path, followLinks):
         path = self.resolve(path)
-        if path.parent == self.root / "inbox" and path.name in self.staged:
-            return {"size": len(self.staged[path.name]), "permissions": 0o100600}
+        if path.parent == self.root / "inbox" and path.name in self.shelf.staged:
+            return _staged_attrs(len(self.shelf.staged[path.name].data))
         return _attrs(os.lstat(path))
 
     def setAttrs(self, path, attrs):
         return None
 
     def readLink(self, path):
-        self._refuse("reading links")
+        self.refuse("reading links")
 
     def makeLink(self, linkPath, targetPath):
-        self._refuse("making links")
+        self.refuse("making links")
 
     def realPath(self, path):
         return "/" + "/".join(self.resolve(path).parts[len(self.root.parts):])
@@ -163,38 +230,6 @@ class Account(avatar.ConchUser):
 
     def logout(self):
         pass
-
-
-@implementer(ISFTPFile)
-class Upload:
-    """A file written into inbox/: held in memory, capped, and ingested when closed."""
-
-    def __init__(self, account: Account, path: Path):
-        self.account, self.path, self.data = account, path, bytearray()
-
-    def writeChunk(self, offset, data):
-        end = offset + len(data)
-        if end > self.account.max_upload:
-            self.data = bytearray()
-            self.account._refuse(f"upload larger than {self.account.max_upload} bytes")
-        if end > len(self.data):
-            self.data.extend(bytes(end - len(self.data)))
-        self.data[offset:end] = data
-
-    def readChunk(self, offset, length):
-        raise Refused("write-only")
-
-    def getAttrs(self):
-        return {"size": len(self.data), "permissions": 0o100600}
-
-    def setAttrs(self, attrs):
-        return None
-
-    def close(self):
-        if self.path.suffix in STAGING_SUFFIXES:
-            self.account.staged[self.path.name] = bytes(self.data)
-            return None
-        return ingest(self.account, self.path, bytes(self.data))
 
 
 @implementer(ISFTPFile)
@@ -223,19 +258,25 @@ class Download:
 
 
 class Listing:
-    def __init__(self, path: Path):
-        self.entries = iter(sorted(path.iterdir()))
+    """A folder's entries; in inbox/, the staged uploads (held in memory) too."""
+
+    def __init__(self, path: Path, staged: dict[str, int]):
+        entries = [(entry.name, entry) for entry in path.iterdir()]
+        entries += [(name, size) for name, size in staged.items()]
+        self.entries = iter(sorted(entries, key=lambda pair: pair[0]))
         self.outbox = path.name == "outbox"
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        entry = next(self.entries)
+        name, entry = next(self.entries)
+        if isinstance(entry, int):
+            return name, name, _staged_attrs(entry)
         info = _attrs(os.lstat(entry))
         if self.outbox and entry.suffix != ".tmp":
             info["size"] = sealed_size(entry)
-        return entry.name, f"{entry.name}", info
+        return name, name, info
 
     def close(self):
         pass
@@ -247,23 +288,8 @@ def sealed_size(path: Path) -> int:
     return keys.plain_size(path.stat().st_size, found[0]) if found else 0
 
 
-def ingest(account: Account, path: Path, data: bytes) -> defer.Deferred:
-    """Hand a closed upload to the intake, or leave a .err file saying why not."""
-    result = defer.maybeDeferred(account.accept, data, Envelope(account.name, "sftp",
-                                                                account.mandates))
-
-    def stored(receipts):
-        for receipt in receipts:
-            log.info("accepted id={id} zd={zd} state={state} from sftp:{account}",
-                     id=receipt.id, zd=receipt.zd_number, state=receipt.state, account=account.name)
-
-    def refused(failure):
-        failure.trap(DecodeError, NotMandated, DuplicateConflict)
-        (account.root / "errors" / f"{path.name}.err").write_text(f"{failure.value}\n")
-        log.warn("upload from sftp:{account} refused: {error}", account=account.name,
-                 error=str(failure.value))
-
-    return result.addCallbacks(stored, refused)
+def _staged_attrs(size: int) -> dict:
+    return {"size": size, "permissions": stat.S_IFREG | 0o600}
 
 
 def _attrs(info: os.stat_result) -> dict:
@@ -284,13 +310,14 @@ class Realm:
 def server_factory(host_key: SSHKey, accounts: dict[str, Account],
                    authorized: dict[str, list[SSHKey]]) -> factory.SSHFactory:
     """An SSH factory that offers only SFTP, to these accounts, with these keys."""
-    ssh = factory.SSHFactory()
-    ssh.protocol = Transport
-    ssh.publicKeys = {host_key.sshType(): host_key.public()}
-    ssh.privateKeys = {host_key.sshType(): host_key}
-    ssh.portal = portal.Portal(Realm(accounts), [SSHPublicKeyChecker(InMemorySSHKeyDB(
+    built = factory.SSHFactory()
+    built.protocol = ssh.Transport
+    built.services = {**built.services, b"ssh-connection": ssh.Connection}
+    built.publicKeys = {host_key.sshType(): host_key.public()}
+    built.privateKeys = {host_key.sshType(): host_key}
+    built.portal = portal.Portal(Realm(accounts), [SSHPublicKeyChecker(InMemorySSHKeyDB(
         _ByteNames(authorized)))])
-    return ssh
+    return built
 
 
 class _ByteNames(Mapping):

@@ -1,39 +1,29 @@
 """Mutual TLS for every listener: client certificates required and checked against
 the configured CA; TLS 1.2 at least (1.3 offered); ECDHE with AES-GCM or ChaCha20
 only; client keys of at least RSA 2048 or EC 256 bits. A client is known by its
-certificate's common name, which names its identity.
+certificate's common name, which names its identity. Every refusal is logged with the
+client's address and why. ALPN is ignored (no protocol is selected; the handshake goes on).
 
 ``tls.ca`` may hold several CA certificates: the first is the gateway's own; a
 client certificate from any other is accepted only when its SHA-256 fingerprint
 is pinned to an identity (``cert_sha256``), so a hospital's CA added for one
-practice cannot speak for another. Every refused handshake or certificate is one
-WARNING line with the peer's address and why (``watch`` wraps a listener's
-factory for that).
+practice cannot speak for another.
 """
 
 from pathlib import Path
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLContextFactory, IProtocolNegotiationFactory
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from gateway.errors import ConfigError
 
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 MIN_RSA_BITS, MIN_EC_BITS = 2048, 256
 log = Logger(namespace="gatewayd.tls")
-
-
-# X.509 verification errors an operator meets (OpenSSL's numbers), as data.
-VERIFY_ERRORS = {9: "not valid yet", 10: "expired", 18: "self-signed",
-                 19: "self-signed certificate in the chain", 20: "issued by an unknown CA",
-                 21: "issued by an unknown CA", 7: "bad signature", 26: "not for client use",
-                 66: "has a weak key (too small)", 67: "has a weak CA key (too small)",
-                 68: "signed with a weak digest"}
 
 
 def server_options(ca: Path, cert: Path, key: Path,
@@ -55,10 +45,14 @@ def server_options(ca: Path, cert: Path, key: Path,
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(CIPHERS))
     own = _digest(authorities[0])
     # CertificateOptions keeps this one context; add our own checks to its verification.
-    options.getContext().set_verify(
-        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-        lambda connection, certificate, error, depth, ok: _verify(
-            connection, certificate, error, depth, ok, own, pinned))
+    context = options.getContext()
+    context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+                       lambda connection, certificate, error, depth, ok: _verify(
+                           connection, certificate, error, depth, ok, own, pinned))
+    # Twisted's ALPN callback answers an empty name when it has no protocol in common
+    # with the client, which OpenSSL turns into an internal_error alert: ignore ALPN
+    # instead (HTTPS speaks HTTP/1.1, MLLP has no ALPN name).
+    context.set_alpn_select_callback(lambda connection, offered: SSL.NO_OVERLAPPING_PROTOCOLS)
     return options
 
 
@@ -69,75 +63,70 @@ def _digest(certificate) -> str:
 def _verify(connection, certificate, error: int, depth: int, ok: int, own: str,
             pinned: frozenset) -> bool:
     """OpenSSL's verdict, no weak client key, and a certificate from another CA than our
-    own only when pinned; why a certificate is refused is noted for the refusal line."""
-    name = dict(certificate.get_subject().get_components()).get(b"CN", b"?").decode(
-        "utf-8", "replace")
-    seen = connection.get_app_data()
+    own only when pinned; every refusal is logged."""
+    name = printable(dict(certificate.get_subject().get_components()).get(b"CN", b"?").decode(
+        "utf-8", "replace"))
     if not ok:
-        return _refuse(seen, f"certificate {name!r} {VERIFY_ERRORS.get(error, 'failed')} "
-                             f"(X.509 error {error})")
+        log.warn("TLS client {peer} refused: certificate {name!r} failed verification "
+                 "({why}, OpenSSL error {error})", peer=_peer(connection), name=name,
+                 why=_VERIFY_ERRORS.get(error, "see OpenSSL's verify errors"), error=error)
+        return False
     if depth > 0:
         if _digest(certificate) == own:
-            setattr(seen, "gateway_own_ca", True)
+            setattr(connection.get_app_data(), "gateway_own_ca", True)
         return True
     key = certificate.get_pubkey()
     weak = key.type() == crypto.TYPE_RSA and key.bits() < MIN_RSA_BITS or \
         key.type() != crypto.TYPE_RSA and key.bits() < MIN_EC_BITS
     if weak:
-        return _refuse(seen, f"certificate {name!r} has a weak key ({key.bits()} bits)")
-    if not getattr(seen, "gateway_own_ca", False) and _digest(certificate) not in pinned:
-        return _refuse(seen, f"certificate {name!r} is from another CA and not pinned to an "
-                             "identity")
+        log.warn("TLS client {peer} refused: certificate {name!r} has a weak key ({bits} bits)",
+                 peer=_peer(connection), name=name, bits=key.bits())
+        return False
+    if not getattr(connection.get_app_data(), "gateway_own_ca", False) \
+            and _digest(certificate) not in pinned:
+        log.warn("TLS client {peer} refused: certificate {name!r} is from another CA and not "
+                 "pinned to an identity", peer=_peer(connection), name=name)
+        return False
     return True
 
 
-def _refuse(seen, why: str) -> bool:
-    if seen is not None:
-        setattr(seen, "gateway_refusal", why)
-    return False
+_VERIFY_ERRORS = {2: "issuer unknown", 9: "not yet valid", 10: "expired", 18: "self-signed",
+                  19: "self-signed CA in chain", 20: "issuer unknown", 21: "issuer unknown",
+                  66: "weak key (too small)", 67: "weak CA key (too small)",
+                  68: "signed with a weak digest"}
 
 
-class _Watched(ProtocolWrapper):
-    def connectionLost(self, reason):
-        if reason.check(SSL.Error):
-            peer = self.transport.getPeer()
-            why = getattr(self.transport, "gateway_refusal", None) or _ssl_reason(reason.value)
-            log.warn("TLS refused {peer} on {channel}: {why}", peer=f"{peer.host}:{peer.port}",
-                     channel=self.factory.channel, why=why)
-        super().connectionLost(reason)
-
-
-def _ssl_reason(error) -> str:
-    reasons = [part[-1] for part in (error.args[0] if error.args else []) if isinstance(part, tuple)]
-    return "; ".join(reasons) or "handshake failed"
-
-
-class watch(WrappingFactory):
-    """Wrap a TLS listener's factory so that every refused handshake or certificate is
-    one WARNING line: peer address, channel, why."""
-
-    protocol = _Watched
-    noisy = False
-
-    def __init__(self, factory, channel: str):
-        super().__init__(factory)
-        self.channel = channel
-        if IProtocolNegotiationFactory.providedBy(factory):    # HTTP's ALPN offer stays
-            alsoProvides(self, IProtocolNegotiationFactory)
-
-    def acceptableProtocols(self):
-        return self.wrappedFactory.acceptableProtocols()
+def _peer(connection) -> str:
+    """The client address of a connection in its handshake."""
+    peer = getattr(getattr(connection.get_app_data(), "transport", None), "getPeer", None)
+    return getattr(peer(), "host", "?") if peer else "?"
 
 
 def peer_identity(transport) -> str:
     """The common name of the client certificate, or host:port when there is none."""
-    certificate = getattr(transport, "getPeerCertificate", lambda: None)()
-    if certificate is not None:
-        for key, value in certificate.get_subject().get_components():
-            if key == b"CN":
-                return value.decode("utf-8", errors="replace")
+    name = certificate_name(transport)
+    if name is not None:
+        return name
     peer = transport.getPeer()
     return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
+def certificate_name(transport) -> str | None:
+    """The client certificate's common name, control characters escaped (a name with a
+    line break cannot forge a log line, and names no identity); None without one."""
+    certificate = getattr(transport, "getPeerCertificate", lambda: None)()
+    if certificate is None:
+        return None
+    components = dict(certificate.get_subject().get_components())
+    return printable(components.get(b"CN", b"?").decode("utf-8", errors="replace"))
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x00``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 @implementer(IOpenSSLContextFactory)

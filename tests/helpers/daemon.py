@@ -2,6 +2,7 @@
 the daemon as a process logging into the setup's folder, and gatewayctl against it."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,11 +22,13 @@ def init(folder: Path) -> dict:
         cwd=ROOT).stdout)
 
 
-def start(made: dict, log: Path) -> subprocess.Popen:
-    """gatewayd on ``made``'s configuration, once it says it is listening."""
+def start(made: dict, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """gatewayd on ``made``'s configuration, once it says it is listening (``env`` is added
+    to the environment)."""
     with open(log, "a") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
-                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
     for _ in range(300):
         if "listening" in log.read_text():
             return process
@@ -44,3 +47,17 @@ def ctl(made: dict, *args: str, check: bool = True, stdin: bytes = b"") -> subpr
 
 def ctl_json(made: dict, *args: str):
     return json.loads(ctl(made, *args, "--json").stdout)
+
+
+def configure(made: dict, **settings: int) -> None:
+    """Change settings in ``made``'s configuration file: ``limits__max_message_bytes=N``."""
+    config = Path(made["config"])
+    text = config.read_text()
+    for key, value in settings.items():
+        section, name = key.split("__")
+        head = f"[{section}]\n"
+        start = text.index(head)
+        line = text.index(f"\n{name} = ", start)
+        end = text.index("\n", line + 1)
+        text = text[:line] + f"\n{name} = {value}" + text[end:]
+    config.write_text(text)
