@@ -26,12 +26,7 @@ ROOT = Path(__file__).parent.parent
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gw")
     made = daemon.init(folder)
-    institution = FakeInstitution(folder / "tls")
-    institutions = folder / "routes" / "institutions.csv"
-    institutions.write_text(institutions.read_text().replace(
-        "06009876,Ziekenhuis Zuid-Limburg,hl7,pull,cancel",
-        f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
-    made["institution"] = institution
+    made["institution"] = pushing_to(folder)
     made["log"] = folder / "gatewayd.log"
     process = daemon.start(made, made["log"])
     yield made, made["ports"]["mllp"], process
@@ -62,6 +57,16 @@ class FakeInstitution:
                 message = read_frame(conn)
                 self.received.append(message)
                 conn.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
+
+
+def pushing_to(folder: Path) -> "FakeInstitution":
+    """A FakeInstitution, with Ziekenhuis Zuid-Limburg (06009876) pushed to it over MLLP."""
+    institution = FakeInstitution(folder / "tls")
+    institutions = folder / "routes" / "institutions.csv"
+    institutions.write_text(institutions.read_text().replace(
+        "06009876,Ziekenhuis Zuid-Limburg,hl7,pull,cancel",
+        f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
+    return institution
 
 
 def load_authority(made) -> pki.Authority:

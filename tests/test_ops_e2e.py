@@ -15,7 +15,7 @@ from gateway import keys, pki
 from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT, numbered_referral
-from tests.test_daemon_e2e import FakeInstitution, curl, identity, msa, send
+from tests.test_daemon_e2e import curl, identity, msa, pushing_to, send
 
 FORBIDDEN_IN_LOG = ("dispatching", "kex", "Got remote error", "Traceback", "disconnected by user")
 
@@ -24,11 +24,7 @@ FORBIDDEN_IN_LOG = ("dispatching", "kex", "Got remote error", "Traceback", "disc
 def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ops")
     made = daemon.init(folder)
-    institution = FakeInstitution(folder / "tls")
-    institutions = folder / "routes" / "institutions.csv"
-    institutions.write_text(institutions.read_text().replace(
-        "06009876,Ziekenhuis Zuid-Limburg,hl7,pull,cancel",
-        f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
+    institution = pushing_to(folder)
     referrers = folder / "routes" / "referrers.csv"          # M. Visser refers anywhere here
     referrers.write_text(referrers.read_text().replace("M. Visser,06005678,", "M. Visser,*,"))
     made.update(institution=institution, log=folder / "gatewayd.log", folder=folder)

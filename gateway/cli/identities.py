@@ -28,6 +28,7 @@ from gateway.cli import live
 from gateway.cli.admin import config_path, open_config, open_store, table
 from gateway.cli.common import Unreadable, UsageError, actor
 from gateway.errors import ConfigError, GatewayError
+from gateway.files import sync_folder, write_durably
 from gateway.identities import NAME
 
 LS_COLUMNS = ("name", "kind", "agb", "pull", "certificate", "expires", "ssh_key")
@@ -185,7 +186,7 @@ def _install(settings, name: str, made: dict) -> dict:
         pem = issuer.public_bytes(serialization.Encoding.PEM)
         bundle = settings.tls_ca.read_bytes()
         if pem not in bundle:
-            _atomic(settings.tls_ca, bundle.rstrip(b"\n") + b"\n" + pem)
+            write_durably(settings.tls_ca, bundle.rstrip(b"\n") + b"\n" + pem)
         written["ca"] = settings.tls_ca
     return written
 
@@ -202,7 +203,7 @@ def _ssh_key(settings, name: str, source: Path) -> str:
         raise IdentityRefused(f"{source} is a private key; give the .pub file")
     target = settings.paths_ssh_host_key.parent / f"{name}.pub"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(target, key.toString("openssh") + b"\n")
+    write_durably(target, key.toString("openssh") + b"\n")
     return os.path.relpath(target, settings.base)
 
 
@@ -262,7 +263,7 @@ def _checked_config(path: Path, text: str) -> Path:
     """``text`` written durably beside the configuration and loaded without a problem
     (else ConfigError, and nothing changed); the file to put in place."""
     check = path.with_name(f".{path.name}.new")
-    _atomic(check, text.encode("utf-8"))
+    write_durably(check, text.encode("utf-8"))
     try:
         config.load(check)
     except ConfigError:
@@ -274,24 +275,4 @@ def _checked_config(path: Path, text: str) -> Path:
 
 def _put_in_place(checked: Path, path: Path) -> None:
     os.replace(checked, path)
-    _sync_folder(path.parent)
-
-
-def _atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` durably: a temporary name, fsync, rename, fsync the folder."""
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    sync_folder(path.parent)

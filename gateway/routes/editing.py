@@ -10,10 +10,10 @@ log — for a gatewayctl change and for files edited by hand and reloaded alike.
 
 import csv
 import io
-import os
 import tempfile
 from pathlib import Path
 
+from gateway.files import write_durably
 from gateway.routes.tables import INSTITUTION_COLUMNS, REFERRER_COLUMNS, TableError, Tables, load
 
 FILES = {"institution": ("institutions.csv", INSTITUTION_COLUMNS),
@@ -124,14 +124,4 @@ def _csv_line(values: list[str]) -> str:
 
 
 def _replace(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(temporary, path)
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    write_durably(path, text.encode("utf-8"))
