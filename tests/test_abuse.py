@@ -119,9 +119,9 @@ def audited(made, who: str) -> list[tuple[str, str]]:
 def long_referral(index: int, size: int) -> bytes:
     """A numbered HL7 referral whose letter is ``size`` bytes or so: any cut of it still
     reads as a referral, only shorter."""
-    head, tail = numbered_referral(index, "ABUSE").split(b"OBX|1|TX|", 1)
     line = b"Regel met synthetische brieftekst om de upload lang te maken.~"
-    return head + b"OBX|1|TX|" + line * (size // len(line)) + tail
+    return numbered_referral(index, "ABUSE").replace(
+        b"|1|Geachte collega,", b"|1|" + line * (size // len(line)) + b"Geachte collega,")
 
 
 def tls_socket(made, name: str = "his-brink", port: str = "https", cert=None,
