@@ -231,3 +231,22 @@ def test_identities_add_issue_csr_cert_and_rm(made, tmp_path):
     assert b"deliver to sftp:his-brink" in refused.stderr
     actions = [r["action"] for r in daemon.ctl_json(made, "audit", "query", "--who", actor())]
     assert actions.count("identities-add") == 3 and actions.count("identities-rm") == 1
+
+
+def test_store_problem_names_a_spool_short_of_space(made):
+    """Below limits.min_free_mb free on the spool's file system the daemon reports that it
+    cannot store (what /healthz answers 503 with); with the floor at 0 all is well."""
+    from gateway import config, keys, routes
+    from gateway.intake import Intake
+    from gateway.metrics import Metrics
+    from gateway.spool.store import Store
+    daemon.configure(made, limits__min_free_mb=1024 * 1024)        # 1 TiB: more than is free
+    settings = config.load(Path(made["config"]))
+    store = Store(settings.paths_spool, time.time, keys.load(settings.paths_keys))
+    metrics = Metrics(Intake(store, routes.load(settings.paths_routes), 1 << 20), time.time,
+                      settings)
+    assert metrics.store_problem().startswith("disk full: ")
+    daemon.configure(made, limits__min_free_mb=0)
+    metrics.settings = config.load(Path(made["config"]))
+    assert metrics.store_problem() is None
+    store.close()
