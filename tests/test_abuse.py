@@ -455,7 +455,7 @@ def test_ssh_requests_other_than_sftp_are_refused_in_one_line(gateway):
     for refused in ("session request 'exec'", "session request 'pty-req'", "channel 'direct-tcpip'",
                     "global request 'tcpip-forward'", "session request 'env' ignored"):
         assert refused in text, refused
-    assert "Traceback" not in text and "Unhandled" not in text
+    assert " ERROR " not in text and " CRITICAL " not in text
 
 
 def test_a_silent_sftp_session_is_closed(gateway):
@@ -498,7 +498,8 @@ def test_staged_uploads_are_bounded_listed_and_expire(gateway, tmp_path):
 def test_zz_the_legitimate_sender_was_served_throughout(gateway):
     """Through all of the above, every referral of the legitimate sender got AA (p99 under
     2 s even on a loaded machine; bench/abuse.py measures it against 200 ms); the log holds
-    no traceback; the daemon's peak RSS stayed under the documented bound."""
+    no error (a failure would be an ERROR line); the daemon's peak RSS stayed under the
+    documented bound."""
     made = gateway
     made["legit"].stop.set()
     made["legit"].join(5)
@@ -509,8 +510,8 @@ def test_zz_the_legitimate_sender_was_served_throughout(gateway):
     print(f"legitimate sender: {len(results)} referrals, p50 "
           f"{statistics.median(latencies) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     assert p99 < 2.0
-    text = made["log"].read_text()
-    assert "Traceback" not in text and "Unhandled error" not in text
+    levels = {line.split()[1] for line in made["log"].read_text().splitlines() if line.strip()}
+    assert levels <= {"INFO", "WARNING"}      # refusals are warnings; no error, no failure
     status = Path(f"/proc/{made['process'].pid}/status").read_text()
     peak = int(status.split("VmHWM:")[1].split()[0]) // 1024
     print(f"gatewayd peak RSS {peak} MB (bound {RSS_BOUND_MB} MB)")
