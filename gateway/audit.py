@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS audit_anchor (
 INSERT OR IGNORE INTO audit_anchor VALUES (1, 0, '');
 """
 FIELDS = ("at", "who", "behalf", "action", "message_id", "zd_number", "patient", "result", "detail")
+INSERT = (f"INSERT INTO audit (seq, {', '.join(FIELDS)}, prev, hash) "
+          f"VALUES ({', '.join('?' * (len(FIELDS) + 3))})")
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,15 @@ def append(db: sqlite3.Connection, ring: Keyring, events, now: float) -> None:
         db.execute("SELECT seq, hash FROM audit_anchor").fetchone()
     seq, previous = head[0], head[1]
     at = _iso(now)
+    records = []
     for event in events:
         seq += 1
         values = (at, event.who, event.behalf, event.action, event.message_id, event.zd_number,
                   event.patient, event.result, event.detail[:300])
         digest = ring.chain(previous, _canonical(seq, values))
-        db.execute(f"INSERT INTO audit (seq, {', '.join(FIELDS)}, prev, hash) "
-                   f"VALUES ({', '.join('?' * (len(FIELDS) + 3))})", (seq, *values, previous, digest))
+        records.append((seq, *values, previous, digest))
         previous = digest
+    db.executemany(INSERT, records)
 
 
 def verify(db: sqlite3.Connection, ring: Keyring) -> tuple[int, str | None, tuple[int, str]]:

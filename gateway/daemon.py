@@ -77,7 +77,8 @@ class Gateway:
         self.config_path, self.settings = config_path, settings
         self.started_at = time.time()
         ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
-        self.store = Store(settings.paths_spool, reactor.seconds, ring)
+        self.store = Store(settings.paths_spool, reactor.seconds, ring,
+                           progress=lambda line: log.info("store: {line}", line=line))
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
         self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
                              settings.limits_max_segments)
@@ -249,8 +250,9 @@ class Gateway:
 
         def done(result):
             report, (checked, problem, (seq, head)) = result
-            log.info("purge: {messages} message(s), {files} file(s), {records} audit record(s) "
-                     "removed", messages=report.messages, files=report.files,
+            log.info("purge: {messages} message(s), {payloads} payload(s), {files} file(s), "
+                     "{records} audit record(s) removed", messages=report.messages,
+                     payloads=report.payloads, files=report.files,
                      records=report.audit_records)
             if problem:
                 log.critical("ALERT audit chain broken: {problem}", problem=problem)

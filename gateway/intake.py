@@ -1,17 +1,16 @@
 """accept(raw, envelope) -> receipts: the one place the intake chain is assembled.
 
 sniff -> decode -> authorise (the identity's mandates) -> dedup -> route ->
-encode -> store. Payload files are fsynced before the rows are committed, and
-``accept`` returns only after that commit: a transport acknowledges a sender
-only with a receipt in hand. Input that cannot be read is stored as
-``rejected`` with its reason, then the DecodeError is raised to the transport.
-Input refused whole — over the size cap, not mandated, a reused control id — is
-not stored at all; an audit record notes the refusal.
+encode -> store. The sealed payloads are committed with their rows in one
+transaction, and ``accept`` returns only after that commit: a transport
+acknowledges a sender only with a receipt in hand. Input that cannot be read is
+stored as ``rejected`` with its reason, then the DecodeError is raised to the
+transport. Input refused whole — over the size cap, not mandated, a reused
+control id — is not stored at all; an audit record notes the refusal.
 
-``accept_many`` is the same for several inputs at once with one payload file and
-one transaction (group commit): the daemon stores everything that arrived while
-the previous batch was being stored together, so concurrent senders share the
-cost of the syncs.
+``accept_many`` is the same for several inputs at once in one transaction (group
+commit): the daemon stores everything that arrived while the previous batch was
+being stored together, so concurrent senders share the cost of the sync.
 """
 
 import hashlib
@@ -77,7 +76,6 @@ class _New:
     doc: Document
     route: routes.Route
     out: bytes | None
-    out_index: int = -1
     id: int = -1
 
     def receipt(self, duplicate: bool = False) -> Receipt:
@@ -97,7 +95,6 @@ class _Plan:
     content: str
     error: DecodeError | None = None
     slots: list = field(default_factory=list)
-    raw_index: int = -1
     id: int = -1            # of the rejected message, when ``error``
 
 
@@ -120,7 +117,7 @@ class Intake:
         return outcome
 
     def accept_many(self, items: list[tuple[bytes, Envelope]]) -> list:
-        """Store several inputs with one payload file and one transaction. Each item's
+        """Store several inputs in one transaction. Each item's
         outcome is its receipts or its GatewayError (as ``accept`` would raise it). If
         storing itself fails, that exception is raised and no item is stored."""
         outcomes: list = [None] * len(items)
@@ -197,47 +194,31 @@ class Intake:
                               f"{doc.sender.agb}", where="sender AGB")
 
     def _commit(self, plans: list[_Plan]) -> None:
-        """One transaction: ids, then one payload file with every raw input and output
-        (each sealed to its message id), then the rows and their audit records."""
+        """One transaction: ids, then the rows, sealed payloads and audit records."""
         fresh = [p for p in plans if p.error or any(isinstance(s, _New) for s in p.slots)]
         if not fresh:
             return
-        written: list[payloads.Part] = []
 
         def build(next_id) -> list[Entry]:
-            parts: list[tuple[int, bytes]] = []
             for plan in fresh:
                 plan.id = next_id() if plan.error else -1
                 for new in _news(plan):
                     new.id = next_id()
-                plan.raw_index = len(parts)
-                parts.append((_raw_owner(plan), plan.raw))
-                for new in _news(plan):
-                    if new.out is not None:
-                        new.out_index = len(parts)
-                        parts.append((new.id, new.out))
-            written.extend(self.store.write_payloads(parts))
-            return [entry for plan in fresh for entry in self._entries(plan, written)]
+            return [entry for plan in fresh for entry in self._entries(plan)]
 
-        try:
-            self.store.insert(build)
-        except BaseException:
-            if written:
-                self.store.discard_payload(written[0].name)
-            raise
+        self.store.insert(build)
 
-    def _entries(self, plan: _Plan, written: list[payloads.Part]) -> list[Entry]:
+    def _entries(self, plan: _Plan) -> list[Entry]:
         actor = _actor(plan.envelope)
-        raw = written[plan.raw_index]
-        raw_columns = {**_part_columns("raw", raw), "raw_owner": _raw_owner(plan)}
         if plan.error:
             return [Entry(plan.id, values={
                 "identity": plan.envelope.identity, "control_id": None, "part": 0,
                 "content_sha256": plan.content, "state": "rejected", "reason": str(plan.error),
-                **raw_columns}, path=("received", "rejected"), actor=actor, events=(Event(
-                    actor, "receive", "rejected", plan.id, detail=str(plan.error)),))]
-        return [_entry(plan, new, raw_columns, written, actor, self.store.ring.patient(
-            new.doc.patient.bsn)) for new in _news(plan)]
+                "raw_owner": plan.id}, path=("received", "rejected"), actor=actor, events=(Event(
+                    actor, "receive", "rejected", plan.id, detail=str(plan.error)),), raw=plan.raw)]
+        owner = _news(plan)[0].id
+        return [_entry(plan, new, owner, actor, self.store.ring.patient(new.doc.patient.bsn))
+                for new in _news(plan)]
 
     def route(self, doc: Document) -> tuple[routes.Route, bytes | None]:
         """The route for ``doc`` and its payload in the destination's format (None in
@@ -267,11 +248,10 @@ class Intake:
                 if route.fallback != row["reason"]:
                     self.store.note(row["id"], actor, route.fallback, "route", set_reason=True)
                 continue
-            (out_part,) = self.store.write_payloads([(row["id"], out)])
             state = "ready" if route.delivery == "pull" else "outbound"
-            self.store.transition(row["id"], state, actor, None, destination=route.destination,
-                                  format=route.format, delivery=route.delivery,
-                                  **_part_columns("out", out_part))
+            self.store.transition(row["id"], state, actor, None, output=out,
+                                  destination=route.destination, format=route.format,
+                                  delivery=route.delivery)
             moved.append(Receipt(row["id"], row["zd_number"], state, route.destination))
         return moved
 
@@ -304,17 +284,6 @@ def _receipt(row, duplicate: bool = False) -> Receipt:
     return Receipt(row["id"], row["zd_number"], row["state"], row["destination"], duplicate)
 
 
-def _part_columns(which: str, part: payloads.Part) -> dict:
-    return {f"{which}_name": part.name, f"{which}_offset": part.offset,
-            f"{which}_length": part.length, f"{which}_sha256": part.sha256}
-
-
-def _raw_owner(plan: _Plan) -> int:
-    """The message id a plan's raw input is sealed to: the rejected message's, or the
-    first new document's."""
-    return plan.id if plan.error else _news(plan)[0].id
-
-
 def _news(plan: _Plan) -> list[_New]:
     return [slot for slot in plan.slots if isinstance(slot, _New)]
 
@@ -324,8 +293,9 @@ def _conflict(control_id: str) -> DuplicateConflict:
                              where="control id")
 
 
-def _entry(plan: _Plan, new: _New, raw_columns: dict, written: list, actor: str,
-           patient: str) -> Entry:
+def _entry(plan: _Plan, new: _New, owner: int, actor: str, patient: str) -> Entry:
+    """The entry of a new document; the first one of an input (``owner``) carries the raw
+    input, sealed to its id."""
     receipt = new.receipt()
     doc, route = new.doc, new.route
     about = {"message_id": new.id, "zd_number": doc.zd_number, "patient": patient,
@@ -342,6 +312,6 @@ def _entry(plan: _Plan, new: _New, raw_columns: dict, written: list, actor: str,
         "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,
         "in_reply_to": doc.in_reply_to, "sent_at": doc.sent_at.isoformat(), "patient": patient,
         "destination": route.destination, "format": route.format, "delivery": route.delivery,
-        "state": receipt.state, "reason": route.fallback, **raw_columns,
-        **(_part_columns("out", written[new.out_index]) if new.out is not None else {})},
-        path=("received", receipt.state), actor=actor, events=tuple(events))
+        "state": receipt.state, "reason": route.fallback, "raw_owner": owner},
+        path=("received", receipt.state), actor=actor, events=tuple(events),
+        raw=plan.raw if new.id == owner else None, out=new.out)

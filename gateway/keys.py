@@ -19,14 +19,18 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.document import normalize_bsn
 from gateway.errors import ConfigError
 
 MAGIC = b"GWE1"
+TAG = 16
+CHUNK = 1 << 20
 FORMAT = "gatewayd-keys 1"
 CHECK = b"gatewayd key check"
 
@@ -50,9 +54,25 @@ class Keyring:
     def seal(self, data: bytes, message_id: int, key_id: str | None = None) -> bytes:
         """``data`` encrypted under the current key (or ``key_id``), bound to ``message_id``."""
         key_id = key_id or self.current
-        header = MAGIC + bytes([len(key_id)]) + key_id.encode() + struct.pack(">Q", message_id)
+        header = _header(key_id, message_id)
         nonce = os.urandom(12)
         return header + nonce + AESGCM(self.keys[key_id]).encrypt(nonce, data, header)
+
+    def sealed_size(self, size: int) -> int:
+        """How many bytes ``seal`` makes of ``size`` plain bytes under the current key."""
+        return 5 + len(self.current) + 8 + 12 + size + TAG
+
+    def seal_chunks(self, data: bytes, message_id: int) -> Iterator[bytes]:
+        """The same sealed bytes as ``seal`` (current key), in pieces of about a MB, so that
+        a large payload is never held sealed in full next to its plain copy."""
+        header, nonce = _header(self.current, message_id), os.urandom(12)
+        sealing = Cipher(algorithms.AES(self.keys[self.current]), modes.GCM(nonce)).encryptor()
+        sealing.authenticate_additional_data(header)
+        yield header + nonce
+        view = memoryview(data)
+        for start in range(0, len(data), CHUNK):
+            yield sealing.update(view[start:start + CHUNK])
+        yield sealing.finalize() + sealing.tag
 
     def open(self, blob: bytes, message_id: int) -> bytes:
         """The plaintext of ``blob``; raise SealBroken unless it is intact and ``message_id``'s."""
@@ -90,12 +110,16 @@ class Keyring:
             return False
 
 
+def _header(key_id: str, message_id: int) -> bytes:
+    return MAGIC + bytes([len(key_id)]) + key_id.encode() + struct.pack(">Q", message_id)
+
+
 def header(blob: bytes) -> tuple[str, int, int]:
     """(key id, message id, offset of the nonce) of a sealed payload."""
     if blob[:4] != MAGIC or len(blob) < 5:
         raise SealBroken("not a sealed payload")
     start = 5 + blob[4]
-    if len(blob) < start + 8 + 12 + 16:
+    if len(blob) < start + 8 + 12 + TAG:
         raise SealBroken("sealed payload is truncated")
     return blob[5:start].decode("ascii", "replace"), struct.unpack(">Q", blob[start:start + 8])[0], \
         start + 8
@@ -108,14 +132,14 @@ def file_header(path: Path, offset: int = 0) -> tuple[str, int] | None:
         with open(path, "rb") as handle:
             handle.seek(offset)
             head = handle.read(5 + 255 + 8)
-        return header(head + bytes(12 + 16))[:2]
+        return header(head + bytes(12 + TAG))[:2]
     except (OSError, SealBroken):
         return None
 
 
 def plain_size(blob_size: int, key_id: str) -> int:
     """How many bytes a sealed payload of ``blob_size`` opens to."""
-    return max(0, blob_size - (5 + len(key_id) + 8 + 12 + 16))
+    return max(0, blob_size - (5 + len(key_id) + 8 + 12 + TAG))
 
 
 def generate() -> Keyring:

@@ -149,13 +149,11 @@ def reroute(intake: Intake, message_id: int, agb: str, actor: str) -> Receipt:
         out = codecs.get(institution.format).encode(doc)
     except EncodeError as exc:
         raise Refused(f"cannot be written as {institution.format} for {agb}: {exc}") from None
-    (part,) = intake.store.write_payloads([(message_id, out)])
     state = "ready" if institution.delivery == "pull" else "outbound"
     intake.store.transition(message_id, state, actor, f"rerouted to {agb} by an administrator",
-                            action="route", destination=agb, format=institution.format,
-                            delivery=institution.delivery, next_attempt_at=None,
-                            out_name=part.name, out_offset=part.offset, out_length=part.length,
-                            out_sha256=part.sha256)
+                            action="route", output=out, destination=agb,
+                            format=institution.format, delivery=institution.delivery,
+                            next_attempt_at=None)
     return Receipt(message_id, row["zd_number"], state, agb)
 
 

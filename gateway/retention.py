@@ -6,14 +6,15 @@ they reply to, is the case's, ``_ANTW`` left off) are purged together, once the 
 them was received longer ago than the rule for their kind: referrals
 ``retention.referral_days`` (180), teleconsultation ``retention.teleconsult_days``
 (548, 18 months). Input that could not be read (no ZD number) follows the
-referral rule on its own. Purging deletes the payload files no remaining message
-uses, the rows and their history; it keeps per ZD number only when and under
-which rule it was purged (so resend, cancel and status can say so), and per
-month, kind and destination only how many messages were purged. Audit records
-older than ``retention.audit_days`` go too. Then SQLite gives the space back
-(incremental vacuum, WAL truncated). Left-over files no message names — a crash
-between writing a payload and committing it, outbox files of purged messages,
-quarantined files — are removed once they are older than a day or the rule.
+referral rule on its own. Purging deletes the rows, their history and their
+sealed payloads (a raw input another remaining message shares stays); it keeps
+per ZD number only when and under which rule it was purged (so resend, cancel
+and status can say so), and per month, kind and destination only how many
+messages were purged. Audit records older than ``retention.audit_days`` go too.
+Then SQLite gives the space back (incremental vacuum, WAL truncated), so the
+purged ciphertexts leave the database file. SFTP outbox files of purged
+messages and quarantined outbox files are removed once they are older than a
+day or the rule.
 """
 
 import datetime as dt
@@ -40,6 +41,7 @@ class Group:
 @dataclass
 class Report:
     groups: list[Group] = field(default_factory=list)
+    payloads: int = 0
     files: int = 0
     audit_records: int = 0
 
@@ -74,33 +76,20 @@ def purge(store: Store, settings, now: float, dry_run: bool = False) -> Report:
     report = Report(due(store, settings, now))
     if dry_run:
         return report
-    names: set[str] = set()
     for start in range(0, len(report.groups), 200):   # short transactions: intake goes on
         chunk = report.groups[start:start + 200]
-        names |= store.purge([(g.key, g.rule, g.last_received) for g in chunk], ACTOR, now)
-    report.files = sum(_remove_unused(store, name) for name in sorted(names))
-    report.files += _sweep_leftovers(store, settings, time.time())   # file ages: real time
+        report.payloads += store.purge([(g.key, g.rule, g.last_received) for g in chunk], ACTOR,
+                                       now)
+    report.files = _sweep_files(store, settings, time.time())   # file ages: real time
     report.audit_records = store.prune_audit(now - settings.retention_audit_days * DAY, ACTOR)
     store.reclaim()
     return report
 
 
-def _remove_unused(store: Store, name: str) -> int:
-    if store.uses_payload(name):
-        return 0
-    (store.payload_root / name).unlink(missing_ok=True)
-    return 1
-
-
-def _sweep_leftovers(store: Store, settings, now: float) -> int:
-    """Remove payload files no message names, outbox files of messages that are gone, and
-    quarantined files past the referral rule."""
+def _sweep_files(store: Store, settings, now: float) -> int:
+    """Remove outbox files of messages that are gone and quarantined outbox files past
+    the referral rule."""
     removed = 0
-    for path in store.payload_root.glob("*/*"):
-        if not path.name.endswith(".tmp") and _older(path, now, DAY) and \
-                not store.uses_payload(f"{path.parent.name}/{path.name}"):
-            path.unlink(missing_ok=True)
-            removed += 1
     for path in Path(settings.paths_sftp).glob("*/outbox/*"):
         if _older(path, now, DAY) and store.get(_sealed_for(path)) is None:
             path.unlink(missing_ok=True)
@@ -141,5 +130,6 @@ def describe(report: Report) -> dict:
     return {"messages": report.messages, "zd_numbers": [g.key for g in report.groups],
             "by_rule": {rule: sum(g.messages for g in report.groups if g.rule == rule)
                         for rule in sorted({g.rule for g in report.groups})},
-            "files_removed": report.files, "audit_records_removed": report.audit_records}
+            "payloads_removed": report.payloads, "files_removed": report.files,
+            "audit_records_removed": report.audit_records}
 

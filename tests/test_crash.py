@@ -1,8 +1,8 @@
 """Durable before acknowledged: SIGKILL a child that is ingesting messages, many
-times; every message it acknowledged is stored exactly once, intact. The same
-checker catches a deliberately broken child that acknowledges before storing."""
+times; every message it acknowledged is stored exactly once, its payloads intact
+inside the database. The same checker catches a deliberately broken child that
+acknowledges before storing."""
 
-import os
 import random
 import signal
 import sqlite3
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.spool import payloads
+from gateway.spool.store import Store
 from tests.helpers.fakes import RING
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def run_with_kills(spool: Path, kills: int, early: bool, seed: int) -> set[str]:
 
 def check(spool: Path, acked: set[str], ring=RING) -> list[str]:
     """Problems found in the spool: acknowledged messages missing or stored twice,
-    unreadable payloads, leftover partial files, a failing integrity check."""
+    payloads missing or not opening, a failing integrity check."""
     problems = []
     db = sqlite3.connect(spool / "gateway.db")
     if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
@@ -49,13 +50,10 @@ def check(spool: Path, acked: set[str], ring=RING) -> list[str]:
     counts = dict(db.execute("SELECT control_id, count(*) FROM messages GROUP BY control_id"))
     problems += [f"{c} acknowledged but missing" for c in sorted(acked) if c not in counts]
     problems += [f"{c} stored {n} times" for c, n in counts.items() if n != 1]
-    for row in db.execute("SELECT raw_name, raw_offset, raw_length, raw_sha256, raw_owner "
-                          "FROM messages UNION SELECT out_name, out_offset, out_length, out_sha256, "
-                          "id FROM messages WHERE out_name IS NOT NULL"):
-        try:
-            payloads.read(spool / "payloads", ring, payloads.Part(*row[:4]), row[4])
-        except payloads.PayloadCorrupt as exc:
-            problems.append(str(exc))
+    problems += [problem for _, _, problem in payloads.problems(db, ring)]
+    problems += [f"message {i} has no converted payload" for (i,) in db.execute(
+        "SELECT id FROM messages m WHERE state = 'ready' AND NOT EXISTS (SELECT 1 FROM "
+        "payloads p WHERE p.message_id = m.id AND p.which = 'out')")]
     return problems
 
 
@@ -64,12 +62,9 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path, seed):
     """After repeated SIGKILLs every acknowledged message is stored once, intact."""
     acked = run_with_kills(tmp_path, kills=6, early=False, seed=seed)
     assert acked, "the child acknowledged nothing; the test proved nothing"
-    from gateway.spool.store import Store
-    for partial in (tmp_path / "payloads").glob("*/*.tmp"):
-        os.utime(partial, (time.time() - 7200,) * 2)    # left by a crash an hour or more ago
-    Store(tmp_path, time.time, RING).close()    # a restart sweeps them
-    assert not list((tmp_path / "payloads").glob("*/*.tmp"))
+    Store(tmp_path, time.time, RING).close()    # a restart: the WAL is taken in
     assert check(tmp_path, acked) == []
+    assert not (tmp_path / "payloads").exists()
 
 
 def test_checker_catches_acknowledge_before_commit(tmp_path):

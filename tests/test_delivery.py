@@ -1,5 +1,5 @@
 """Push deliveries on a fake clock: backoff, lifetime to fallback with an alert,
-in-flight limits per destination, hold, release and retry."""
+in-flight limits per destination, hold, release and retry; damaged payloads never sent."""
 
 import pytest
 from twisted.internet import defer, task
@@ -8,7 +8,7 @@ from twisted.logger import Logger
 from gateway import config, routes
 from gateway.errors import DeliveryError
 from gateway.intake import Envelope, Intake
-from gateway.spool import delivery
+from gateway.spool import delivery, payloads
 from gateway.spool.store import StateError, Store
 from tests.helpers.fakes import RING, PendingDestination, numbered_referral, write_tables
 
@@ -95,15 +95,23 @@ def test_hold_release_and_retry(setup):
         delivery.release(store, receipt.id, "admin")
 
 
-def test_corrupted_payload_is_quarantined_not_delivered(setup):
-    """A payload file altered on disk is detected, the message goes to fallback, nothing is sent."""
+def test_bit_flipped_inside_the_database_is_quarantined_not_delivered(setup, tmp_path):
+    """One bit of a sealed payload flipped in the database file on disk (its pages intact,
+    so integrity_check passes) is caught by the seal: the message goes to fallback with an
+    ALERT, nothing is sent."""
     clock, store, intake, settings = setup
     (receipt,) = intake.accept(message(1), Envelope("admin", "test"))
-    row = store.get(receipt.id)
-    path = store.payload_root / row["out_name"]
+    sealed = payloads.sealed(store.db, receipt.id, "out")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    path = tmp_path / "spool" / "gateway.db"
     data = bytearray(path.read_bytes())
-    data[row["out_offset"] + 10] ^= 0x01
+    at = data.find(sealed[40:80])
+    assert at > 0 and data.find(sealed[40:80], at + 1) == -1
+    data[at + 7] ^= 0x01
     path.write_bytes(bytes(data))
+    store = Store(tmp_path / "spool", clock.seconds, RING)
+    assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     destination = PendingDestination()
     events = []
     dispatcher = delivery.Dispatcher(store, settings, destination, clock.seconds)
@@ -112,15 +120,15 @@ def test_corrupted_payload_is_quarantined_not_delivered(setup):
     assert destination.open == []
     row = store.get(receipt.id)
     assert row["state"] == "fallback" and row["reason"].startswith("E-PAYLOAD-CORRUPT")
+    assert "authentication tag does not match" in row["reason"]
     assert any("ALERT payload corrupt" in e["log_format"] for e in events)
 
 
 def test_truncated_payload_is_quarantined(setup):
-    """A truncated payload file is caught the same way."""
+    """A payload cut short in the database is caught the same way."""
     clock, store, intake, settings = setup
     (receipt,) = intake.accept(message(2), Envelope("admin", "test"))
-    row = store.get(receipt.id)
-    path = store.payload_root / row["out_name"]
-    path.write_bytes(path.read_bytes()[:row["out_offset"] + 5])
+    store.db.execute("UPDATE payloads SET sealed = substr(sealed, 1, 60) WHERE message_id = ? "
+                     "AND which = 'out'", (receipt.id,))
     delivery.Dispatcher(store, settings, PendingDestination(), clock.seconds).tick()
     assert store.get(receipt.id)["state"] == "fallback"

@@ -209,7 +209,7 @@ def test_group_commit_stores_one_turn_together(tmp_path):
     clock.advance(0)
     receipts = [fired(answer)[0] for answer in answers]
     assert len({r.id for r in receipts}) == 3
-    assert len({row["raw_name"] for row in intake.store.listing()}) == 1
+    assert len({row["received_at"] for row in intake.store.listing()}) == 1    # one transaction
     assert fired(bad).check(DecodeError)
 
     def broken(items):

@@ -1,7 +1,6 @@
 """Encryption at rest and the audit log: seals that break on any change, keys that must
 fit the store, rotation, and a hash chain that names the first bad record."""
 
-import hashlib
 import json
 import stat
 import subprocess
@@ -103,18 +102,14 @@ class Recorder:
 
 
 def test_tampered_payload_is_quarantined_and_never_delivered(setup):
-    """A ciphertext byte changed — with its SHA-256 in SQLite fixed up, so that only the
-    seal can tell — sends the message to fallback with an ALERT and an audit record."""
+    """A ciphertext byte changed inside the database — only the seal can tell — sends the
+    message to fallback with an ALERT and an audit record."""
     clock, store, intake, settings = setup
     (receipt,) = intake.accept(numbered_referral(1), ADMIN)
-    row = store.get(receipt.id)
-    path = store.payload_root / row["out_name"]
-    data = bytearray(path.read_bytes())
-    data[row["out_offset"] + row["out_length"] - 20] ^= 0x40
-    path.write_bytes(bytes(data))
-    part = bytes(data[row["out_offset"]:row["out_offset"] + row["out_length"]])
-    store.db.execute("UPDATE messages SET out_sha256 = ? WHERE id = ?",
-                     (hashlib.sha256(part).hexdigest(), receipt.id))
+    data = bytearray(payloads.sealed(store.db, receipt.id, "out"))
+    data[-20] ^= 0x40
+    store.db.execute("UPDATE payloads SET sealed = ? WHERE message_id = ? AND which = 'out'",
+                     (bytes(data), receipt.id))
     recorder = Recorder()
     delivery.Dispatcher(store, settings, recorder, clock.seconds).tick()
     assert recorder.delivered == []
@@ -124,19 +119,17 @@ def test_tampered_payload_is_quarantined_and_never_delivered(setup):
 
 
 def test_a_payload_pointed_at_another_message_does_not_open(setup):
-    """Message 1's row pointed at message 2's converted part (SHA-256 and all) fails its seal."""
+    """Message 2's sealed converted part copied over message 1's fails its seal."""
     _, store, intake, _ = setup
     first, second = (intake.accept(numbered_referral(i), ADMIN)[0] for i in (1, 2))
-    other = store.get(second.id)
-    store.db.execute("UPDATE messages SET out_name = ?, out_offset = ?, out_length = ?, "
-                     "out_sha256 = ? WHERE id = ?", (other["out_name"], other["out_offset"],
-                                                    other["out_length"], other["out_sha256"], first.id))
+    store.db.execute("UPDATE payloads SET sealed = ? WHERE message_id = ? AND which = 'out'",
+                     (payloads.sealed(store.db, second.id, "out"), first.id))
     with pytest.raises(payloads.PayloadCorrupt, match="sealed for message 2, not 1"):
         store.payload(store.get(first.id), "out")
 
 
-def test_rotation_keeps_old_files_readable_and_reencrypts(tmp_path):
-    """After keys rotate, new files use the new key and old ones still open; --reencrypt
+def test_rotation_keeps_old_payloads_readable_and_reencrypts(tmp_path):
+    """After keys rotate, new payloads use the new key and old ones still open; --reencrypt
     seals every payload again under the new key; each change is in the audit log."""
     made = daemon.init(tmp_path / "gw")
     first = json.loads(daemon.ctl(made, "submit", str(ROOT / "fixtures" / "hl7" / "referral-lf.hl7"),
@@ -147,7 +140,8 @@ def test_rotation_keeps_old_files_readable_and_reencrypts(tmp_path):
     for message_id in (first, second):
         assert daemon.ctl(made, "show", str(message_id), "--converted").stdout.startswith(b"<?xml")
     result = json.loads(daemon.ctl(made, "keys", "rotate", "--reencrypt", "--json").stdout)
-    assert result == {"current": "k3", "reencrypted_files": 2, "daemon": None}
+    assert result == {"current": "k3", "reencrypted_payloads": 4, "reencrypted_outbox_files": 0,
+                      "daemon": None}
     assert _key_ids(made) == {"k3"}
     assert daemon.ctl(made, "show", str(first)).stdout.startswith(b"MSH|")
     actions = [r["action"] for r in daemon.ctl_json(made, "audit", "query", "--who", actor())]

@@ -214,25 +214,25 @@ def test_rotated_key_taken_at_reload(gateway):
                                                                     "reload")]
     assert records == [("identities-change", "changed: his-hoogveld")]
     rotations = daemon.ctl_json(made, "audit", "query", "--who", actor())
-    assert ("keys-rotate", "current key k2, 0 files re-encrypted") in [
+    assert ("keys-rotate", "current key k2, 0 payloads and 0 outbox files re-encrypted") in [
         (r["action"], r["detail"]) for r in rotations]
     db = sqlite3.connect(folder / "spool" / "gateway.db")
-    name, offset = db.execute("SELECT raw_name, raw_offset FROM messages WHERE zd_number = ?",
-                              ("ZD300000009",)).fetchone()
-    with open(folder / "spool" / "payloads" / name, "rb") as handle:
-        handle.seek(offset)
-        assert keys.header(handle.read(64))[0] == "k2"
+    (sealed,) = db.execute("SELECT sealed FROM payloads WHERE which = 'raw' AND message_id = "
+                           "(SELECT raw_owner FROM messages WHERE zd_number = ?)",
+                           ("ZD300000009",)).fetchone()
+    assert keys.header(sealed)[0] == "k2"
 
 
 def test_purge_leaves_nothing_and_status_says_so(gateway):
-    """Purged as of 600 days on: no payload file is left, and the sender asking for the
+    """Purged as of 600 days on: no payload is left, and the sender asking for the
     status of a purged referral gets 410 saying when and under which rule."""
     made, folder = gateway
     later = str(dt.date.today() + dt.timedelta(days=600))
     report = daemon.ctl_json(made, "purge", "--as-of", later)
     assert report["messages"] == 7 and set(report["by_rule"]) == {"referral: 180 days",
                                                                   "teleconsultation: 548 days"}
-    assert [p for p in (folder / "spool" / "payloads").glob("*/*")] == []
+    db = sqlite3.connect(folder / "spool" / "gateway.db")
+    assert db.execute("SELECT count(*) FROM payloads").fetchone()[0] == 0
     status, body = curl(made, "/v1/status/ZD300000009", "his-brink")
     assert status == 410 and json.loads(body)["code"] == "E-PURGED"
     assert "under the retention rule (referral: 180 days)" in json.loads(body)["message"]

@@ -1,8 +1,10 @@
-"""Retention and purge: each case kept exactly as long as its rule says, then its files,
+"""Retention and purge: each case kept exactly as long as its rule says, then its payloads,
 rows and space gone, with a clear answer for a purged ZD number."""
 
+import base64
 import datetime as dt
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +43,9 @@ class Setup:
     def zd_numbers(self) -> set[str]:
         return {row[0] for row in self.store.db.execute("SELECT zd_number FROM messages")}
 
-    def files(self) -> set[str]:
-        return {f"{p.parent.name}/{p.name}" for p in self.store.payload_root.glob("*/*")}
+    def payloads(self) -> set[tuple[int, str]]:
+        return {tuple(row) for row in self.store.db.execute(
+            "SELECT message_id, which FROM payloads")}
 
 
 @pytest.fixture
@@ -68,18 +71,18 @@ def test_each_case_is_kept_as_long_as_its_rule(setup):
     assert setup.zd_numbers() == {"ZD100200301", "ZD100200301_ANTW"}
     assert setup.purge(557.9).messages == 0
     assert setup.purge(558.1).messages == 2
-    assert setup.zd_numbers() == set() and setup.files() == set()
+    assert setup.zd_numbers() == set() and setup.payloads() == set()
 
 
 def test_dry_run_shows_and_keeps(setup):
     setup.at(0, numbered_referral(1))
-    files = setup.files()
+    stored = setup.payloads()
     report = setup.purge(181, dry_run=True)
     assert retention.describe(report)["zd_numbers"] == ["ZD500000001"]
-    assert setup.zd_numbers() == {"ZD500000001"} and setup.files() == files
+    assert setup.zd_numbers() == {"ZD500000001"} and setup.payloads() == stored
 
 
-def test_purge_removes_files_rows_and_space(setup):
+def test_purge_removes_payloads_rows_and_space(setup):
     """After a purge no payload of a purged message is left, no history row, and the
     database file shrinks; the counts per month, kind and destination remain."""
     for index in range(300):
@@ -87,16 +90,42 @@ def test_purge_removes_files_rows_and_space(setup):
     setup.at(200, numbered_referral(1000))
     setup.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = (setup.store.root / "gateway.db").stat().st_size
-    kept = setup.files()
     report = setup.purge(181)
-    assert report.messages == 300 and report.files == 300
-    assert setup.zd_numbers() == {"ZD500001000"} and len(setup.files()) == 1 < len(kept)
+    assert report.messages == 300 and report.payloads == 600
+    assert setup.zd_numbers() == {"ZD500001000"} and setup.payloads() == {(301, "raw"), (301, "out")}
     assert setup.store.db.execute("SELECT count(*) FROM history").fetchone()[0] == 2
     assert setup.store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     assert (setup.store.root / "gateway.db").stat().st_size < before    # audit records stay
     assert (setup.store.root / "gateway.db-wal").stat().st_size == 0
     counts = setup.store.db.execute("SELECT kind, destination, messages FROM purge_counts").fetchall()
     assert [tuple(c) for c in counts] == [("referral", "06005678", 300)]
+
+
+def test_purging_large_payloads_gives_their_space_back(setup):
+    """Twelve teleconsult requests with a 1.5 MB attachment each grow the database file by
+    at least their size twice (raw and converted); purged, it shrinks back by as much."""
+    template = (ROOT / "fixtures" / "xml" / "teleconsult-request-attachment.xml").read_bytes()
+    empty = (setup.store.root / "gateway.db").stat().st_size
+    for index in range(12):
+        data = base64.b64encode(random.Random(index).randbytes(1_500_000))
+        setup.at(0, _with_attachment(template, index, data))
+    setup.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    full = (setup.store.root / "gateway.db").stat().st_size
+    assert full - empty > 12 * 2 * 1_500_000
+    report = setup.purge(600)
+    assert report.messages == 12 and report.payloads == 24
+    after = (setup.store.root / "gateway.db").stat().st_size
+    assert full - after > 12 * 2 * 1_500_000 and after < empty + 1_000_000
+    assert (setup.store.root / "gateway.db-wal").stat().st_size == 0
+
+
+def _with_attachment(template: bytes, index: int, data: bytes) -> bytes:
+    """The XML teleconsult request fixture with its own ZD number, Bundle id and attachment."""
+    start = template.index(b"<content value=\"") + len(b"<content value=\"")
+    end = template.index(b"\"", start)
+    return (template[:start] + data + template[end:]).replace(
+        b"ZD100200301", f"ZD7{index:08d}".encode()).replace(
+        b"a9e38604e300e394662c5679adcacb13", f"big-{index}".encode())
 
 
 def test_a_purged_zd_number_is_answered_clearly(setup):
@@ -115,22 +144,23 @@ def test_a_purged_zd_number_is_answered_clearly(setup):
         assert (refused.value.code, refused.value.message) == ("E-PURGED", expected)
 
 
-def test_leftovers_are_swept(setup, tmp_path):
-    """A payload file no message names (a crash between write and commit) and an outbox
-    file of a purged message go once they are a day old; a fresh orphan stays."""
+def test_outbox_and_quarantine_leftovers_are_swept(setup):
+    """An outbox file of a purged message goes once it is a day old, a quarantined outbox
+    file once it is past the referral rule; a fresh one stays."""
     setup.at(0, numbered_referral(1))
-    (orphan,) = setup.store.write_payloads([(99, b"never committed")])
-    (fresh,) = setup.store.write_payloads([(98, b"being committed right now")])
     row = setup.store.get(1)
     outbox = Outbox(setup.settings.paths_sftp, setup.store)
     outbox.deliver({**dict(row), "delivery": "sftp:his-brink", "format": "hl7"}, b"x")
-    old = time.time() - 2 * DAY
-    os.utime(setup.store.payload_root / orphan.name, (old, old))
-    for path in setup.settings.paths_sftp.glob("*/outbox/*"):
+    quarantine = setup.store.root / "quarantine"
+    quarantine.mkdir()
+    (quarantine / "his-brink-old.hl7").write_bytes(b"sealed")
+    (quarantine / "his-brink-new.hl7").write_bytes(b"sealed")
+    old = time.time() - 200 * DAY
+    for path in [*setup.settings.paths_sftp.glob("*/outbox/*"), quarantine / "his-brink-old.hl7"]:
         os.utime(path, (old, old))
-    setup.purge(181)
-    assert setup.files() == {fresh.name}
+    assert setup.purge(181).files == 2
     assert list(setup.settings.paths_sftp.glob("*/outbox/*")) == []
+    assert [p.name for p in quarantine.iterdir()] == ["his-brink-new.hl7"]
 
 
 def test_cli_purge_as_of_and_status(tmp_path):
@@ -176,10 +206,9 @@ def test_purge_keeps_exactly_what_the_rules_allow(cases, as_of):
         assert setup.zd_numbers() == expected
         for row in setup.store.listing():
             assert setup.store.payload(row, "raw")
-        names = {row[0] for row in setup.store.db.execute(
-            "SELECT raw_name FROM messages UNION SELECT out_name FROM messages WHERE out_name "
-            "IS NOT NULL")}
-        assert setup.files() == names
+        expected = {(row["raw_owner"], "raw") for row in setup.store.listing()} | {
+            (row["id"], "out") for row in setup.store.listing() if row["state"] != "fallback"}
+        assert setup.payloads() == expected
 
 
 def test_a_message_arriving_during_the_purge_stays(setup):

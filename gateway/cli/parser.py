@@ -4,7 +4,7 @@ import argparse
 import datetime as dt
 
 from gateway import __version__, codecs
-from gateway.cli import admin, codec, identities as identities_cli, live, privacy
+from gateway.cli import admin, codec, identities as identities_cli, live, privacy, storage
 from gateway.cli import queue as queue_cli
 from gateway.cli.common import Parser
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     _privacy_commands(commands)
     identities_cli.add_commands(_group(commands, "identities", "who may connect: onboarding"),
                                 _command)
+    _storage_commands(commands)
     return parser
 
 
@@ -190,6 +191,12 @@ def _privacy_commands(commands) -> None:
                       help="the converted content instead of what was received")
     show.add_argument("--raw", action="store_true",
                       help="the bytes as stored (in a terminal HL7 is shown a segment a line)")
+
+
+def _storage_commands(commands) -> None:
+    store = _group(commands, "store", "the store: schema and checks")
+    _command(store, "upgrade", storage.cmd_store_upgrade,
+             "bring an older store to the current schema (gatewayd does it at start)")
 
 
 def _date(text: str) -> dt.date:

@@ -2,7 +2,7 @@
 
 ``keys init|rotate|retire`` manage the key file (``rotate --reencrypt`` also seals
 every stored payload and outbox file again under the new key; ``retire`` drops a
-key no stored file uses any more); ``purge`` enforces the
+key no stored payload or outbox file uses any more); ``purge`` enforces the
 retention rules (``--dry-run`` only shows, ``--as-of`` looks at another date);
 ``audit verify|query`` check the hash chain and answer "who saw this patient's
 data, when"; ``show`` prints a stored message (audited: it is a view of patient
@@ -19,7 +19,6 @@ from gateway.cli.admin import NotFound, table, open_config, open_store
 from gateway.cli.common import UsageError, actor
 from gateway.errors import ConfigError, GatewayError
 from gateway.spool import queries
-from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports.sftp import Outbox
 
 AUDIT_COLUMNS = ("seq", "at", "who", "behalf", "action", "message_id", "zd_number", "result",
@@ -51,39 +50,33 @@ def cmd_keys_init(args, out) -> int:
 
 
 def cmd_keys_rotate(args, out) -> int:
-    """Add a new payload key for new files; with --reencrypt, seal every stored file again."""
+    """Add a new payload key for new payloads; with --reencrypt, seal every stored payload
+    and outbox file again."""
     settings = open_config(args)
     store = open_store(settings)
     ring = keys.rotated(store.ring)
     keys.save(ring, settings.paths_keys)
     store.ring = ring
     store.check_keys()                     # registers the new key's check value
-    files = reencrypt(store, settings) if args.reencrypt else 0
-    store.record([audit.Event(actor(), "keys-rotate",
-                              detail=f"current key {ring.current}, {files} files re-encrypted")])
+    parts, files = reencrypt(store, settings) if args.reencrypt else (0, 0)
+    store.record([audit.Event(actor(), "keys-rotate", detail=f"current key {ring.current}, "
+                              f"{parts} payloads and {files} outbox files re-encrypted")])
     answer = live.reload_parts(settings, ["keys"])
-    out(json.dumps({"current": ring.current, "reencrypted_files": files,
-                    "daemon": answer and answer["pid"]}) if args.json else
-        f"current key {ring.current}; {files} file(s) re-encrypted; {live.where(answer)}")
+    out(json.dumps({"current": ring.current, "reencrypted_payloads": parts,
+                    "reencrypted_outbox_files": files, "daemon": answer and answer["pid"]})
+        if args.json else f"current key {ring.current}; {parts} payload(s) and {files} outbox "
+        f"file(s) re-encrypted; {live.where(answer)}")
     return 0
 
 
-def reencrypt(store, settings) -> int:
-    """Seal every payload file and outbox file again under the current key; how many."""
-    names = [row[0] for row in store.db.execute(
-        "SELECT raw_name FROM messages UNION SELECT out_name FROM messages "
-        "WHERE out_name IS NOT NULL")]
-    unreadable = 0
-    for name in names:
-        try:
-            store.reseal(name)
-        except PayloadCorrupt:
-            unreadable += 1         # left as it is; delivery quarantines it when it is due
+def reencrypt(store, settings) -> tuple[int, int]:
+    """Seal every stored payload and outbox file again under the current key, then give
+    the space of the old ciphertexts back; (payloads, outbox files) resealed. A payload
+    that does not open is left as it is: delivery quarantines it when it is due."""
+    parts, _ = store.reseal()
+    store.reclaim()
     outbox = Outbox(settings.paths_sftp, store)
-    resealed = 0
-    for path in settings.paths_sftp.glob("*/outbox/*"):
-        resealed += outbox.reseal(path)
-    return len(names) - unreadable + resealed
+    return parts, sum(outbox.reseal(path) for path in settings.paths_sftp.glob("*/outbox/*"))
 
 
 def cmd_keys_retire(args, out) -> int:
@@ -125,8 +118,8 @@ def cmd_purge(args, out) -> int:
     else:
         out(f"purged {data['messages']} message(s) of {len(data['zd_numbers'])} ZD number(s)"
             + "".join(f"\n  {rule}: {count}" for rule, count in data["by_rule"].items())
-            + f"\nremoved {data['files_removed']} file(s), "
-              f"{data['audit_records_removed']} audit record(s)")
+            + f"\nremoved {data['payloads_removed']} payload(s), {data['files_removed']} "
+              f"outbox file(s), {data['audit_records_removed']} audit record(s)")
     return 0
 
 
@@ -190,7 +183,7 @@ def cmd_show(args, out) -> int:
     if row is None:
         raise NotFound(f"no message {args.id} (purged messages are gone)")
     which = "out" if args.converted else "raw"
-    if which == "out" and not row["out_name"]:
+    if which == "out" and not store.has_output(row["id"]):
         raise NotFound(f"message {args.id} has no converted content (state {row['state']})")
     data = store.payload(row, which)
     store.record([audit.about(row, actor(), "view", detail=f"show {which}")])

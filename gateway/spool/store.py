@@ -1,15 +1,18 @@
-"""The durable store: SQLite metadata and state, sealed payload files for content.
+"""The durable store: one SQLite database holding rows, history, audit and sealed payloads.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` and one writer; each change
-is one ``BEGIN IMMEDIATE`` transaction that also appends to the message's
-history (time, state, actor, reason) and to the audit log (``gateway.audit``).
-Payload files are sealed with the keyring, written and fsynced before the row
-that names them is committed, and a caller gets its receipt only after that
-commit. Message ids come from a counter in the same transaction (never reused,
-even after a purge), so a payload can be sealed to its message id before the
-row exists. The database holds identifiers (ZD number, AGB codes, control ids,
-the patient's keyed hash), states and times — never a BSN, a name or letter
-text; those live only in the sealed payload files.
+SQLite runs in WAL mode with ``synchronous=FULL``; each change is one ``BEGIN
+IMMEDIATE`` transaction that also appends to the message's history (time,
+state, actor, reason) and to the audit log (``gateway.audit``), and, for new
+messages, stores their payloads sealed (``gateway.spool.payloads``): a batch
+of messages is one commit and one sync, and a caller gets its receipt only
+after that commit. Message ids come from a counter in the same transaction
+(never reused, even after a purge), so a payload is sealed to its message id.
+The columns hold identifiers (ZD number, AGB codes, control ids, the patient's
+keyed hash), states and times — never a BSN, a name or letter text; those live
+only in the sealed payloads. The schema is versioned (``gateway.spool.schema``);
+opening an older store upgrades it (``gateway.spool.upgrade``). All SQL of the
+message store is here and in those modules, so that another backend can stand
+behind the same methods.
 """
 
 import sqlite3
@@ -18,96 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gateway import audit, keys
+from gateway import audit
 from gateway.errors import GatewayError
 from gateway.keys import Keyring, KeyProblem
-from gateway.spool import payloads, states
+from gateway.spool import payloads, schema, states, upgrade
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    identity TEXT NOT NULL,
-    control_id TEXT,
-    part INTEGER NOT NULL DEFAULT 0,
-    content_sha256 TEXT NOT NULL,
-    zd_number TEXT NOT NULL DEFAULT '',
-    case_zd TEXT NOT NULL DEFAULT '',
-    kind TEXT NOT NULL DEFAULT '',
-    sender_agb TEXT NOT NULL DEFAULT '',
-    recipient_agb TEXT NOT NULL DEFAULT '',
-    in_reply_to TEXT,
-    sent_at TEXT NOT NULL DEFAULT '',
-    destination TEXT NOT NULL DEFAULT '',
-    format TEXT NOT NULL DEFAULT '',
-    delivery TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    reason TEXT,
-    received_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    next_attempt_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    raw_name TEXT NOT NULL,
-    raw_offset INTEGER NOT NULL DEFAULT 0,
-    raw_length INTEGER NOT NULL DEFAULT 0,
-    raw_sha256 TEXT NOT NULL,
-    raw_owner INTEGER NOT NULL,
-    patient TEXT NOT NULL DEFAULT '',
-    out_name TEXT,
-    out_offset INTEGER,
-    out_length INTEGER,
-    out_sha256 TEXT,
-    UNIQUE (identity, control_id)
-);
-CREATE INDEX IF NOT EXISTS messages_zd ON messages (zd_number);
-CREATE INDEX IF NOT EXISTS messages_case ON messages (case_zd);
-CREATE INDEX IF NOT EXISTS messages_queue ON messages (state, destination);
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
-CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS messages_raw_name ON messages (raw_name);
-CREATE INDEX IF NOT EXISTS messages_out_name ON messages (out_name);
-CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY,
-    message_id INTEGER NOT NULL REFERENCES messages (id),
-    at REAL NOT NULL,
-    state TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT
-);
-CREATE INDEX IF NOT EXISTS history_message ON history (message_id);
-CREATE TABLE IF NOT EXISTS route_changes (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    change TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('message_id', 0);
-CREATE TABLE IF NOT EXISTS key_checks (key_id TEXT PRIMARY KEY, sealed BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS purged (
-    zd_number TEXT PRIMARY KEY,
-    purged_at REAL NOT NULL,
-    rule TEXT NOT NULL,
-    messages INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS purge_counts (
-    month TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    messages INTEGER NOT NULL,
-    PRIMARY KEY (month, kind, destination)
-);
-"""
 # What each state a message moves to means in the audit log (an operation may say more).
 ACTIONS = {"ready": "route", "outbound": "route", "fallback": "route", "deferred": "deliver",
            "delivered": "deliver", "held": "hold", "expired": "deliver", "cancelled": "cancel",
            "rejected": "receive", "received": "receive"}
 RESULTS = {"fallback": "fallback", "deferred": "failed", "expired": "expired", "rejected": "rejected"}
 COLUMNS = ("identity", "control_id", "part", "content_sha256", "zd_number", "case_zd", "kind",
-           "sender_agb",
-           "recipient_agb", "in_reply_to", "sent_at", "destination", "format", "delivery",
-           "state", "reason", "raw_name", "raw_offset", "raw_length", "raw_sha256", "raw_owner",
-           "patient", "out_name",
-           "out_offset", "out_length", "out_sha256")
+           "sender_agb", "recipient_agb", "in_reply_to", "sent_at", "destination", "format",
+           "delivery", "state", "reason", "raw_owner", "patient")
+# What a column holds when an entry leaves it out (the table's defaults).
+DEFAULTS = {"part": 0, "zd_number": "", "case_zd": "", "kind": "", "sender_agb": "",
+            "recipient_agb": "", "sent_at": "", "destination": "", "format": "", "delivery": "",
+            "patient": ""}
+INSERT_MESSAGE = (f"INSERT INTO messages (id, {', '.join(COLUMNS)}, received_at, updated_at) "
+                  f"VALUES ({', '.join('?' * (len(COLUMNS) + 3))})")
+INSERT_HISTORY = "INSERT INTO history (message_id, at, state, actor, reason) VALUES (?, ?, ?, ?, ?)"
 
 
 class StateError(GatewayError):
@@ -118,24 +51,27 @@ class StateError(GatewayError):
 class Entry:
     """A message to store under ``id``: its metadata (see COLUMNS), the states it passed
     through on the way in (recorded as history in the same transaction), who brought it,
-    and its audit events."""
+    its audit events, and its payloads: the raw input (only on the message that owns it,
+    ``raw_owner``) and the converted output."""
 
     id: int
     values: dict
     path: tuple[str, ...]
     actor: str
     events: tuple = ()
+    raw: bytes | None = None
+    out: bytes | None = None
 
 
 class Store:
-    """One spool folder: ``gateway.db`` and ``payloads/``, sealed with ``ring``. Pass the
-    clock in (seconds); ``other_thread`` when one thread opens it for another to use."""
+    """One spool folder holding ``gateway.db``, its payloads sealed with ``ring``. Pass the
+    clock in (seconds); ``other_thread`` when one thread opens it for another to use;
+    ``progress`` is told about an upgrade of an older store (one line at a time)."""
 
     def __init__(self, root: Path, clock: Callable[[], float], ring: Keyring,
-                 other_thread: bool = False):
+                 other_thread: bool = False, progress: Callable[[str], None] | None = None):
         self.root = Path(root)
-        self.payload_root = self.root / "payloads"
-        self.payload_root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.clock, self.ring = clock, ring
         self.db = sqlite3.connect(self.root / "gateway.db", isolation_level=None, timeout=30,
                                   check_same_thread=not other_thread)
@@ -144,10 +80,12 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.executescript(SCHEMA + audit.SCHEMA)
+        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")   # the WAL after a large message
+        found = schema.prepare(self.db)
         self.check_keys()
-        payloads.prepare(self.payload_root)
-        payloads.sweep(self.payload_root)
+        if found < schema.VERSION:
+            upgrade.run(self.db, ring, self.root, progress or (lambda line: None))
+        upgrade.remove_files(self.root)
 
     def check_keys(self) -> None:
         """Refuse a key file that lacks a key this store used, or holds a different one."""
@@ -175,52 +113,54 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def write_payloads(self, parts: list[tuple[int, bytes]]) -> list[payloads.Part]:
-        """Seal each (message id, bytes) and store them durably in one file; return where
-        each is, for an Entry."""
-        return payloads.write(self.payload_root, self.ring, parts)
-
-    def discard_payload(self, name: str) -> None:
-        payloads.remove(self.payload_root, name)
-
     def payload(self, row, which: str = "raw") -> bytes:
-        """The ``raw`` or ``out`` payload of a message row; raise PayloadCorrupt if damaged."""
+        """The ``raw`` or ``out`` payload of a message row; raise PayloadCorrupt if it is
+        missing or damaged."""
         owner = row["raw_owner"] if which == "raw" else row["id"]
-        return payloads.read(self.payload_root, self.ring, payloads.Part(
-            row[f"{which}_name"], row[f"{which}_offset"], row[f"{which}_length"],
-            row[f"{which}_sha256"]), owner)
+        return payloads.get(self.db, self.ring, owner, which)
+
+    def has_output(self, message_id: int) -> bool:
+        """Whether a message has converted content (a message in fallback has none)."""
+        return payloads.has(self.db, message_id, "out")
 
     def find(self, identity: str, control_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM messages WHERE identity = ? AND control_id = ?",
                                (identity, control_id)).fetchone()
 
     def insert(self, build: Callable[[Callable[[], int]], list[Entry]]) -> None:
-        """Commit new messages in one transaction. ``build(next_id)`` runs inside it: it
-        takes ids from ``next_id()``, writes the payloads sealed to them, and returns the
-        entries. Raises sqlite3.IntegrityError on a duplicate control id."""
+        """Commit new messages, their payloads, history and audit records in one
+        transaction. ``build(next_id)`` runs inside it: it takes ids from ``next_id()``
+        and returns the entries. Raises sqlite3.IntegrityError on a duplicate control id."""
         now = self.clock()
         with self._transaction():
             self.check_current()
-            entries = build(self._next_id)
-            for entry in entries:
-                columns = [c for c in COLUMNS if entry.values.get(c) is not None]
-                self.db.execute(
-                    f"INSERT INTO messages (id, {', '.join(columns)}, received_at, updated_at) "
-                    f"VALUES (?, {', '.join('?' * len(columns))}, ?, ?)",
-                    [entry.id] + [entry.values[c] for c in columns] + [now, now])
-                for state in entry.path:
-                    reason = entry.values.get("reason") if state == entry.values["state"] else None
-                    self._history(entry.id, now, state, entry.actor, reason)
-            audit.append(self.db, self.ring, [e for entry in entries for e in entry.events], now)
+            counter = self.db.execute("SELECT value FROM counters WHERE name = 'message_id'"
+                                      ).fetchone()[0]
 
-    def _next_id(self) -> int:
-        return self.db.execute("UPDATE counters SET value = value + 1 WHERE name = 'message_id' "
-                               "RETURNING value").fetchone()[0]
+            def next_id() -> int:
+                nonlocal counter
+                counter += 1
+                return counter
+            entries = build(next_id)
+            self.db.execute("UPDATE counters SET value = ? WHERE name = 'message_id'", (counter,))
+            self.db.executemany(INSERT_MESSAGE, [
+                (e.id, *[e.values.get(c, DEFAULTS.get(c)) for c in COLUMNS], now, now)
+                for e in entries])
+            self.db.executemany(INSERT_HISTORY, [
+                (e.id, now, state, e.actor,
+                 e.values.get("reason") if state == e.values["state"] else None)
+                for e in entries for state in e.path])
+            payloads.put(self.db, self.ring, [
+                (e.id, which, data) for e in entries
+                for which, data in (("raw", e.raw), ("out", e.out)) if data is not None])
+            audit.append(self.db, self.ring, [event for e in entries for event in e.events], now)
 
     def transition(self, message_id: int, state: str, actor: str, reason: str | None = None,
-                   action: str | None = None, result: str | None = None, **changes) -> None:
+                   action: str | None = None, result: str | None = None,
+                   output: bytes | None = None, **changes) -> None:
         """Move a message to ``state`` (one transaction, with history and an audit record,
-        ``action`` or the state's usual one); raise StateError if that is not allowed."""
+        ``action`` or the state's usual one; ``output`` stores new converted content with
+        it); raise StateError if that is not allowed."""
         now = self.clock()
         with self._transaction():
             row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
@@ -231,7 +171,10 @@ class Store:
             assignments = {"state": state, "reason": reason, "updated_at": now, **changes}
             self.db.execute(f"UPDATE messages SET {', '.join(f'{k} = ?' for k in assignments)} "
                             "WHERE id = ?", [*assignments.values(), message_id])
-            self._history(message_id, now, state, actor, reason)
+            if output is not None:
+                self.check_current()
+                payloads.put(self.db, self.ring, [(message_id, "out", output)], replace=True)
+            self.db.execute(INSERT_HISTORY, (message_id, now, state, actor, reason))
             detail = reason or changes.get("destination") or row["destination"]
             audit.append(self.db, self.ring, [audit.about(
                 row, actor, action or ACTIONS[state], result or RESULTS.get(state, "ok"), detail)],
@@ -248,7 +191,7 @@ class Store:
                 self.db.execute("UPDATE messages SET reason = ?, updated_at = ? WHERE id = ?",
                                 (reason, now, message_id))
             if row is not None:
-                self._history(message_id, now, row["state"], actor, reason)
+                self.db.execute(INSERT_HISTORY, (message_id, now, row["state"], actor, reason))
                 audit.append(self.db, self.ring, [audit.about(row, actor, action, detail=reason)], now)
 
     def record(self, events: list) -> None:
@@ -291,68 +234,83 @@ class Store:
         return self.db.execute("SELECT * FROM route_changes ORDER BY id DESC LIMIT ?",
                                (limit,)).fetchall()
 
-    def purge(self, groups: list[tuple[str, str, float]], actor: str, now: float) -> set[str]:
+    def purge(self, groups: list[tuple[str, str, float]], actor: str, now: float) -> int:
         """Delete the messages of each (case ZD number or ``#id``, rule, last received) in
         one transaction — none received after that last one, which may have come meanwhile —
-        keeping a purge record per ZD number, counts and audit records; return the payload
-        file names they used."""
-        names, events = set(), []
+        with their payloads (a raw input shared with a message that stays, stays), keeping a
+        purge record per ZD number, counts and audit records; return how many payloads went."""
+        events, removed = [], 0
         with self._transaction():
             for key, rule, last in groups:
                 rows = self.db.execute("SELECT * FROM messages WHERE id = ?", (int(key[1:]),)) \
                     if key.startswith("#") else self.db.execute(
                         "SELECT * FROM messages WHERE case_zd = ? AND received_at <= ?", (key, last))
                 rows = rows.fetchall()
-                for row in rows:
-                    names.update(n for n in (row["raw_name"], row["out_name"]) if n)
-                    events.append(audit.about(row, actor, "purge", detail=rule))
-                    self.db.execute(
-                        "INSERT INTO purge_counts VALUES (strftime('%Y-%m', ?, 'unixepoch'), ?, ?, 1) "
-                        "ON CONFLICT DO UPDATE SET messages = messages + 1",
-                        (row["received_at"], row["kind"] or row["state"], row["destination"]))
+                events += [audit.about(row, actor, "purge", detail=rule) for row in rows]
+                self.db.executemany(
+                    "INSERT INTO purge_counts VALUES (strftime('%Y-%m', ?, 'unixepoch'), ?, ?, 1) "
+                    "ON CONFLICT DO UPDATE SET messages = messages + 1",
+                    [(row["received_at"], row["kind"] or row["state"], row["destination"])
+                     for row in rows])
                 ids = [(row["id"],) for row in rows]
                 self.db.executemany("DELETE FROM history WHERE message_id = ?", ids)
                 self.db.executemany("DELETE FROM messages WHERE id = ?", ids)
+                removed += self._drop_payloads(ids, {row["raw_owner"] for row in rows})
                 numbers = {row["zd_number"] for row in rows if row["zd_number"]}
                 numbers |= set() if key.startswith("#") else {key}
                 self.db.executemany("INSERT OR REPLACE INTO purged VALUES (?, ?, ?, ?)",
                                     [(number, now, rule, len(rows)) for number in sorted(numbers)])
             audit.append(self.db, self.ring, events, now)
-        return names
+        return removed
 
-    def reseal(self, name: str) -> None:
-        """Write the payload file ``name`` again, sealed under the current key, and point its
-        messages at the new file (after a key rotation); raise PayloadCorrupt if damaged.
-        The old file stays until the purge sweeps unused files: a delivery may be reading it."""
-        rows = self.db.execute("SELECT * FROM messages WHERE raw_name = ? UNION "
-                               "SELECT * FROM messages WHERE out_name = ?", (name, name)).fetchall()
-        places = {}         # offset -> (message id it is sealed to, plain bytes)
-        for row in rows:
-            for which in ("raw", "out"):
-                if row[f"{which}_name"] == name:
-                    owner = row["raw_owner"] if which == "raw" else row["id"]
-                    places.setdefault(row[f"{which}_offset"], (owner, self.payload(row, which)))
-        offsets = sorted(places)
-        moved = dict(zip(offsets, self.write_payloads([places[o] for o in offsets])))
-        with self._transaction():
-            for row in rows:
-                for which in ("raw", "out"):
-                    if row[f"{which}_name"] == name:
-                        part = moved[row[f"{which}_offset"]]
-                        self.db.execute(
-                            f"UPDATE messages SET {which}_name = ?, {which}_offset = ?, "
-                            f"{which}_length = ?, {which}_sha256 = ? WHERE id = ?",
-                            (part.name, part.offset, part.length, part.sha256, row["id"]))
+    def _drop_payloads(self, ids: list[tuple[int]], owners: set[int]) -> int:
+        """Delete the outputs of the messages ``ids`` (deleted just now) and the raw inputs
+        of ``owners`` that no message names any more; how many."""
+        before = self.db.total_changes
+        self.db.executemany("DELETE FROM payloads WHERE message_id = ? AND which = 'out'", ids)
+        self.db.executemany("DELETE FROM payloads WHERE message_id = ? AND which = 'raw' AND "
+                            "NOT EXISTS (SELECT 1 FROM messages WHERE raw_owner = ?)",
+                            [(owner, owner) for owner in sorted(owners)])
+        return self.db.total_changes - before
+
+    def reseal(self, batch_bytes: int = 32 << 20) -> tuple[int, int]:
+        """Seal every stored payload that is not under the current key again under it, a
+        batch of parts per transaction (intake goes on meanwhile; a run stopped half-way
+        is finished by running it again); return (parts resealed, parts that do not open,
+        left as they are for delivery to quarantine)."""
+        resealed, broken, after = 0, 0, 0
+        while True:
+            with self._transaction():
+                self.check_current()
+                done, bad, after = self._reseal_batch(after, batch_bytes)
+            resealed, broken = resealed + done, broken + bad
+            if after is None:
+                return resealed, broken
+
+    def _reseal_batch(self, after: int, batch_bytes: int) -> tuple[int, int, int | None]:
+        """Reseal parts after rowid ``after`` until ``batch_bytes`` were sealed; return
+        (resealed, unreadable, the last rowid looked at or None at the end)."""
+        done = bad = size = 0
+        rows = self.db.execute("SELECT rowid, message_id, which FROM payloads WHERE rowid > ? "
+                               "ORDER BY rowid LIMIT 500", (after,)).fetchall()
+        for row, message_id, which in rows:
+            after = row
+            if payloads.key_id(self.db, row) == self.ring.current:
+                continue
+            try:
+                plain = payloads.get(self.db, self.ring, message_id, which)
+            except payloads.PayloadCorrupt:
+                bad += 1
+                continue
+            payloads.put(self.db, self.ring, [(message_id, which, plain)], replace=True)
+            done, size = done + 1, size + len(plain)
+            if size >= batch_bytes:
+                return done, bad, after
+        return done, bad, after if len(rows) == 500 else None
 
     def sealed_keys(self) -> dict[str, int]:
         """How many stored parts each key id seals (read from the parts' headers)."""
-        counts: dict[str, int] = {}
-        for name, offset in self.db.execute(
-                "SELECT raw_name, raw_offset FROM messages UNION "
-                "SELECT out_name, out_offset FROM messages WHERE out_name IS NOT NULL"):
-            key_id = (keys.file_header(self.payload_root / name, offset) or ("(unreadable)",))[0]
-            counts[key_id] = counts.get(key_id, 0) + 1
-        return counts
+        return payloads.census(self.db)
 
     def forget_key(self, key_id: str, actor: str) -> None:
         """Drop a retired key's check value (and record who retired it)."""
@@ -360,12 +318,6 @@ class Store:
             self.db.execute("DELETE FROM key_checks WHERE key_id = ?", (key_id,))
             audit.append(self.db, self.ring, [audit.Event(actor, "keys-retire", detail=key_id)],
                          self.clock())
-
-    def uses_payload(self, name: str) -> bool:
-        """Whether any message still names the payload file ``name``."""
-        return self.db.execute("SELECT 1 FROM messages WHERE raw_name = ? UNION ALL "
-                               "SELECT 1 FROM messages WHERE out_name = ? LIMIT 1",
-                               (name, name)).fetchone() is not None
 
     def prune_audit(self, before: float, actor: str) -> int:
         """Remove audit records older than ``before`` (recording that it did); how many."""
@@ -376,17 +328,19 @@ class Store:
                     actor, "audit-prune", detail=f"{removed} records past retention")], self.clock())
         return removed
 
-    def reclaim(self) -> None:
-        """Give freed space back to the file system."""
+    def reclaim(self, step_pages: int = 4096) -> None:
+        """Give freed space back to the file system, a few MB per transaction so that
+        intake is not held up, then truncate the WAL."""
         if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # a store made before
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.db.execute("VACUUM")
-        self.db.executescript("PRAGMA incremental_vacuum;")   # execute() would free one page
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        while free:
+            self.db.executescript(f"PRAGMA incremental_vacuum({step_pages});")  # execute(): one page
+            free, before = self.db.execute("PRAGMA freelist_count").fetchone()[0], free
+            if free >= before:
+                break
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def _history(self, message_id: int, at: float, state: str, actor: str, reason: str | None):
-        self.db.execute("INSERT INTO history (message_id, at, state, actor, reason) "
-                        "VALUES (?, ?, ?, ?, ?)", (message_id, at, state, actor, reason))
 
     @contextmanager
     def _transaction(self):
