@@ -197,6 +197,18 @@ def _storage_commands(commands) -> None:
     store = _group(commands, "store", "the store: schema and checks")
     _command(store, "upgrade", storage.cmd_store_upgrade,
              "bring an older store to the current schema (gatewayd does it at start)")
+    _command(store, "verify", storage.cmd_store_verify,
+             "integrity check, audit chain and every payload of the store")
+    backup = _command(commands, "backup", storage.cmd_backup,
+                      "backup DEST: a consistent copy while gatewayd runs; backup verify SRC")
+    backup.add_argument("words", nargs="+", metavar="DEST | verify SRC")
+    backup.add_argument("--with-keys", metavar="FILE",
+                        help="also write the key file to FILE, outside DEST (keep them apart)")
+    backup.add_argument("--keys", metavar="FILE",
+                        help="backup verify: the key file to open it with (default: the one "
+                             "configured)")
+    _command(commands, "restore", storage.cmd_restore,
+             "put the backup SRC into the empty spool in use").add_argument("src", metavar="SRC")
 
 
 def _date(text: str) -> dt.date:
