@@ -146,8 +146,11 @@ def prune(db: sqlite3.Connection, before: float) -> int:
     return removed
 
 
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _canonical(seq: int, values: tuple) -> bytes:
-    return json.dumps([seq, *values], ensure_ascii=False, separators=(",", ":")).encode()
+    return _CANONICAL.encode([seq, *values]).encode()
 
 
 def _iso(seconds: float) -> str:

@@ -94,6 +94,7 @@ class _Plan:
     envelope: Envelope
     content: str
     error: DecodeError | None = None
+    decoded: list = field(default_factory=list)     # ((identity, control id), Document)
     slots: list = field(default_factory=list)
     id: int = -1            # of the rejected message, when ``error``
 
@@ -117,30 +118,42 @@ class Intake:
         return outcome
 
     def accept_many(self, items: list[tuple[bytes, Envelope]]) -> list:
-        """Store several inputs in one transaction. Each item's
-        outcome is its receipts or its GatewayError (as ``accept`` would raise it). If
-        storing itself fails, that exception is raised and no item is stored."""
+        """Store several inputs in one transaction. Each item's outcome is its receipts
+        or its GatewayError (as ``accept`` would raise it). If storing itself fails,
+        that exception is raised and no item is stored."""
         outcomes: list = [None] * len(items)
         plans: list[_Plan] = []
         refused: list[Event] = []
-        batch: dict[tuple[str, str], tuple[str, _New]] = {}
+
+        def refuse(plan_index: int, envelope: Envelope, exc: GatewayError) -> None:
+            outcomes[plan_index] = exc
+            refused.append(Event(_actor(envelope), "receive", "refused", detail=str(exc)))
+
         for index, (raw, envelope) in enumerate(items):
             try:
-                plans.append(self._plan(index, raw, envelope, batch))
+                plans.append(self._read(index, raw, envelope))
             except REFUSALS as exc:
-                outcomes[index] = exc
-                refused.append(Event(_actor(envelope), "receive", "refused", detail=str(exc)))
-        self._commit(plans)
-        if refused:
-            self.store.record(refused)
+                refuse(index, envelope, exc)
+        stored = self.store.find_many([key for plan in plans for key, _ in plan.decoded])
+        batch: dict[tuple[str, str], tuple[str, _New]] = {}
+        accepted = []
         for plan in plans:
+            try:
+                self._place(plan, batch, stored)
+                accepted.append(plan)
+            except DuplicateConflict as exc:
+                refuse(plan.index, plan.envelope, exc)
+        self._commit(accepted, refused)
+        for plan in accepted:
             outcomes[plan.index] = plan.error or [
                 slot.receipt() if isinstance(slot, _New) else
                 slot[0].receipt(duplicate=True) if isinstance(slot, tuple) else slot
                 for slot in plan.slots]
         return outcomes
 
-    def _plan(self, index: int, raw: bytes, envelope: Envelope, batch: dict) -> _Plan:
+    def _read(self, index: int, raw: bytes, envelope: Envelope) -> _Plan:
+        """Decode and authorise an input; its documents keyed by (identity, control id).
+        Raise TooLarge or NotMandated (refused whole)."""
         if len(raw) > self.max_bytes:
             raise TooLarge(f"message is larger than {self.max_bytes} bytes", where="byte 1")
         plan = _Plan(index, raw, envelope, hashlib.sha256(raw).hexdigest())
@@ -155,12 +168,8 @@ class Intake:
             return plan
         for _, doc in decoded:
             self._authorise(doc, envelope)
-        added = {}
-        for part, (control_id, doc) in enumerate(decoded):
-            control_id = control_id or f"sha256:{plan.content}/{part}"   # a sender without ids
-            key = (envelope.identity, control_id)
-            plan.slots.append(self._slot(key, plan.content, part, doc, batch, added))
-        batch.update(added)          # only once the whole input is accepted
+        plan.decoded = [((envelope.identity, control_id or f"sha256:{plan.content}/{part}"), doc)
+                        for part, (control_id, doc) in enumerate(decoded)]  # without ids: content
         return plan
 
     def _count_segments(self, name: str, raw: bytes) -> None:
@@ -172,13 +181,22 @@ class Intake:
             raise TooLarge(f"more than {self.max_segments} segments ({count})",
                            where="limits.max_segments", code="E-TOO-MANY-SEGMENTS")
 
-    def _slot(self, key, content: str, part: int, doc: Document, batch: dict, added: dict):
+    def _place(self, plan: _Plan, batch: dict, stored: dict) -> None:
+        """Each document of ``plan`` as a slot: new (routed and encoded), a duplicate in
+        this batch, or the receipt of the stored one; raise DuplicateConflict."""
+        added = {}
+        for part, (key, doc) in enumerate(plan.decoded):
+            plan.slots.append(self._slot(key, plan.content, part, doc, batch, added, stored))
+        batch.update(added)          # only once the whole input is accepted
+
+    def _slot(self, key, content: str, part: int, doc: Document, batch: dict, added: dict,
+              stored: dict):
         if key in batch or key in added:
             earlier_content, earlier = batch.get(key) or added[key]
             if earlier_content != content:
                 raise _conflict(key[1])
             return (earlier, "duplicate")
-        existing = self.store.find(*key)
+        existing = stored.get(key)
         if existing is not None:
             if existing["content_sha256"] != content:
                 raise _conflict(key[1])
@@ -193,10 +211,13 @@ class Intake:
             raise NotMandated(f"identity {envelope.identity!r} may not send for AGB "
                               f"{doc.sender.agb}", where="sender AGB")
 
-    def _commit(self, plans: list[_Plan]) -> None:
-        """One transaction: ids, then the rows, sealed payloads and audit records."""
+    def _commit(self, plans: list[_Plan], refused: list[Event]) -> None:
+        """One transaction: ids, then the rows, sealed payloads and audit records, with
+        the audit records of the inputs ``refused``."""
         fresh = [p for p in plans if p.error or any(isinstance(s, _New) for s in p.slots)]
         if not fresh:
+            if refused:
+                self.store.record(refused)
             return
 
         def build(next_id) -> list[Entry]:
@@ -206,7 +227,7 @@ class Intake:
                     new.id = next_id()
             return [entry for plan in fresh for entry in self._entries(plan)]
 
-        self.store.insert(build)
+        self.store.insert(build, refused)
 
     def _entries(self, plan: _Plan) -> list[Entry]:
         actor = _actor(plan.envelope)

@@ -12,6 +12,7 @@ another message, or given another key id, fails its tag like an edited one.
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -56,7 +57,7 @@ class Keyring:
         key_id = key_id or self.current
         header = _header(key_id, message_id)
         nonce = os.urandom(12)
-        return header + nonce + AESGCM(self.keys[key_id]).encrypt(nonce, data, header)
+        return header + nonce + _aead(self.keys[key_id]).encrypt(nonce, data, header)
 
     def sealed_size(self, size: int) -> int:
         """How many bytes ``seal`` makes of ``size`` plain bytes under the current key."""
@@ -82,8 +83,8 @@ class Keyring:
         if key_id not in self.keys:
             raise SealBroken(f"sealed with key {key_id!r}, which the key file does not hold")
         try:
-            return AESGCM(self.keys[key_id]).decrypt(blob[start:start + 12], blob[start + 12:],
-                                                     blob[:start])
+            return _aead(self.keys[key_id]).decrypt(blob[start:start + 12], blob[start + 12:],
+                                                    blob[:start])
         except InvalidTag:
             raise SealBroken("authentication tag does not match (altered or wrong key)") from None
 
@@ -108,6 +109,12 @@ class Keyring:
             return self.open(check, 0) == CHECK and header(check)[0] == key_id
         except SealBroken:
             return False
+
+
+@functools.lru_cache(maxsize=64)
+def _aead(key: bytes) -> AESGCM:
+    """The AES-GCM cipher of ``key``, made once (making it costs more than sealing 1 KB)."""
+    return AESGCM(key)
 
 
 def _header(key_id: str, message_id: int) -> bytes:

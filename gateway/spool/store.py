@@ -127,10 +127,23 @@ class Store:
         return self.db.execute("SELECT * FROM messages WHERE identity = ? AND control_id = ?",
                                (identity, control_id)).fetchone()
 
-    def insert(self, build: Callable[[Callable[[], int]], list[Entry]]) -> None:
-        """Commit new messages, their payloads, history and audit records in one
-        transaction. ``build(next_id)`` runs inside it: it takes ids from ``next_id()``
-        and returns the entries. Raises sqlite3.IntegrityError on a duplicate control id."""
+    def find_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], sqlite3.Row]:
+        """The stored messages among (identity, control id) ``keys``, in one query per 200."""
+        found = {}
+        for start in range(0, len(keys), 200):
+            chunk = keys[start:start + 200]
+            found.update(((row["identity"], row["control_id"]), row) for row in self.db.execute(
+                "SELECT * FROM messages WHERE "
+                + " OR ".join(["(identity = ? AND control_id = ?)"] * len(chunk)),
+                [value for key in chunk for value in key]))
+        return found
+
+    def insert(self, build: Callable[[Callable[[], int]], list[Entry]],
+               events: list = ()) -> None:
+        """Commit new messages, their payloads, history and audit records (and ``events``
+        besides) in one transaction. ``build(next_id)`` runs inside it: it takes ids from
+        ``next_id()`` and returns the entries. Raises sqlite3.IntegrityError on a duplicate
+        control id."""
         now = self.clock()
         with self._transaction():
             self.check_current()
@@ -153,7 +166,8 @@ class Store:
             payloads.put(self.db, self.ring, [
                 (e.id, which, data) for e in entries
                 for which, data in (("raw", e.raw), ("out", e.out)) if data is not None])
-            audit.append(self.db, self.ring, [event for e in entries for event in e.events], now)
+            audit.append(self.db, self.ring,
+                         [event for e in entries for event in e.events] + list(events), now)
 
     def transition(self, message_id: int, state: str, actor: str, reason: str | None = None,
                    action: str | None = None, result: str | None = None,
