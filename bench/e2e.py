@@ -5,15 +5,17 @@ baseline, a minimal non-durable MLLP/TLS server on Twisted that answers AA at
 once (``bench/echo_server.py``), then drives both with the same client: 1, 8 and
 64 connections sending back to back, a fixed offered load of 200 messages/s for
 p50/p99 ACK latency, and HTTPS posts. Prints messages/s, latencies, the ratio to
-the baseline, and gatewayd's peak RSS.
+the baseline, the CPU time (user + system, from /proc/PID/stat) each server
+spent per message, and gatewayd's peak RSS.
 
-Run: ``.venv/bin/python bench/e2e.py [--seconds S]``. Targets (issue 4):
->= 1,000 messages/s with 8 connections, p99 <= 50 ms at 200 messages/s,
-RSS <= 200 MB.
+Run: ``.venv/bin/python bench/e2e.py [--seconds S]``. Aims (issue 12): 8
+connections >= 0.25x the baseline, 64 connections >= 0.3x; p99 <= 20 ms at 200
+messages/s; peak RSS <= 150 MB.
 """
 
 import argparse
 import http.client
+import os
 import json
 import socket
 import ssl
@@ -143,21 +145,38 @@ def main() -> None:
         echo = start([sys.executable, str(ROOT / "bench" / "echo_server.py"), made["config"],
                       str(echo_port)], folder / "echo.log")
         try:
-            report(made, echo_port, gateway, args.seconds)
+            report(made, echo_port, gateway, echo, args.seconds)
         finally:
             gateway.terminate()
             echo.terminate()
 
 
-def report(made: dict, echo_port: int, gateway: subprocess.Popen, seconds: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, run) -> tuple[int, float]:
+    """(messages ``run()`` got acknowledged, CPU ms per message the server ``pid`` spent)."""
+    used = cpu_seconds(pid)
+    done, _ = run()
+    return done, (cpu_seconds(pid) - used) / max(done, 1) * 1000
+
+
+def report(made: dict, echo_port: int, gateway: subprocess.Popen, echo: subprocess.Popen,
+           seconds: float) -> None:
     port = made["ports"]["mllp"]
     print(f"MLLP/TLS, {seconds:g}s per run; baseline = non-durable Twisted MLLP/TLS server answering AA")
-    print(f"{'connections':>11} {'gatewayd msg/s':>15} {'baseline msg/s':>15} {'ratio':>6}")
+    print(f"{'connections':>11} {'gatewayd msg/s':>15} {'baseline msg/s':>15} {'ratio':>6} "
+          f"{'gatewayd CPU ms/msg':>20} {'baseline CPU ms/msg':>20}")
     for connections in (1, 8, 64):
-        done, _ = drive(port, made, connections, seconds, f"C{connections}-")
-        base, _ = drive(echo_port, made, connections, seconds, f"E{connections}-")
+        done, used = measured(gateway.pid, lambda: drive(port, made, connections, seconds,
+                                                         f"C{connections}-"))
+        base, base_used = measured(echo.pid, lambda: drive(echo_port, made, connections, seconds,
+                                                           f"E{connections}-"))
         print(f"{connections:>11} {done / seconds:>15,.0f} {base / seconds:>15,.0f} "
-              f"{done / base:>6.2f}")
+              f"{done / base:>6.2f} {used:>20.3f} {base_used:>20.3f}")
     _, latencies = drive(port, made, 8, seconds, "P-", rate_each=25)
     _, base = drive(echo_port, made, 8, seconds, "Q-", rate_each=25)
     print(f"offered 200 msg/s on 8 connections: p50 {percentile(latencies, 0.5):.1f} ms, "

@@ -1,20 +1,36 @@
-"""Durable intake throughput: intake.accept (decode, route, encode, store) against bare
-single-row SQLite WAL commits with synchronous=FULL on the same disk, measured in the
-same run; then again with about a million messages already stored, to show that
-the cost per message stays flat.
+"""Durable intake throughput and CPU per message, against bare SQLite commits of the same run.
 
-Run: ``.venv/bin/python bench/intake.py [--messages N] [--prefill N] [--dir DIR]``
-(``--dir`` outside the repository: the run leaves nothing behind, but git should
-not see its temporary files).
-Targets (issue 3): intake >= 0.3x the bare commit rate, and within 10% of that
-with a million messages stored. The pre-filled rows are metadata only (their
-payload files are not created), which is what could make the cost grow.
+Measures on one disk, in one process:
+
+1. bare single-row SQLite WAL commits with ``synchronous=FULL`` (the floor: one
+   sync per commit) and one sequential sender through ``intake.accept`` (decode,
+   route, encode, sealed payloads, rows, history, audit, one commit each), in
+   alternating rounds; the medians and their ratio;
+2. eight concurrent senders, each waiting for its receipt before sending again,
+   stored by one writer thread that takes everything waiting as one batch
+   (``accept_many``), waiting up to 5 ms for as many as the last batch held (as
+   the daemon's group commit does); messages/s, the ratio to the single sender,
+   the mean batch;
+3. with ``--prefill N``: the same again after N more messages with their sealed
+   payloads, history and audit records were put into the store (N=1,000,000 is
+   the aim's figure and takes minutes and about 6 GB of disk), against the
+   empty-store figures of this run.
+
+Each line also gives the process's CPU time (user + system) per message.
+
+Run: ``.venv/bin/python bench/intake.py [--messages N] [--rounds R] [--prefill N] [--dir DIR]``
+(``--dir``: a folder on the disk to measure, outside the repository).
+Aims (issue 12): one sender >= 0.5x the bare commit rate; 8 senders >= 5x one
+sender; flat (within 10 %) with 1,000,000 stored.
 """
 
 import argparse
+import resource
 import sqlite3
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,16 +41,30 @@ from gateway.intake import Envelope, Intake  # noqa: E402
 from gateway.spool.store import Store  # noqa: E402
 from tests.helpers.fakes import RING, numbered_referral  # noqa: E402
 
+ENVELOPE = Envelope("bench", "bench")
 
-def message(index: int) -> bytes:
-    return numbered_referral(index, "BENCH", 600_000_000)
+
+class Numbers:
+    """Fresh numbered referrals (control ids and ZD numbers never repeat in a run)."""
+
+    def __init__(self):
+        self.next = 0
+
+    def take(self, count: int) -> list[bytes]:
+        first, self.next = self.next, self.next + count
+        return [numbered_referral(i, "BENCH", 600_000_000) for i in range(first, first + count)]
+
+
+def cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bare_commits(folder: Path, count: int) -> float:
     db = sqlite3.connect(folder / "bare.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
     start = time.perf_counter()
     for index in range(count):
         db.execute("BEGIN IMMEDIATE")
@@ -45,65 +75,153 @@ def bare_commits(folder: Path, count: int) -> float:
     return count / elapsed
 
 
-def intake_rate(intake: Intake, first: int, count: int) -> float:
-    envelope = Envelope("bench", "bench")
-    start = time.perf_counter()
-    for index in range(first, first + count):
-        intake.accept(message(index), envelope)
-    return count / (time.perf_counter() - start)
+def one_sender(intake: Intake, messages: list[bytes]) -> tuple[float, float]:
+    """(messages/s, CPU ms per message) for ``intake.accept`` one after another."""
+    used, start = cpu(), time.perf_counter()
+    for message in messages:
+        intake.accept(message, ENVELOPE)
+    elapsed = time.perf_counter() - start
+    return len(messages) / elapsed, (cpu() - used) / len(messages) * 1000
 
 
-def prefill(store: Store, count: int) -> None:
-    """Insert ``count`` metadata rows (with history and three audit records each) in large
-    transactions; the audit chain of these rows is not valid, which the intake does not read."""
+def senders(intake: Intake, messages: list[bytes], count: int = 8) -> tuple[float, float, float]:
+    """(messages/s, CPU ms per message, mean batch) for ``count`` senders waiting for
+    their receipts, stored by one writer in batches of whatever waits."""
+    waiting: list[tuple[bytes, threading.Event]] = []
+    ready, done = threading.Condition(), threading.Event()
+    batches = []
+
+    def writer():
+        last = 1
+        while not done.is_set():
+            with ready:
+                while not waiting and not done.is_set():
+                    ready.wait(0.1)
+                if len(waiting) < last:         # the daemon's gather: up to 5 ms for company
+                    ready.wait_for(lambda: len(waiting) >= last, 0.005)
+                batch = waiting[:256]
+                del waiting[:256]
+                last = max(1, len(batch))
+            if batch:
+                intake.accept_many([(message, ENVELOPE) for message, _ in batch])
+                batches.append(len(batch))
+                for _, event in batch:
+                    event.set()
+
+    def sender(mine: list[bytes]):
+        for message in mine:
+            event = threading.Event()
+            with ready:
+                waiting.append((message, event))
+                ready.notify()
+            event.wait()
+
+    threads = [threading.Thread(target=sender, args=(messages[n::count],)) for n in range(count)]
+    store_thread = threading.Thread(target=writer)
+    used, start = cpu(), time.perf_counter()
+    store_thread.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    done.set()
+    store_thread.join()
+    return len(messages) / elapsed, (cpu() - used) / len(messages) * 1000, statistics.mean(batches)
+
+
+def measure(intake: Intake, numbers: Numbers, folder: Path, count: int, rounds: int) -> dict:
+    """Medians over alternating rounds of bare commits and one sender; then 8 senders."""
+    bare, single, single_cpu = [], [], []
+    for _ in range(rounds):
+        bare.append(bare_commits(folder, count))
+        rate, used = one_sender(intake, numbers.take(count))
+        single.append(rate)
+        single_cpu.append(used)
+    many, many_cpu, batch = senders(intake, numbers.take(count * 4))
+    return {"bare": statistics.median(bare), "single": statistics.median(single),
+            "single_cpu": statistics.median(single_cpu), "many": many, "many_cpu": many_cpu,
+            "batch": batch}
+
+
+def report(title: str, found: dict, empty: dict | None = None) -> None:
+    print(title)
+    print(f"  bare SQLite WAL FULL single-row commits {found['bare']:8,.0f}/s")
+    print(f"  one sender, intake.accept              {found['single']:8,.0f}/s  "
+          f"{found['single'] / found['bare']:5.2f}x bare   CPU {found['single_cpu']:.3f} ms/message")
+    print(f"  8 senders, batched (mean {found['batch']:4.1f})         {found['many']:8,.0f}/s  "
+          f"{found['many'] / found['single']:5.2f}x one sender   CPU {found['many_cpu']:.3f} ms/message")
+    if empty:
+        print(f"  against the empty store: one sender {found['single'] / empty['single']:.2f}x, "
+              f"8 senders {found['many'] / empty['many']:.2f}x, CPU per message "
+              f"{found['many_cpu'] / empty['many_cpu']:.2f}x")
+
+
+def prefill(store: Store, count: int, numbers: Numbers) -> None:
+    """Add ``count`` delivered messages, each with its two sealed payloads (the same sizes
+    as the bench's), two history rows and three audit records, in large transactions.
+    Their audit records are not chained (the intake only reads the last one)."""
+    sample = numbers.take(1)[0]
+    probe = Intake(Store(store.root, time.time, RING), routes.load(ROOT / "gateway" / "routes" /
+                                                                    "samples"), 1 << 24)
+    (receipt,) = probe.accept(sample, ENVELOPE)
+    raw, out = (probe.store.payload(probe.store.get(receipt.id), w) for w in ("raw", "out"))
+    probe.store.close()
+    db = store.db
+    db.execute("PRAGMA synchronous=OFF")
+    (first,) = db.execute("SELECT value FROM counters WHERE name = 'message_id'").fetchone()
     now = time.time()
-    batch = 50_000
-    for base in range(0, count, batch):
-        rows = [(f"prefill-{i}", f"P{i:09d}", f"ZD{800000000 + i}", "referral", "01234567",
-                 "06005678", "2026-01-01T00:00:00", "06005678", "xml", "pull", "delivered",
-                 now, now, f"00/prefill{i}", "0" * 64, f"ZD{800000000 + i}")
-                for i in range(base, min(base + batch, count))]
-        store.db.execute("BEGIN")
-        store.db.executemany(
-            "INSERT INTO messages (identity, control_id, zd_number, kind, sender_agb, recipient_agb,"
-            " sent_at, destination, format, delivery, state, received_at, updated_at, raw_name,"
-            " raw_sha256, case_zd, content_sha256, raw_owner) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'x',0)", rows)
-        store.db.execute("INSERT INTO history (message_id, at, state, actor) SELECT id, received_at,"
-                         " state, 'prefill' FROM messages WHERE id > (SELECT coalesce(max(message_id),"
-                         " 0) FROM history)")
-        store.db.execute("INSERT INTO audit (at, who, behalf, action, message_id, zd_number, patient,"
-                         " result, detail, prev, hash) SELECT '2026-01-01T00:00:00.000000+00:00',"
-                         " 'prefill', sender_agb, a.action, id, zd_number, hex(randomblob(16)), 'ok',"
-                         " '', '', '' FROM messages, (SELECT 'receive' AS action UNION ALL SELECT"
-                         " 'convert' UNION ALL SELECT 'route') AS a WHERE id > (SELECT"
-                         " coalesce(max(message_id), 0) FROM audit)")
-        store.db.execute("UPDATE counters SET value = (SELECT max(id) FROM messages)")
-        store.db.execute("COMMIT")
+    for base in range(first + 1, first + 1 + count, 20_000):
+        ids = range(base, min(base + 20_000, first + 1 + count))
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO messages (id, identity, control_id, content_sha256, zd_number, case_zd, "
+            "kind, sender_agb, recipient_agb, sent_at, destination, format, delivery, state, "
+            "received_at, updated_at, raw_owner, patient) VALUES (?, 'prefill', ?, ?, ?, ?, "
+            "'referral', '01234567', '06005678', '2026-01-01T00:00:00', '06005678', 'xml', "
+            "'pull', 'delivered', ?, ?, ?, ?)",
+            [(i, f"P{i:09d}", f"{i:064x}", f"ZD{800000000 + i}", f"ZD{800000000 + i}", now, now,
+              i, f"{i * 7919:032x}") for i in ids])
+        db.executemany("INSERT INTO payloads VALUES (?, ?, ?)",
+                       [(i, which, RING.seal(data, i)) for i in ids
+                        for which, data in (("raw", raw), ("out", out))])
+        db.executemany("INSERT INTO history (message_id, at, state, actor) VALUES (?, ?, ?, ?)",
+                       [(i, now, state, "prefill") for i in ids for state in ("received", "ready")])
+        db.executemany(
+            "INSERT INTO audit (at, who, behalf, action, message_id, zd_number, patient, result, "
+            "detail, prev, hash) VALUES ('2026-01-01T00:00:00.000000+00:00', 'prefill', "
+            "'01234567', ?, ?, ?, ?, 'ok', '', '', '')",
+            [(action, i, f"ZD{800000000 + i}", f"{i * 7919:032x}") for i in ids
+             for action in ("receive", "convert", "route")])
+        db.execute("UPDATE counters SET value = ? WHERE name = 'message_id'", (ids[-1],))
+        db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("PRAGMA synchronous=FULL")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=300)
-    parser.add_argument("--prefill", type=int, default=1_000_000)
+    parser.add_argument("--messages", type=int, default=300, help="per round and sender run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefill", type=int, default=0,
+                        help="then store this many more and measure again (aim: 1000000)")
     parser.add_argument("--dir", type=Path, default=None, help="folder on the disk to measure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         folder = Path(folder)
-        bare = bare_commits(folder, args.messages)
-        intake = Intake(Store(folder / "spool", time.time, RING), routes.load(ROOT / "gateway" / "routes" /
-                                                                         "samples"), 16 * 1024 * 1024)
-        empty = intake_rate(intake, 0, args.messages)
-        print(f"bare SQLite WAL FULL single-row commits: {bare:8,.0f}/s")
-        print(f"intake.accept, empty store:              {empty:8,.0f}/s   {empty / bare:4.2f}x bare")
-        start = time.perf_counter()
-        prefill(intake.store, args.prefill)
-        print(f"(pre-filled {args.prefill:,} messages in {time.perf_counter() - start:.0f}s)")
-        bare_again = bare_commits(Path(tempfile.mkdtemp(dir=folder)), args.messages)
-        full = intake_rate(intake, args.messages, args.messages)
-        print(f"bare commits again:                      {bare_again:8,.0f}/s")
-        print(f"intake.accept, {args.prefill:,} stored:      {full:8,.0f}/s   {full / bare_again:4.2f}x "
-              f"bare; {full / empty:4.2f}x the empty-store rate")
+        numbers = Numbers()
+        intake = Intake(Store(folder / "spool", time.time, RING, other_thread=True),
+                        routes.load(ROOT / "gateway" / "routes" / "samples"), 16 * 1024 * 1024)
+        empty = measure(intake, numbers, folder, args.messages, args.rounds)
+        report("empty store", empty)
+        if args.prefill:
+            start = time.perf_counter()
+            prefill(intake.store, args.prefill, numbers)
+            size = (folder / "spool" / "gateway.db").stat().st_size / 1e9
+            print(f"(stored {args.prefill:,} more messages with their payloads in "
+                  f"{time.perf_counter() - start:.0f} s; database {size:.1f} GB)")
+            full = measure(intake, numbers, folder, args.messages, args.rounds)
+            report(f"{args.prefill:,} messages stored", full, empty)
 
 
 if __name__ == "__main__":
