@@ -16,7 +16,7 @@ bytes. Reading takes the sealed blob once and opens it.
 """
 
 import sqlite3
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from gateway import keys
 from gateway.keys import Keyring, SealBroken
@@ -29,7 +29,7 @@ class PayloadCorrupt(Exception):
     """A payload is missing, truncated, altered or another message's."""
 
 
-def put(db: sqlite3.Connection, ring: Keyring, parts: Iterable[tuple[int, str, bytes]],
+def put(db: sqlite3.Connection, ring: Keyring, parts: list[tuple[int, str, bytes]],
         replace: bool = False) -> None:
     """Seal each (message id, ``raw``|``out``, plain bytes) to its message id and store it;
     call inside the caller's write transaction. ``replace`` overwrites a part stored before
@@ -52,7 +52,10 @@ def put(db: sqlite3.Connection, ring: Keyring, parts: Iterable[tuple[int, str, b
 def get(db: sqlite3.Connection, ring: Keyring, message_id: int, which: str) -> bytes:
     """The plain bytes of a part; raise PayloadCorrupt when it is missing or does not
     open as ``message_id``'s."""
-    return opened(ring, sealed(db, message_id, which), message_id, which)
+    try:
+        return ring.open(sealed(db, message_id, which), message_id)
+    except SealBroken as exc:
+        raise PayloadCorrupt(f"the {which} payload of message {message_id}: {exc}") from None
 
 
 def sealed(db: sqlite3.Connection, message_id: int, which: str) -> bytes:
@@ -69,13 +72,6 @@ def _row(db: sqlite3.Connection, message_id: int, which: str) -> int | None:
                        (message_id, which)).fetchone()
     return found and found[0]
 
-
-def opened(ring: Keyring, data: bytes, message_id: int, which: str) -> bytes:
-    """``data`` opened as the ``which`` part of ``message_id``; raise PayloadCorrupt."""
-    try:
-        return ring.open(data, message_id)
-    except SealBroken as exc:
-        raise PayloadCorrupt(f"the {which} payload of message {message_id}: {exc}") from None
 
 
 def has(db: sqlite3.Connection, message_id: int, which: str) -> bool:
