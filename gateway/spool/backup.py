@@ -25,7 +25,6 @@ belongs to a problem unless its message was already quarantined for it.
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from gateway import __version__, audit, keys
 from gateway.errors import GatewayError
+from gateway.files import sync_folder, write_durably
 from gateway.keys import Keyring
 from gateway.spool import payloads, schema
 
@@ -106,16 +106,16 @@ def make(settings, config_path: Path, dest: Path, keys_to: Path | None = None) -
         source.close()
         target.close()
     os.chmod(dest / STORE, 0o600)
-    _copy_durably(config_path, dest / "gatewayd.toml")
+    write_durably(dest / "gatewayd.toml", Path(config_path).read_bytes(), 0o600)
     _copy_tree(settings.paths_routes, dest / "routes", "*.csv")
     for outbox in sorted(Path(settings.paths_sftp).glob("*/outbox")):
         _copy_tree(outbox, dest / "outbox" / outbox.parent.name, "*")
     manifest = _manifest(dest, started, keys_to)
     if keys_to is not None:
         keys.save(keys.load(settings.paths_keys), keys_to)
-    text = json.dumps(manifest, indent=2).encode()
-    _write_durably(dest / MANIFEST, lambda handle: handle.write(text))
-    _sync_tree(dest)
+    for folder in [dest, *(path for path in dest.rglob("*") if path.is_dir())]:
+        sync_folder(folder)
+    write_durably(dest / MANIFEST, json.dumps(manifest, indent=2).encode(), 0o600)
     return manifest
 
 
@@ -185,7 +185,16 @@ def restore(src: Path, settings) -> None:
     for suffix in ("", "-wal", "-shm"):
         (spool / (STORE + suffix)).unlink(missing_ok=True)
     spool.mkdir(parents=True, exist_ok=True)
-    _copy_durably(Path(src) / STORE, spool / STORE)
+    source = sqlite3.connect(f"file:{Path(src).absolute() / STORE}?mode=ro", uri=True)
+    target = sqlite3.connect(spool / STORE)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode=WAL")
+    finally:
+        source.close()
+        target.close()
+    os.chmod(spool / STORE, 0o600)
+    sync_folder(spool)
     _copy_tree(Path(src) / "routes", settings.paths_routes, "*.csv")
     for outbox in sorted((Path(src) / "outbox").glob("*")):
         _copy_tree(outbox, Path(settings.paths_sftp) / outbox.name / "outbox", "*")
@@ -208,34 +217,7 @@ def _copy_tree(source: Path, target: Path, pattern: str) -> None:
     for path in sorted(Path(source).glob(pattern)):
         if path.is_file() and not path.is_symlink() and not path.name.endswith(".tmp"):
             target.mkdir(parents=True, exist_ok=True)
-            _copy_durably(path, target / path.name)
-
-
-def _copy_durably(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` (0600) through a temporary name, fsynced."""
-    with open(source, "rb") as reading:
-        _write_durably(target, lambda handle: shutil.copyfileobj(reading, handle, 1 << 20))
-
-
-def _write_durably(path: Path, write) -> None:
-    """Create ``path`` (0600) with what ``write(handle)`` writes, fsynced, then renamed."""
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _sync_tree(root: Path) -> None:
-    """fsync every file and folder under ``root`` (the database copy included)."""
-    for path in [root, *root.rglob("*")]:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+            write_durably(target / path.name, path.read_bytes(), 0o600)
 
 
 def _sha256(path: Path) -> str:
