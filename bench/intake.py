@@ -148,9 +148,11 @@ def report(title: str, found: dict, empty: dict | None = None) -> None:
     print(title)
     print(f"  bare SQLite WAL FULL single-row commits {found['bare']:8,.0f}/s")
     print(f"  one sender, intake.accept              {found['single']:8,.0f}/s  "
-          f"{found['single'] / found['bare']:5.2f}x bare   CPU {found['single_cpu']:.3f} ms/message")
+          f"{found['single'] / found['bare']:5.2f}x bare   "
+          f"CPU {found['single_cpu']:.3f} ms/message")
     print(f"  8 senders, batched (mean {found['batch']:4.1f})         {found['many']:8,.0f}/s  "
-          f"{found['many'] / found['single']:5.2f}x one sender   CPU {found['many_cpu']:.3f} ms/message")
+          f"{found['many'] / found['single']:5.2f}x one sender   "
+          f"CPU {found['many_cpu']:.3f} ms/message")
     if empty:
         print(f"  against the empty store: one sender {found['single'] / empty['single']:.2f}x, "
               f"8 senders {found['many'] / empty['many']:.2f}x, CPU per message "

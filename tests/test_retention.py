@@ -92,7 +92,8 @@ def test_purge_removes_payloads_rows_and_space(setup):
     before = (setup.store.root / "gateway.db").stat().st_size
     report = setup.purge(181)
     assert report.messages == 300 and report.payloads == 600
-    assert setup.zd_numbers() == {"ZD500001000"} and setup.payloads() == {(301, "raw"), (301, "out")}
+    assert setup.zd_numbers() == {"ZD500001000"}
+    assert setup.payloads() == {(301, "raw"), (301, "out")}
     assert setup.store.db.execute("SELECT count(*) FROM history").fetchone()[0] == 2
     assert setup.store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     assert (setup.store.root / "gateway.db").stat().st_size < before    # audit records stay

@@ -34,7 +34,8 @@ def stored(spool: Path) -> dict:
     """(message id, which) -> sealed bytes of every payload in the store."""
     db = sqlite3.connect(spool / "gateway.db")
     try:
-        return {(m, w): s for m, w, s in db.execute("SELECT message_id, which, sealed FROM payloads")}
+        return {(m, w): s for m, w, s in db.execute(
+            "SELECT message_id, which, sealed FROM payloads")}
     finally:
         db.close()
 

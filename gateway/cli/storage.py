@@ -8,13 +8,12 @@ makes a consistent copy while gatewayd runs; ``backup verify SRC`` checks one;
 """
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
 
-from gateway import audit, keys
-from gateway.cli.admin import open_config
+from gateway import audit, keys, times
+from gateway.cli.admin import config_path, open_config, open_store
 from gateway.cli.common import UsageError, actor
 from gateway.spool import backup, schema
 from gateway.spool.store import Store
@@ -34,7 +33,7 @@ def cmd_store_upgrade(args, out) -> int:
             f"the store is at version {before} already")
         return 0
     Store(settings.paths_spool, time.time, keys.load(settings.paths_keys),
-          progress=None if args.json else out).close()
+          progress=None if args.json else out).close()     # opening it upgrades it
     out(json.dumps({"version": schema.VERSION, "upgraded": True, "from": before}) if args.json
         else f"the store is at version {schema.VERSION} now")
     return 0
@@ -53,7 +52,7 @@ def _version(path: Path) -> int:
 def cmd_store_verify(args, out) -> int:
     """Integrity check, audit chain and every payload of the live store."""
     settings = open_config(args)
-    store = Store(settings.paths_spool, time.time, keys.load(settings.paths_keys))
+    store = open_store(settings)
     found = backup.check(store.db, store.ring)
     return _report(args, out, {}, found, str(settings.paths_spool))
 
@@ -67,10 +66,9 @@ def cmd_backup(args, out) -> int:
     if len(args.words) != 1:
         raise UsageError("backup takes one folder: backup DEST (or backup verify SRC)")
     settings = open_config(args)
-    config_path = Path(args.config or os.environ["GATEWAY_CONFIG"])
     keys_to = Path(args.with_keys) if args.with_keys else None
-    manifest = backup.make(settings, config_path, Path(args.words[0]), keys_to)
-    store = Store(settings.paths_spool, time.time, keys.load(settings.paths_keys))
+    manifest = backup.make(settings, config_path(args), Path(args.words[0]), keys_to)
+    store = open_store(settings)
     store.record([audit.Event(actor(), "backup", detail=f"{manifest['messages']} messages"
                               + (", keys written apart" if keys_to else ""))])
     out(json.dumps(_summary(manifest), indent=2) if args.json else
@@ -111,9 +109,9 @@ def cmd_restore(args, out) -> int:
     if found.problems:
         raise VerifyFailed(f"not restored: {src}: {found.problems[0]}")
     backup.restore(src, settings)
-    store = Store(settings.paths_spool, time.time, ring)
-    store.record([audit.Event(actor(), "restore", detail=f"backup of "
-                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(manifest['snapshot_at']))} UTC")])
+    store = open_store(settings)
+    store.record([audit.Event(actor(), "restore",
+                              detail=f"backup of {times.utc(manifest['snapshot_at'])}")])
     store.close()
     out(json.dumps(_summary(manifest), indent=2) if args.json else
         f"restored {manifest['messages']} messages into {settings.paths_spool}; route tables "

@@ -350,7 +350,8 @@ class Store:
             self.db.execute("VACUUM")
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         while free:
-            self.db.executescript(f"PRAGMA incremental_vacuum({step_pages});")  # execute(): one page
+            # executescript: execute() would free one page
+            self.db.executescript(f"PRAGMA incremental_vacuum({step_pages});")
             free, before = self.db.execute("PRAGMA freelist_count").fetchone()[0], free
             if free >= before:
                 break
