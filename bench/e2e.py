@@ -139,6 +139,9 @@ def main() -> None:
             [sys.executable, "-m", "gateway.cli", "init", str(folder / "gw"), "--json",
              "--mllp-port", str(free_port()), "--https-port", str(free_port()),
              "--metrics-port", str(free_port())], capture_output=True, check=True, cwd=ROOT).stdout)
+        config = Path(made["config"])        # 64 connections come from one client address
+        config.write_text(config.read_text().replace("max_connections_per_client = 50",
+                                                     "max_connections_per_client = 100"))
         echo_port = free_port()
         gateway = start([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
                         folder / "gatewayd.log")
