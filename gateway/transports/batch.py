@@ -11,13 +11,10 @@ caller gets a Deferred firing with its own receipts or failing with its own erro
 """
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.errors import GatewayError, StoreError
 from gateway.intake import Envelope, Intake
-
-log = Logger(namespace="gatewayd.store")
 
 
 class GroupCommit:
@@ -70,13 +67,12 @@ def _answer(items, outcomes) -> None:
 
 def _fail(items, failure: Failure) -> None:
     """Nothing of this batch was stored: no one gets a receipt. A failure that is not a
-    GatewayError (a full disk, an I/O error) becomes a StoreError and is logged once, as
-    one line, not as a traceback for every sender."""
+    GatewayError (a full disk, an I/O error) becomes a StoreError naming the cause, which
+    the daemon logs as one line per input, never as a traceback."""
     if not failure.check(GatewayError):
         problem = failure.value
         reason = getattr(problem, "strerror", None) or str(problem)[:200]
-        log.error("store failed ({kind}: {reason}); {count} input(s) not stored, not "
-                  "acknowledged", kind=type(problem).__name__, reason=reason, count=len(items))
-        failure = Failure(StoreError(f"not stored ({reason}); send again", where="store"))
+        failure = Failure(StoreError(f"not stored ({type(problem).__name__}: {reason}); "
+                                     "send again", where="store"))
     for _, _, waiting in items:
         waiting.errback(failure)

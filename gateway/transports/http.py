@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from gateway import audit, times
-from gateway.errors import DecodeError, GatewayError, StoreError
+from gateway.errors import DecodeError, GatewayError
 from gateway.intake import REFUSALS, Envelope, Intake
 from gateway.retention import purge_text
 from gateway.spool.payloads import PayloadCorrupt
@@ -72,9 +72,6 @@ class Api(resource.Resource):
         if failure.check(DecodeError, *REFUSALS):
             log.warn("refused {code} from {peer}: {error}", code=failure.value.code,
                      peer=peer, error=str(failure.value))
-        if failure.check(StoreError):
-            log.warn("request from {peer} not stored ({error}); answered 503", peer=peer,
-                     error=str(failure.value))
         if failure.check(GatewayError):
             return _error(failure.value)
         log.failure("request from {peer} failed; nothing acknowledged", failure, peer=peer)

@@ -139,8 +139,8 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
     def _failed(self, failure) -> None:
         self.busy, self.answering = False, 0
-        if failure.check(GatewayError):        # e.g. a retired key: one line, no traceback
-            self.log.error("MLLP message from {peer} not stored ({error}); closing without ACK",
+        if failure.check(GatewayError):        # a full disk, a retired key: the daemon logs it
+            self.log.debug("MLLP message from {peer} not stored ({error}); closing without ACK",
                            peer=self.peer, error=str(failure.value))
         else:
             self.log.failure("MLLP handler failed for {peer}; closing without ACK", failure,

@@ -182,8 +182,6 @@ class Account(avatar.ConchUser):
 
         def refused(failure):
             if failure.check(StoreError):        # not judged, just not stored: no .err file
-                log.warn("upload from sftp:{account} not stored ({error}); the client is told "
-                         "to send again", account=self.name, error=str(failure.value))
                 raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "not stored; send again")
             failure.trap(DecodeError, *REFUSALS)
             (self.root / "errors" / f"{path.name}.err").write_text(f"{failure.value}\n")
