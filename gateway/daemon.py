@@ -39,6 +39,7 @@ from twisted.web import server
 from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
 from gateway.errors import ConfigError, DecodeError, GatewayError
 from gateway.intake import REFUSALS, Envelope, Intake
+from gateway.logs import Throttle
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
 from gateway.spool.delivery import Dispatcher
@@ -87,6 +88,7 @@ class Gateway:
                              tables, settings.limits_max_message_bytes, settings.limits_max_segments)
         self.pool = ThreadPool(1, 1, "writer")
         self.identities = {identity.name: identity for identity in settings.identities}
+        self.throttle = Throttle(reactor.seconds)     # refusal lines per client address
         self.tls = tls.Reloadable(self._tls_options(settings))
         self.metrics = Metrics(self.intake, reactor.seconds, settings, self.started_at)
         self.notifier = notify.Notifier(self.store, settings, reactor)
@@ -175,7 +177,7 @@ class Gateway:
         settings = self.settings
         return Guard(factory, name, reactor, settings.limits_max_connections,
                      settings.limits_max_connections_per_client, settings.limits_handshake_seconds,
-                     idle, ready)
+                     idle, ready, self.throttle)
 
     def _sftp_factory(self):
         """The SFTP server, for the accounts of the identities that have an SSH key (kept
@@ -329,10 +331,10 @@ class Gateway:
             log.info("{count} message(s) moved out of fallback", count=len(moved))
         return len(moved)
 
-    @staticmethod
-    def _tls_options(settings):
+    def _tls_options(self, settings):
         pinned = frozenset(i.cert_sha256 for i in settings.identities if i.cert_sha256)
-        return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key, pinned)
+        return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key, pinned,
+                                  self.throttle)
 
 
 def _every(seconds: float, work, name: str) -> None:

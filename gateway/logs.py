@@ -23,7 +23,6 @@ callers log carries identifiers, never patient data.
 import datetime as dt
 import json
 import os
-import re
 
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, PredicateResult,
                             formatEvent)
@@ -37,15 +36,17 @@ NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "WARNING
 PRIORITIES = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3,
               LogLevel.critical: 2}        # syslog priorities, as sd-daemon(3) prefixes
 OURS = "gatewayd"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def escape(text: str) -> str:
-    """``text`` with every control character written as an escape (one line, no forging)."""
-    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"
-                                               if ord(m.group()) < 256 else
-                                               f"\\u{ord(m.group()):04x}"), text)
+    """``text`` with every character that is not printable — C0 and C1 controls, line and
+    paragraph separators, bidirectional overrides — written as an escape: one line, read
+    as it is stored, no forging."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(c) or (
+        f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}") for c in text)
 
 
 def level_of(event: dict) -> LogLevel:
@@ -114,3 +115,32 @@ def observer(stream, format: str = "text", level: str = "info",
         return PredicateResult.yes if level_of(event) >= threshold else PredicateResult.no
     return FilteringLogObserver(LineObserver(stream, format, bool(environ.get("JOURNAL_STREAM"))),
                                 [wanted])
+
+
+class Throttle:
+    """Refusal lines an unauthenticated client can cause, kept to ``burst`` per key (an
+    address) per ``window`` seconds; the lines held back are counted and the next line
+    written for that key says how many. Keys past ``max_keys`` are forgotten oldest first,
+    so many addresses cannot grow it without bound."""
+
+    def __init__(self, clock, burst: int = 10, window: float = 60.0, max_keys: int = 10_000):
+        self.clock, self.burst, self.window, self.max_keys = clock, burst, window, max_keys
+        self.seen: dict = {}          # key -> [window start, lines written, lines held back]
+
+    def warn(self, logger, key, format: str, **fields) -> None:
+        now = self.clock()
+        entry = self.seen.pop(key, None)
+        if entry is None or now - entry[0] >= self.window:
+            held = entry[2] if entry else 0
+            entry = [now, 0, held]
+        self.seen[key] = entry                  # most recent last: the oldest go first
+        if len(self.seen) > self.max_keys:
+            del self.seen[next(iter(self.seen))]
+        if entry[1] >= self.burst:
+            entry[2] += 1
+            return
+        entry[1] += 1
+        if entry[2]:
+            format += " ({held} similar line(s) held back before this one)"
+            fields["held"], entry[2] = entry[2], 0
+        logger.warn(format, **fields)

@@ -75,3 +75,36 @@ def test_json_lines_for_log_shippers():
     emit(logs.observer(journal, format="json", environ={"JOURNAL_STREAM": "1:2"}), "gatewayd",
          LogLevel.error, "x")
     assert journal.getvalue().startswith("<3>{")
+
+
+def test_every_unprintable_character_is_escaped():
+    """C1 controls, NEL, line separators and bidi overrides cannot start a forged line or
+    turn one around: each is written as an escape."""
+    from gateway import logs
+    forged = "x\u0085\u202e2026 CRITICAL forged\u2028y\x1b[31m\x9b"
+    escaped = logs.escape(forged)
+    assert escaped.isprintable() and len(escaped.splitlines()) == 1
+    assert escaped == "x\\x85\\u202e2026 CRITICAL forged\\u2028y\\x1b[31m\\x9b"
+
+
+def test_a_flood_of_refusals_is_kept_to_a_few_lines_a_minute():
+    """Ten lines per address per minute; the next window's first line counts those held
+    back; another address has its own ten."""
+    from twisted.internet import task
+    from gateway import logs
+
+    class Lines:
+        def __init__(self):
+            self.written = []
+
+        def warn(self, format, **fields):
+            self.written.append(format.format(**fields))
+    clock, lines = task.Clock(), Lines()
+    throttle = logs.Throttle(clock.seconds, burst=10, window=60)
+    for _ in range(500):
+        throttle.warn(lines, "10.0.0.1", "refused {peer}", peer="10.0.0.1")
+    throttle.warn(lines, "10.0.0.2", "refused {peer}", peer="10.0.0.2")
+    assert len(lines.written) == 11
+    clock.advance(60)
+    throttle.warn(lines, "10.0.0.1", "refused {peer}", peer="10.0.0.1")
+    assert lines.written[-1] == "refused 10.0.0.1 (490 similar line(s) held back before this one)"

@@ -7,7 +7,8 @@ most ``per_client`` from one client address — and, once a TLS handshake names
 it, from one identity; the TLS handshake (or, for SSH, the login) must finish
 within ``handshake_seconds``; optionally, a connection silent for ``idle_seconds``
 is closed (for protocols that have no idle timeout of their own). Every refusal
-and timeout is one log line with the peer's address.
+and timeout is one log line with the peer's address — a few a minute per address at
+most (``gateway.logs.Throttle``), so a flood cannot flood the log.
 
 ``Budget`` counts the bytes of messages being received or waiting for their
 answer (MLLP frames, HTTPS bodies) across all connections; a connection whose
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
+from gateway.logs import Throttle
 from gateway.transports.tls import certificate_name
 
 log = Logger(namespace="gatewayd.limits")
@@ -52,8 +54,8 @@ class Guarded(ProtocolWrapper):
         self.address = getattr(peer, "host", "?")
         refusal = guard.admit(self)
         if refusal:
-            log.warn("{listener} connection from {peer} refused: {why}", listener=guard.name,
-                     peer=self.address, why=refusal)
+            guard.throttle.warn(log, self.address, "{listener} connection from {peer} refused: "
+                                "{why}", listener=guard.name, peer=self.address, why=refusal)
             self.transport.abortConnection()
             return
         self.deadline = guard.clock.callLater(guard.handshake_seconds, self._handshake_late)
@@ -65,9 +67,9 @@ class Guarded(ProtocolWrapper):
         guard: Guard = self.factory
         self.identity = certificate_name(self.transport)
         if guard.count_identity(self):
-            log.warn("{listener} connection from {peer} refused: more than {limit} open for "
-                     "{identity!r}", listener=guard.name, peer=self.address,
-                     limit=guard.per_client, identity=self.identity)
+            guard.throttle.warn(log, self.address, "{listener} connection from {peer} refused: "
+                                "more than {limit} open for {identity!r}", listener=guard.name,
+                                peer=self.address, limit=guard.per_client, identity=self.identity)
             self.transport.abortConnection()
             return
         self._cancel("deadline")
@@ -83,9 +85,10 @@ class Guarded(ProtocolWrapper):
     def _handshake_late(self):
         self.deadline = None
         if not self.factory.ready(self.wrappedProtocol):
-            log.warn("{listener} connection from {peer} closed: handshake or login not done "
-                     "within {seconds} s", listener=self.factory.name, peer=self.address,
-                     seconds=self.factory.handshake_seconds)
+            self.factory.throttle.warn(
+                log, self.address, "{listener} connection from {peer} closed: handshake or "
+                "login not done within {seconds} s", listener=self.factory.name,
+                peer=self.address, seconds=self.factory.handshake_seconds)
             self.transport.abortConnection()
 
     def _touch(self):
@@ -112,8 +115,9 @@ class Guarded(ProtocolWrapper):
     def connectionLost(self, reason):
         if self.deadline is not None and reason is not None and reason.check(SSL.Error) \
                 and "certificate verify failed" not in _tls_reason(reason.value):   # logged
-            log.warn("{listener} TLS handshake from {peer} refused: {why}",
-                     listener=self.factory.name, peer=self.address, why=_tls_reason(reason.value))
+            self.factory.throttle.warn(log, self.address, "{listener} TLS handshake from {peer} "
+                                       "refused: {why}", listener=self.factory.name,
+                                       peer=self.address, why=_tls_reason(reason.value))
         self._cancel("deadline")
         self._cancel("idle")
         super().connectionLost(reason)
@@ -135,9 +139,10 @@ class Guard(WrappingFactory):
 
     def __init__(self, wrapped, name: str, clock, max_connections: int, per_client: int,
                  handshake_seconds: float, idle_seconds: float | None = None,
-                 ready: Callable = lambda protocol: False):
+                 ready: Callable = lambda protocol: False, throttle: Throttle | None = None):
         super().__init__(wrapped)
         self.name, self.clock, self.ready = name, clock, ready
+        self.throttle = throttle or Throttle(clock.seconds)
         self.max_connections, self.per_client = max_connections, per_client
         self.handshake_seconds, self.idle_seconds = handshake_seconds, idle_seconds
         self.addresses: Counter = Counter()

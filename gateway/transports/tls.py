@@ -20,17 +20,19 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.logger import Logger
 
 from gateway.errors import ConfigError
+from gateway.logs import Throttle, escape
 
 CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 MIN_RSA_BITS, MIN_EC_BITS = 2048, 256
 log = Logger(namespace="gatewayd.tls")
 
 
-def server_options(ca: Path, cert: Path, key: Path,
-                   pinned: frozenset = frozenset()) -> ssl.CertificateOptions:
+def server_options(ca: Path, cert: Path, key: Path, pinned: frozenset = frozenset(),
+                   throttle: Throttle | None = None) -> ssl.CertificateOptions:
     """TLS options for a listener, trusting every CA in ``ca`` (certificates from any but
-    the first only when their fingerprint is in ``pinned``); raise ConfigError naming
-    the files when they cannot be used."""
+    the first only when their fingerprint is in ``pinned``); refusals are logged through
+    ``throttle`` (a few lines a minute per address); raise ConfigError naming the files
+    when they cannot be used."""
     try:
         authorities = [crypto.X509.from_cryptography(c)
                        for c in x509.load_pem_x509_certificates(ca.read_bytes())]
@@ -48,7 +50,8 @@ def server_options(ca: Path, cert: Path, key: Path,
     context = options.getContext()
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
                        lambda connection, certificate, error, depth, ok: _verify(
-                           connection, certificate, error, depth, ok, own, pinned))
+                           connection, certificate, error, depth, ok, own, pinned,
+                           throttle or Throttle(lambda: 0.0, burst=1 << 30)))
     # Twisted's ALPN callback answers an empty name when it has no protocol in common
     # with the client, which OpenSSL turns into an internal_error alert: ignore ALPN
     # instead (HTTPS speaks HTTP/1.1, MLLP has no ALPN name).
@@ -61,15 +64,16 @@ def _digest(certificate) -> str:
 
 
 def _verify(connection, certificate, error: int, depth: int, ok: int, own: str,
-            pinned: frozenset) -> bool:
+            pinned: frozenset, throttle: Throttle) -> bool:
     """OpenSSL's verdict, no weak client key, and a certificate from another CA than our
     own only when pinned; every refusal is logged."""
-    name = printable(dict(certificate.get_subject().get_components()).get(b"CN", b"?").decode(
+    name = escape(dict(certificate.get_subject().get_components()).get(b"CN", b"?").decode(
         "utf-8", "replace"))
     if not ok:
-        log.warn("TLS client {peer} refused: certificate {name!r} failed verification "
-                 "({why}, OpenSSL error {error})", peer=_peer(connection), name=name,
-                 why=_VERIFY_ERRORS.get(error, "see OpenSSL's verify errors"), error=error)
+        peer = _peer(connection)
+        throttle.warn(log, peer, "TLS client {peer} refused: certificate {name!r} failed "
+                      "verification ({why}, OpenSSL error {error})", peer=peer, name=name,
+                      why=_VERIFY_ERRORS.get(error, "see OpenSSL's verify errors"), error=error)
         return False
     if depth > 0:
         if _digest(certificate) == own:
@@ -79,13 +83,15 @@ def _verify(connection, certificate, error: int, depth: int, ok: int, own: str,
     weak = key.type() == crypto.TYPE_RSA and key.bits() < MIN_RSA_BITS or \
         key.type() != crypto.TYPE_RSA and key.bits() < MIN_EC_BITS
     if weak:
-        log.warn("TLS client {peer} refused: certificate {name!r} has a weak key ({bits} bits)",
-                 peer=_peer(connection), name=name, bits=key.bits())
+        peer = _peer(connection)
+        throttle.warn(log, peer, "TLS client {peer} refused: certificate {name!r} has a weak "
+                      "key ({bits} bits)", peer=peer, name=name, bits=key.bits())
         return False
     if not getattr(connection.get_app_data(), "gateway_own_ca", False) \
             and _digest(certificate) not in pinned:
-        log.warn("TLS client {peer} refused: certificate {name!r} is from another CA and not "
-                 "pinned to an identity", peer=_peer(connection), name=name)
+        peer = _peer(connection)
+        throttle.warn(log, peer, "TLS client {peer} refused: certificate {name!r} is from "
+                      "another CA and not pinned to an identity", peer=peer, name=name)
         return False
     return True
 
@@ -118,15 +124,7 @@ def certificate_name(transport) -> str | None:
     if certificate is None:
         return None
     components = dict(certificate.get_subject().get_components())
-    return printable(components.get(b"CN", b"?").decode("utf-8", errors="replace"))
-
-
-def printable(text: str) -> str:
-    """``text`` with every control character written as an escape (``\\n``, ``\\x00``)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    return escape(components.get(b"CN", b"?").decode("utf-8", errors="replace"))
 
 
 @implementer(IOpenSSLContextFactory)
