@@ -6,8 +6,9 @@ the same spool gets SpoolBusy naming that pid (gatewayd exits 75). The lock
 belongs to the process that took it — the main daemon — and goes with it, also
 after ``kill -9``. (The descriptor is not inherited by programs it starts.)
 
-The control socket ``spool/gatewayd.sock`` (mode 0600: the daemon's user and root)
-speaks one JSON object a line each way: a request ``{"command": …, "actor": …}``
+The control socket ``spool/gatewayd.sock`` (mode 0600: the daemon's user and root;
+at most 16 connections, requests of 64 kB, 30 s of silence) speaks one JSON object
+a line each way: a request ``{"command": …, "actor": …}``
 and an answer ``{"ok": true, "pid": N, …}`` or ``{"ok": false, "code": "E-…",
 "message": …}``. The daemon serves it on its reactor (``Server``), with the
 commands the daemon registers; gatewayctl calls ``ask``, which answers None when
@@ -24,11 +25,15 @@ from typing import Callable
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.policies import TimeoutMixin
 
 from gateway.errors import GatewayError
 
 LOCK_NAME, SOCKET_NAME = "gatewayd.pid", "gatewayd.sock"
-MAX_LINE = 1024 * 1024
+MAX_LINE = 1024 * 1024         # an answer (the tables in force can be long)
+MAX_REQUEST = 64 * 1024        # a request
+MAX_CLIENTS = 16               # control connections at once
+IDLE_SECONDS = 30              # a control connection silent this long is closed
 log = Logger(namespace="gatewayd.control")
 
 
@@ -113,11 +118,27 @@ def _read_line(sock: socket.socket) -> dict:
     return json.loads(data)
 
 
-class _Line(LineOnlyReceiver):
+class _Line(LineOnlyReceiver, TimeoutMixin):
     delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
+    MAX_LENGTH = MAX_REQUEST
+
+    def connectionMade(self):
+        self.factory.clients += 1
+        if self.factory.clients > MAX_CLIENTS:
+            log.warn("control connection refused: {count} open", count=MAX_CLIENTS)
+            self.transport.abortConnection()
+            return
+        self.setTimeout(IDLE_SECONDS)
+
+    def connectionLost(self, reason=None):
+        self.factory.clients -= 1
+        self.setTimeout(None)
+
+    def timeoutConnection(self):
+        self.transport.abortConnection()
 
     def lineReceived(self, line: bytes):
+        self.resetTimeout()
         try:
             request = json.loads(line)
             handler = self.factory.commands[request["command"]]
@@ -152,7 +173,7 @@ class Server(protocol.Factory):
     noisy = False
 
     def __init__(self, commands: dict[str, Callable[[dict], dict]]):
-        self.commands = commands
+        self.commands, self.clients = commands, 0
 
 
 def listen(reactor, spool: Path, commands: dict):

@@ -24,6 +24,7 @@ and WATCHDOG=1 pings.
 
 import argparse
 import os
+import resource
 import signal
 import sys
 import time
@@ -34,7 +35,6 @@ from twisted.internet import defer, reactor, ssl, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python.threadpool import ThreadPool
-from twisted.web import server
 
 from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
 from gateway.errors import ConfigError, DecodeError, GatewayError
@@ -53,6 +53,8 @@ from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_OSERR, EX_TEMPFAIL, EX_CONFIG = 71, 75, 78
 BACKLOG = 256           # connections waiting to be accepted (Twisted's default is 50)
+LOCAL_CONNECTIONS = 32  # open connections to the metrics port (scrapers, health checks)
+RESERVED_FILES = 128    # descriptors besides the listeners' connections: database, logs, pushes
 DAY = 86400
 RELOADABLE = ("routes", "identities", "certificates", "keys")
 PART_NAMES = {"routes": "route tables", "identities": "identities",
@@ -144,10 +146,12 @@ class Gateway:
         sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._guard(
             self._sftp_factory(), "SFTP", settings.limits_idle_timeout_seconds, ssh.logged_in),
             **listening).getHost()
-        status = server.Site(LocalStatus(self.metrics))
-        status.displayTracebacks = False
-        metrics = reactor.listenTCP(settings.listen_metrics_port, status,
-                                    interface="127.0.0.1").getHost()
+        status = http.bounded_site(LocalStatus(self.metrics), 0, settings.limits_idle_timeout_seconds,
+                                   settings.limits_frame_seconds, budget)
+        metrics = reactor.listenTCP(settings.listen_metrics_port, Guard(
+            status, "metrics", reactor, LOCAL_CONNECTIONS, LOCAL_CONNECTIONS,
+            settings.limits_handshake_seconds, ready=lambda protocol: True,
+            throttle=self.throttle), interface="127.0.0.1").getHost()
         control.listen(reactor, settings.paths_spool, self.control_commands())
         log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} sftp={host}:{sftp} "
                  "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
@@ -356,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                      "(gatewayctl init DIR writes one)", EX_CONFIG)
     try:
         settings = config.load(Path(args.config))
+        _enough_descriptors(settings)
         spool_lock = control.lock(settings.paths_spool)   # held for the process's life
         gateway = Gateway(Path(args.config), settings)
         gateway.listen()
@@ -379,10 +384,25 @@ def main(argv: list[str] | None = None) -> int:
     reactor.addSystemEventTrigger("during", "shutdown", gateway.stop_writer)
     interval = systemd.watchdog_interval()
     if interval:
-        task.LoopingCall(systemd.notify, "WATCHDOG=1").start(interval)
+        _every(interval, lambda: systemd.notify("WATCHDOG=1"), "watchdog")
     reactor.callWhenRunning(systemd.notify, "READY=1")
     reactor.run()
     return 0
+
+
+def _enough_descriptors(settings) -> None:
+    """Raise the open-file limit to its hard maximum and check that every listener's
+    connections fit, with room for the rest; raise ConfigError naming both if not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    needed = 3 * settings.limits_max_connections + LOCAL_CONNECTIONS + control.MAX_CLIENTS \
+        + RESERVED_FILES
+    if soft < needed:
+        raise ConfigError(f"limits.max_connections = {settings.limits_max_connections} on three "
+                          f"listeners needs {needed} open files, the limit is {soft} (raise "
+                          "LimitNOFILE= or lower limits.max_connections)", code="E-CONFIG-LIMITS")
 
 
 def _fail(text: str, status: int) -> int:

@@ -239,14 +239,20 @@ class LocalStatus(resource.Resource):
 
     isLeaf = True
 
+    CACHE_SECONDS = 1.0      # scrapes in the same second get the same text: no query storm
+
     def __init__(self, metrics: Metrics):
         super().__init__()
         self.metrics = metrics
+        self.rendered: tuple[float, bytes] = (float("-inf"), b"")
 
     def render_GET(self, request):
         if request.path == b"/metrics":
             request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-            return self.metrics.render().encode()
+            now = self.metrics.clock()
+            if now - self.rendered[0] >= self.CACHE_SECONDS:
+                self.rendered = (now, self.metrics.render().encode())
+            return self.rendered[1]
         if request.path == b"/healthz":
             request.setHeader(b"content-type", b"text/plain")
             problem = self.metrics.store_problem()

@@ -416,6 +416,29 @@ def test_hostile_control_ids_and_segment_floods_are_refused(gateway):
     assert len(stored(made)) == before + 2          # the two bad ids, kept as rejected
 
 
+def test_the_local_ports_are_bounded_too(gateway):
+    """The metrics port takes no request body (413 before reading it, nothing on disk) and
+    at most 32 connections; the control socket at most 16."""
+    made = gateway
+    with hostile_socket(made["ports"]["metrics"]) as conn:
+        conn.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000\r\n\r\n")
+        status, _ = read_response(conn)
+    assert status == 413 and tmp_empty(made)
+    held = [hostile_socket(made["ports"]["metrics"]) for _ in range(40)]
+    time.sleep(0.5)
+    assert sum(closed_within(conn, 0.01) for conn in held) == 8
+    control_path = str(Path(made["config"]).parent / "spool" / "gatewayd.sock")
+    clients = []
+    for _ in range(20):
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(control_path)
+        clients.append(client)
+    time.sleep(0.5)
+    assert sum(closed_within(client, 0.01) for client in clients) == 4
+    for conn in held + clients:
+        conn.close()
+
+
 def ssh(made, *args: str, command: str = "") -> subprocess.CompletedProcess:
     """OpenSSH's ssh as his-brink with ``args`` (sending LANG, as its default SendEnv does)."""
     who = identity(made, "his-brink")

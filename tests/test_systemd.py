@@ -143,3 +143,25 @@ def test_sighup_with_a_new_certificate_keeps_open_connections(tmp_path):
         late.close()
     finally:
         process.kill()
+
+
+def test_a_failing_watchdog_ping_does_not_stop_the_pings():
+    """A ping that cannot be sent (no socket, no descriptor to spare) answers False, so the
+    watchdog loop goes on instead of dying on the exception."""
+    from gateway import systemd
+    assert systemd.notify("WATCHDOG=1", {"NOTIFY_SOCKET": "/nonexistent/notify"}) is False
+
+
+def test_too_few_open_files_for_the_connection_limits_is_one_line(tmp_path):
+    """Under an open-file limit the three listeners' connections do not fit in, gatewayd
+    refuses to start with one line naming both numbers (exit 78)."""
+    from tests.helpers import daemon
+    made = daemon.init(tmp_path / "gw")
+    done = subprocess.run(["prlimit", "--nofile=512:512", sys.executable, "-m", "gateway.daemon",
+                           "-c", made["config"]], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.returncode == 78
+    assert done.stderr.strip().splitlines() == [
+        "gatewayd: error E-CONFIG-LIMITS: limits.max_connections = 500 on three listeners "
+        "needs 1676 open files, the limit is 512 (raise LimitNOFILE= or lower "
+        "limits.max_connections)"]

@@ -287,15 +287,22 @@ def raw_answer(transport, status: int, phrase: str, error: GatewayError) -> None
 
 def site(api: Api, idle_seconds: float, request_seconds: float, budget: Budget) -> server.Site:
     """The HTTPS site for ``api``: bodies in memory, capped at its ``max_bytes`` and counted
-    in ``budget``; idle connections and slow requests closed; no tracebacks shown."""
-    built = server.Site(api, requestFactory=BoundedRequest, timeout=idle_seconds)
-    built.budget = budget
+    in ``budget``; idle connections and slow requests closed; refusals audited."""
+    return bounded_site(api, api.max_bytes, idle_seconds, request_seconds, budget,
+                        lambda peer, error: api.intake.store.record([audit.Event(
+                            f"https:{peer}", "receive", "refused", detail=str(error))]))
+
+
+def bounded_site(root: resource.Resource, max_body: int, idle_seconds: float,
+                 request_seconds: float, budget: Budget, refused=lambda peer, error: None):
+    """A twisted.web Site with this module's bounds: request bodies in memory up to
+    ``max_body`` bytes (0: none taken) and counted in ``budget``, headers 16 kB, a request
+    whole within ``request_seconds``, idle connections closed; no tracebacks shown."""
+    built = server.Site(root, requestFactory=BoundedRequest, timeout=idle_seconds)
     built.protocol = Channel
     built.displayTracebacks = False
+    built.budget, built.max_body, built.refused = budget, max_body, refused
     built.request_seconds = request_seconds
-    built.max_body = api.max_bytes
-    built.refused = lambda peer, error: api.intake.store.record([audit.Event(
-        f"https:{peer}", "receive", "refused", detail=str(error))])
     return built
 
 
