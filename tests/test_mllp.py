@@ -283,9 +283,10 @@ def test_a_trickled_frame_is_closed_at_its_deadline():
     assert factory.budget.held == 0
 
 
-def test_partial_frames_share_one_budget_and_the_one_over_it_is_closed():
-    """Three connections holding partial frames within a 2,500-byte budget: the one whose
-    bytes push the total over it is closed, the others stay; its share is freed."""
+def test_partial_frames_share_one_budget_and_the_largest_holder_is_closed():
+    """Connections holding partial frames within a 2,500-byte budget: when a small frame
+    pushes the total over, the connection holding the most is closed — not the newcomer —
+    and its share is freed."""
     factory = MLLPFactory(Echo(), 1000, 30.0, budget=Budget(2500))
     connections = []
     for _ in range(3):
@@ -293,16 +294,16 @@ def test_partial_frames_share_one_budget_and_the_one_over_it_is_closed():
         transport = StringTransport()
         protocol.makeConnection(transport)
         connections.append((protocol, transport))
-    for protocol, _ in connections[:2]:
-        protocol.dataReceived(START + b"x" * 900)
-    assert factory.budget.held == 1800
-    connections[2][0].dataReceived(START + b"x" * 900)
-    assert [t.disconnecting for _, t in connections] == [False, False, True]
-    connections[2][0].connectionLost(None)
-    assert factory.budget.held == 1800
-    connections[0][0].dataReceived(b"y" + END)
-    assert acks(connections[0][1]) == [b"ACK:" + b"x" * 900 + b"y"]
-    assert factory.budget.held == 900
+    connections[0][0].dataReceived(START + b"x" * 990)
+    connections[1][0].dataReceived(START + b"x" * 800)
+    assert factory.budget.held == 1790
+    connections[2][0].dataReceived(START + b"x" * 750)
+    assert [t.disconnecting for _, t in connections] == [True, False, False]
+    connections[0][0].connectionLost(None)
+    assert factory.budget.held == 1550
+    connections[2][0].dataReceived(b"y" + END)
+    assert acks(connections[2][1]) == [b"ACK:" + b"x" * 750 + b"y"]
+    assert factory.budget.held == 800
 
 
 def test_reading_pauses_while_frames_wait_for_their_turn():
@@ -329,3 +330,39 @@ def test_a_frame_counts_in_the_budget_until_its_ack_is_written():
     assert factory.budget.held == 900
     handler.waiting[0][0].callback(b"ACK")
     assert factory.budget.held == 0
+
+
+def test_a_client_that_reads_no_acks_is_not_read_either():
+    """When the transport's write buffer is full (the client reads no ACKs), the connection
+    stops handling frames and reading; once drained, it goes on in order."""
+    handler = Echo()
+    protocol, transport = connect(handler)
+    protocol.pauseProducing()                      # what a full write buffer does
+    protocol.dataReceived(frame(b"ONE") + frame(b"TWO"))
+    assert handler.seen == [] and transport.producerState == "paused"
+    protocol.resumeProducing()
+    assert acks(transport) == [b"ACK:ONE", b"ACK:TWO"]
+    assert transport.producerState == "producing"
+
+
+def test_no_idle_timeout_while_the_store_works_on_the_clients_message():
+    """The idle clock does not run out on a client waiting for its own ACK; it starts again
+    once the ACK is written."""
+    clock, handler = task.Clock(), Echo(delayed=True)
+    protocol, transport = connect(handler, idle=30, clock=clock)
+    protocol.dataReceived(frame(b"SLOW"))
+    clock.advance(45)
+    assert not transport.disconnecting
+    handler.waiting[0][0].callback(b"ACK")
+    clock.advance(31)
+    assert transport.disconnecting
+
+
+def test_bytes_outside_frames_do_not_keep_a_connection_alive():
+    """Garbage every 10 s between frames does not reset the idle clock."""
+    clock = task.Clock()
+    protocol, transport = connect(Echo(), idle=30, clock=clock)
+    for _ in range(3):
+        clock.advance(10)
+        protocol.dataReceived(b"noise")
+    assert transport.disconnecting

@@ -31,13 +31,31 @@ log = Logger(namespace="gatewayd.limits")
 
 
 class Budget:
-    """Bytes held for incoming messages by all connections together."""
+    """Bytes held for incoming messages by all connections together. A holder (an MLLP
+    connection, an HTTPS request) reports what it holds with ``set``; when the total passes
+    the limit, ``relieve`` evicts the holders with the most bytes that eviction frees (not
+    what the store is already working on) — a few slow clients hoarding the budget lose
+    their connections, not the sender whose small message came last."""
 
     def __init__(self, limit: int):
         self.limit, self.held = limit, 0
+        self.holders: dict = {}          # holder -> bytes it holds
+
+    def set(self, holder, amount: int) -> None:
+        self.held += amount - self.holders.pop(holder, 0)
+        if amount:
+            self.holders[holder] = amount
 
     def over(self) -> bool:
         return self.held > self.limit
+
+    def relieve(self) -> None:
+        """Evict the largest evictable holders until the total is within the limit."""
+        for holder in sorted(self.holders, key=lambda h: h.evictable(), reverse=True):
+            if not self.over() or not holder.evictable():
+                return
+            holder.evict(f"incoming messages hold more than {self.limit} bytes "
+                         f"(limits.max_buffered_bytes); this connection held the most")
 
 
 @implementer(IHandshakeListener)

@@ -174,7 +174,7 @@ class BoundedRequest(server.Request):
     """A request whose body is held in memory, capped at the site's ``max_body``, and
     counted in the site's Budget until the answer is written."""
 
-    refused = False
+    refused = processing = False
     budget = None
     held = 0
 
@@ -190,20 +190,26 @@ class BoundedRequest(server.Request):
         if self.refused:
             return
         self.held += len(data)
-        self.budget.held += len(data)
         if self.held > self.channel.site.max_body:
             self._refuse(413, "Payload Too Large", GatewayError(
                 f"body larger than {self.channel.site.max_body} bytes", where="chunked body",
                 code="E-TOO-LARGE"))
-        elif self.budget.over():
-            self._refuse(503, "Service Unavailable", GatewayError(
-                f"incoming messages hold more than {self.budget.limit} bytes "
-                "(limits.max_buffered_bytes); send again later", code="E-BUSY"))
-        else:
-            self.content.write(data)
+            return
+        self.content.write(data)
+        self.budget.set(self, self.held)
+        self.budget.relieve()
+
+    def evictable(self) -> int:
+        """Bytes that closing this request would free: its body while it arrives."""
+        return 0 if self.processing or self.refused else self.held
+
+    def evict(self, reason: str) -> None:
+        self._refuse(503, "Service Unavailable", GatewayError(f"{reason}; send again later",
+                                                              code="E-BUSY"))
 
     def process(self):
         if not self.refused:
+            self.processing = True
             super().process()
 
     def finish(self):
@@ -216,7 +222,7 @@ class BoundedRequest(server.Request):
 
     def _release(self) -> None:
         if self.budget is not None:
-            self.budget.held -= self.held
+            self.budget.set(self, 0)
         self.held = 0
 
     def _refuse(self, status: int, phrase: str, error: GatewayError) -> None:
@@ -236,9 +242,12 @@ class Channel(http.HTTPChannel):
     header_bytes = 0
     deadline = None
 
-    def lineReceived(self, line):
-        if self.deadline is None and line:
+    def dataReceived(self, data):
+        if self.deadline is None:             # a request's first byte starts its clock
             self.deadline = self.callLater(self.site.request_seconds, self._too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line):
         self.header_bytes += len(line)
         if self.header_bytes > self.totalHeadersSize:
             return self.lineLengthExceeded(line)

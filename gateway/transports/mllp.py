@@ -51,8 +51,9 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.buffer = bytearray()
         self.in_frame, self.scanned = False, 0
         self.pending: list[bytes] = []
-        self.busy = self.paused = False
-        self.held = 0                       # what this connection counts in the budget
+        self.busy = False
+        self.reading = True                 # False while frames wait or ACKs back up
+        self.blocked = False                # the transport's write buffer is full
         self.answering = 0                  # the size of the frame being answered
         self.frame_call = None
         self.peer = ""
@@ -60,20 +61,46 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
     def connectionMade(self):
         self.peer = _address(self.transport)
         self.setTimeout(self.idle_timeout)     # also bounds a TLS handshake that never ends
+        self.transport.registerProducer(self, True)   # told when our ACKs back up
 
     def dataReceived(self, data: bytes):
-        self.resetTimeout()
+        if self.in_frame or START in data:     # bytes outside frames keep nothing alive
+            self.resetTimeout()
         self.buffer += data
         try:
             self._frames()
         finally:
             self._count()
-        if self.budget.over() and self.held:
-            self._refuse(f"incoming messages hold more than {self.budget.limit} bytes "
-                         "(limits.max_buffered_bytes); this connection pushed it over")
-        elif self.pending and not self.paused and self.transport.connected:
-            self.paused = True                 # frames wait their turn: read no more now
-            self.transport.pauseProducing()
+        self.budget.relieve()
+        self._read_or_wait()
+
+    def _read_or_wait(self) -> None:
+        """Read while nothing waits: frames waiting their turn, or ACKs the client does not
+        read, stop the reading (TCP holds what the client sends next)."""
+        wanted = not self.pending and not self.blocked
+        if wanted != self.reading and self.transport is not None and self.transport.connected:
+            self.reading = wanted
+            (self.transport.resumeProducing if wanted else self.transport.pauseProducing)()
+
+    def pauseProducing(self):
+        """The transport's write buffer is full (the client reads no ACKs): stop."""
+        self.blocked = True
+        self._read_or_wait()
+
+    def resumeProducing(self):
+        self.blocked = False
+        self._read_or_wait()
+        self._next()
+
+    def stopProducing(self):
+        self.blocked = True
+
+    def evictable(self) -> int:
+        """Bytes that closing this connection would free (not the frame being stored)."""
+        return len(self.buffer) + sum(map(len, self.pending))
+
+    def evict(self, reason: str) -> None:
+        self._refuse(reason)
 
     def _frames(self) -> None:
         """Cut complete frames off the buffer into ``pending``; start each frame's clock."""
@@ -104,9 +131,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
 
     def _count(self) -> None:
         """Bring this connection's share of the shared budget up to date."""
-        held = len(self.buffer) + sum(map(len, self.pending)) + self.answering
-        self.budget.held += held - self.held
-        self.held = held
+        self.budget.set(self, self.evictable() + self.answering)
 
     def _frame_late(self) -> None:
         self.frame_call = None
@@ -118,10 +143,8 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.frame_call = None
 
     def _next(self) -> None:
-        if self.busy or not self.pending:
-            if self.paused and not self.pending and self.transport.connected:
-                self.paused = False
-                self.transport.resumeProducing()
+        if self.busy or self.blocked or not self.pending:
+            self._read_or_wait()
             return
         self.busy = True
         self.peer = self.identify(self.transport)   # after the handshake: the certificate's name
@@ -161,6 +184,9 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self._stop_frame_clock()
 
     def timeoutConnection(self):
+        if self.busy:                          # waiting for the store, not for the client
+            self.setTimeout(self.idle_timeout)
+            return
         self.log.info("MLLP connection from {peer} idle too long; closed", peer=self.peer)
         self.transport.abortConnection()
 
