@@ -94,9 +94,10 @@ class Gateway:
         self.tls = tls.Reloadable(self._tls_options(settings))
         self.metrics = Metrics(self.intake, reactor.seconds, settings, self.started_at)
         self.notifier = notify.Notifier(self.store, settings, reactor)
-        self.accept = self._logged(self.metrics.counting(GroupCommit(
+        self.group = GroupCommit(
             self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
-            gather=0.005).accept))
+            gather=0.005)
+        self.accept = self._logged(self.metrics.counting(self.group.accept))
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with
@@ -139,7 +140,7 @@ class Gateway:
         mllp = reactor.listenSSL(settings.listen_mllp_port, self._guard(factory, "MLLP"), self.tls,
                                  **listening).getHost()
         site = http.site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
-                                  self.accept), settings.limits_idle_timeout_seconds,
+                                  self.accept, self.group.record, reactor.seconds), settings.limits_idle_timeout_seconds,
                          settings.limits_frame_seconds, budget)
         https = reactor.listenSSL(settings.listen_https_port, self._guard(site, "HTTPS"), self.tls,
                                   **listening).getHost()

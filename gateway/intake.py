@@ -117,13 +117,14 @@ class Intake:
             raise outcome
         return outcome
 
-    def accept_many(self, items: list[tuple[bytes, Envelope]]) -> list:
-        """Store several inputs in one transaction. Each item's outcome is its receipts
-        or its GatewayError (as ``accept`` would raise it). If storing itself fails,
-        that exception is raised and no item is stored."""
+    def accept_many(self, items: list[tuple[bytes, Envelope]], events: list[Event] = ()) -> list:
+        """Store several inputs in one transaction, with audit ``events`` besides (reads
+        of patient data the transports record). Each item's outcome is its receipts or its
+        GatewayError (as ``accept`` would raise it). If storing itself fails, that
+        exception is raised and nothing is stored."""
         outcomes: list = [None] * len(items)
         plans: list[_Plan] = []
-        refused: list[Event] = []
+        refused: list[Event] = list(events)
 
         def refuse(plan_index: int, envelope: Envelope, exc: GatewayError) -> None:
             outcomes[plan_index] = exc

@@ -118,8 +118,8 @@ def observer(stream, format: str = "text", level: str = "info",
 
 
 class Throttle:
-    """Refusal lines an unauthenticated client can cause, kept to ``burst`` per key (an
-    address) per ``window`` seconds; the lines held back are counted and the next line
+    """Lines (or records) a client can cause, kept to ``burst`` per key (an address, an
+    identity) per ``window`` seconds; those held back are counted and the next one
     written for that key says how many. Keys past ``max_keys`` are forgotten oldest first,
     so many addresses cannot grow it without bound."""
 
@@ -127,20 +127,28 @@ class Throttle:
         self.clock, self.burst, self.window, self.max_keys = clock, burst, window, max_keys
         self.seen: dict = {}          # key -> [window start, lines written, lines held back]
 
-    def warn(self, logger, key, format: str, **fields) -> None:
+    def allow(self, key) -> int | None:
+        """None when ``key`` is over its burst (one more held back); otherwise how many were
+        held back before this one."""
         now = self.clock()
         entry = self.seen.pop(key, None)
         if entry is None or now - entry[0] >= self.window:
-            held = entry[2] if entry else 0
-            entry = [now, 0, held]
+            entry = [now, 0, entry[2] if entry else 0]
         self.seen[key] = entry                  # most recent last: the oldest go first
         if len(self.seen) > self.max_keys:
             del self.seen[next(iter(self.seen))]
         if entry[1] >= self.burst:
             entry[2] += 1
-            return
+            return None
         entry[1] += 1
-        if entry[2]:
+        held, entry[2] = entry[2], 0
+        return held
+
+    def warn(self, logger, key, format: str, **fields) -> None:
+        held = self.allow(key)
+        if held is None:
+            return
+        if held:
             format += " ({held} similar line(s) held back before this one)"
-            fields["held"], entry[2] = entry[2], 0
+            fields["held"] = held
         logger.warn(format, **fields)

@@ -397,6 +397,49 @@ def test_http_refusals_are_one_line_answers(gateway):
             assert conn.selected_alpn_protocol() is None
 
 
+def rss_mb(made) -> int:
+    status = Path(f"/proc/{made['process'].pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
+def test_pipelined_pulls_are_answered_at_the_clients_pace(gateway):
+    """An institution pipelines 300 pulls of a 200 kB message and reads nothing: answers are
+    written as the client reads (one at a time), so the daemon's memory does not grow with
+    the pipeline; another institution's refused pulls put ten records a minute on file."""
+    made = gateway
+    status, body = curl_post(made, long_referral(710, 200_000))
+    assert status == 202, body
+    message = json.loads(body)["id"]
+    before = rss_mb(made)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.bind((HOSTILE, 0))
+    raw.connect(("127.0.0.1", made["ports"]["https"]))
+    zis = identity(made, "zis-eemland")
+    context = ssl.create_default_context(cafile=made["ca"])
+    context.load_cert_chain(zis["cert"], zis["key"])
+    with context.wrap_socket(raw, server_hostname="localhost") as greedy:
+        greedy.sendall(b"GET /v1/messages/%d HTTP/1.1\r\nHost: x\r\n\r\n" % message * 300)
+        time.sleep(2)
+        assert rss_mb(made) - before < 30
+    with tls_socket(made, "zis-zuid") as other:
+        other.sendall(b"GET /v1/messages/%d HTTP/1.1\r\nHost: x\r\n\r\n" % message * 200)
+        time.sleep(1)
+    refused = [d for r, d in audited(made, "https:zis-zuid") if r == "refused"]
+    assert 1 <= len(refused) <= 10
+
+
+def curl_post(made, data: bytes) -> tuple[int, bytes]:
+    brink = identity(made, "his-brink")
+    result = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", "--cacert", made["ca"], "--cert", brink["cert"],
+         "--key", brink["key"], "--data-binary", "@-",
+         f"https://127.0.0.1:{made['ports']['https']}/v1/messages"],
+        input=data, capture_output=True, timeout=30)
+    body, _, status = result.stdout.rpartition(b"\n")
+    return int(status), body
+
+
 def test_certificate_name_with_a_line_break_cannot_forge_a_log_line(gateway, tmp_path):
     """A certificate (from the right CA) whose CN holds a newline is logged escaped, and
     names no identity: its message is refused."""

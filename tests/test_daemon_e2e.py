@@ -210,6 +210,23 @@ def test_https_post_pull_and_confirm(gateway):
     assert curl(made, "/v1/spool")[0] == 0
 
 
+def test_https_spool_is_paged(gateway):
+    """GET /v1/spool?limit=N gives the oldest N and says more follow; ?after=ID continues
+    after the last of them; a bad number is a 400 naming the parameter."""
+    made, _, _ = gateway
+    for index in range(3):
+        curl(made, "/v1/messages", "his-brink", data=numbered_referral(800 + index, "PAGE"))
+    everything = json.loads(curl(made, "/v1/spool", "zis-eemland")[1])
+    ids = [m["id"] for m in everything["messages"]]
+    assert len(ids) >= 3 and not everything["more"]
+    first = json.loads(curl(made, "/v1/spool?limit=2", "zis-eemland")[1])
+    assert [m["id"] for m in first["messages"]] == ids[:2] and first["more"]
+    rest = json.loads(curl(made, f"/v1/spool?after={ids[1]}", "zis-eemland")[1])
+    assert [m["id"] for m in rest["messages"]] == ids[2:] and not rest["more"]
+    status, body = curl(made, "/v1/spool?limit=x", "zis-eemland")
+    assert status == 400 and json.loads(body)["where"] == "limit"
+
+
 def test_https_refusals_are_json(gateway):
     """Bad content is 400 and an unmandated sender 403, each as {code, message, where}."""
     made, _, _ = gateway

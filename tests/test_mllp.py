@@ -236,10 +236,10 @@ def test_group_commit_gathers_and_stores_one_batch_at_a_time(tmp_path):
     intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
     clock, storing, batches = task.Clock(), [], []
 
-    def run(function, items):
+    def run(function, items, events):
         batches.append(len(items))
         storing.append(defer.Deferred())
-        return storing[-1].addCallback(lambda _: function(items))
+        return storing[-1].addCallback(lambda _: function(items, events))
 
     group, admin = GroupCommit(intake, clock, run, gather=0.005), Envelope("admin", "test")
     first = [group.accept(numbered_referral(i, "W"), admin) for i in range(3)]
@@ -366,3 +366,30 @@ def test_bytes_outside_frames_do_not_keep_a_connection_alive():
         clock.advance(10)
         protocol.dataReceived(b"noise")
     assert transport.disconnecting
+
+
+def test_audit_records_ride_along_with_the_next_batch(tmp_path):
+    """Audit records handed to the group commit are stored in the next batch's transaction
+    (no transaction of their own), and their Deferred fires once committed."""
+    import time
+    from pathlib import Path
+
+    from gateway import audit, routes
+    from gateway.intake import Envelope, Intake
+    from gateway.spool.store import Store
+    from gateway.transports.batch import GroupCommit
+    from tests.helpers.fakes import numbered_referral
+
+    samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
+    intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
+    clock, runs = task.Clock(), []
+
+    def run(function, items, events):
+        runs.append((len(items), len(events)))
+        return defer.maybeDeferred(function, items, events)
+    group = GroupCommit(intake, clock, run)
+    read = group.record([audit.Event("https:zis", "pull", detail="one")])
+    stored = group.accept(numbered_referral(1, "R"), Envelope("admin", "test"))
+    clock.advance(0)
+    assert runs == [(1, 1)] and fired(read) is None and fired(stored)
+    assert [r["detail"] for r in audit.query(intake.store.db, who="https:zis")] == ["one"]

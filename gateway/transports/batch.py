@@ -1,7 +1,8 @@
 """Group commit: what arrives while the store is busy is stored together.
 
-Inputs are queued; the queue is handed to ``Intake.accept_many`` — one payload
-file, one transaction — whenever no batch is being stored. ``run`` runs that
+Inputs are queued; the queue is handed to ``Intake.accept_many`` — one transaction
+— whenever no batch is being stored; audit records the transports make (reads of
+patient data, refused reads) ride along in the same transaction. ``run`` runs that
 call and returns a Deferred: in the daemon, on a writer thread with its own
 SQLite connection, so the reactor goes on reading, decrypting and answering
 while a batch waits for its syncs, and batches grow with the load. When fewer
@@ -23,9 +24,18 @@ class GroupCommit:
         self.intake, self.reactor, self.run, self.max_batch = intake, reactor, run, max_batch
         self.gather = gather        # wait this long for a batch as large as the last one
         self.queue: list[tuple[bytes, Envelope, defer.Deferred]] = []
+        self.events: list[tuple[list, defer.Deferred]] = []     # audit records to add
         self.call = None
         self.busy = False
         self.last = 1
+
+    def record(self, events: list) -> defer.Deferred:
+        """Commit audit ``events`` with the next batch (no transaction, no sync of their
+        own: a flood of audited reads costs the store little); fires once committed."""
+        waiting = defer.Deferred()
+        self.events.append((events, waiting))
+        self._schedule()
+        return waiting
 
     def accept(self, raw: bytes, envelope: Envelope) -> defer.Deferred:
         waiting = defer.Deferred()
@@ -37,19 +47,22 @@ class GroupCommit:
         return waiting
 
     def _schedule(self) -> None:
-        if self.queue and not self.busy and self.call is None:
+        if (self.queue or self.events) and not self.busy and self.call is None:
             short = len(self.queue) < self.last
             self.call = self.reactor.callLater(self.gather if short else 0, self.flush)
 
     def flush(self) -> None:
         self.call = None
-        if self.busy or not self.queue:
+        if self.busy or not (self.queue or self.events):
             return
         items, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
-        self.busy, self.last = True, len(items)
-        stored = self.run(self.intake.accept_many, [(raw, envelope) for raw, envelope, _ in items])
-        stored.addCallbacks(lambda outcomes: _answer(items, outcomes),
-                            lambda failure: _fail(items, failure))
+        records, self.events = self.events, []
+        self.busy, self.last = True, max(len(items), 1)
+        stored = self.run(self.intake.accept_many, [(raw, envelope) for raw, envelope, _ in items],
+                          [event for events, _ in records for event in events])
+        waiting = items + [(None, None, done) for _, done in records]
+        stored.addCallbacks(lambda outcomes: _answer(waiting, outcomes + [None] * len(records)),
+                            lambda failure: _fail(waiting, failure))
         stored.addBoth(self._done)
 
     def _done(self, _) -> None:

@@ -30,11 +30,13 @@ import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.protocols import basic
 from twisted.web import http, resource, server
 
 from gateway import audit, times
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import REFUSALS, Envelope, Intake
+from gateway.logs import Throttle
 from gateway.retention import purge_text
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
@@ -43,6 +45,8 @@ from gateway.transports.guard import Budget
 CONTENT_TYPES = {"xml": b"application/fhir+xml", "hl7": b"x-application/hl7-v2+er7",
                  "edifact": b"application/EDIFACT"}
 
+STREAM_FROM = 64 * 1024      # answers larger than this are written as the client reads them
+SPOOL_PAGE = 1000            # messages in one page of GET /v1/spool
 log = Logger(namespace="gatewayd.https")   # module level: as a class attribute Twisted renames it
 
 
@@ -51,10 +55,14 @@ class Api(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, intake: Intake, identities: dict, max_bytes: int, accept=None):
+    def __init__(self, intake: Intake, identities: dict, max_bytes: int, accept=None,
+                 record=None, clock=None):
         super().__init__()
         self.intake, self.identities, self.max_bytes = intake, identities, max_bytes
         self.accept = accept or intake.accept
+        # audit records: with the next group commit in the daemon, at once otherwise
+        self.record = record or (lambda events: defer.maybeDeferred(intake.store.record, events))
+        self.refusals = Throttle(clock or intake.store.clock)   # refused reads on record
 
     def render(self, request):
         peer = tls.peer_identity(request.channel.transport)
@@ -80,13 +88,21 @@ class Api(resource.Resource):
 
     @staticmethod
     def _respond(answer, request, gone: list) -> None:
+        """Write the answer; a large body in pieces as the client reads it (the next
+        pipelined request waits until it is written), counted in the Budget meanwhile."""
         if gone:
             return                        # the client left; a resend gets the first receipt
         status, body, content_type = answer
         request.setResponseCode(status)
         request.setHeader(b"content-type", content_type)
-        request.write(body)
-        request.finish()
+        if len(body) <= STREAM_FROM:
+            request.write(body)
+            request.finish()
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.hold(len(body))
+        sent = basic.FileSender().beginFileTransfer(io.BytesIO(body), request)
+        sent.addCallbacks(lambda _: request.finish(), lambda _: None)
 
     def _dispatch(self, method, parts, peer, identity, request):
         if method == "POST" and parts == ["v1", "messages"]:
@@ -95,7 +111,7 @@ class Api(resource.Resource):
             self.intake.store.db.execute("SELECT 1").fetchone()
             return 200, b"ok\n", b"text/plain"
         if method == "GET" and parts == ["v1", "spool"]:
-            return self._spool(identity)
+            return self._spool(identity, request.args)
         if len(parts) == 3 and parts[:2] == ["v1", "messages"] and method == "GET":
             return self._pull(identity, parts[2], peer)
         if len(parts) == 4 and parts[:2] == ["v1", "messages"] and parts[3] == "ack" \
@@ -118,45 +134,62 @@ class Api(resource.Resource):
         data = [{"id": r.id, "zd_number": r.zd_number, "state": r.state} for r in receipts]
         return 202, _json(data[0] if len(data) == 1 else data), b"application/json"
 
-    def _spool(self, identity):
+    def _spool(self, identity, args: dict):
+        """A page of the caller's spool, oldest first: ``?after=ID`` continues after the
+        last id of the previous page, ``?limit=N`` (1..1000) sizes it; ``more`` says
+        whether another page follows."""
+        after = _number(args, b"after", 0, low=0)
+        limit = min(_number(args, b"limit", SPOOL_PAGE, low=1), SPOOL_PAGE)
         rows = self.intake.store.db.execute(
             "SELECT id, zd_number, kind, format, received_at FROM messages "
-            "WHERE destination = ? AND state = 'ready' ORDER BY id LIMIT 1000",
-            (_institution(identity),)).fetchall()
+            "WHERE destination = ? AND state = 'ready' AND id > ? ORDER BY id LIMIT ?",
+            (_institution(identity), after, limit + 1)).fetchall()
         return 200, _json({"messages": [{**dict(row), "received_at": times.utc(row["received_at"])}
-                                        for row in rows]}), b"application/json"
+                                        for row in rows[:limit]],
+                           "more": len(rows) > limit}), b"application/json"
 
-    def _own(self, identity, message_id: str, peer: str, action: str):
+    def _own(self, identity, message_id: str, peer: str, action: str) -> defer.Deferred:
+        """The row of a message in the caller's spool; a 404 otherwise — for somebody else's
+        message on record first (the first ten a minute per identity; then one record says
+        how many were held back)."""
         row = self.intake.store.get(int(message_id)) if _is_id(message_id) else None
-        if row is None or row["destination"] != _institution(identity) or row["state"] != "ready":
-            if row is not None:      # somebody else's message: refused, and on record
-                self.intake.store.record([audit.about(row, f"https:{peer}", action, "refused")])
-            raise GatewayError("no such message in your spool", where=f"message {message_id}",
+        if row is not None and row["destination"] == _institution(identity) \
+                and row["state"] == "ready":
+            return defer.succeed(row)
+        missing = GatewayError("no such message in your spool", where=f"message {message_id}",
                                code="E-HTTP-NOT-FOUND")
-        return row
+        held = self.refusals.allow(peer) if row is not None else None
+        if held is None:
+            return defer.fail(missing)
+        detail = f"{held} more refused before this one" if held else ""
+        recorded = self.record([audit.about(row, f"https:{peer}", action, "refused", detail)])
+        return recorded.addCallback(lambda _: defer.fail(missing))
 
-    def _pull(self, identity, message_id: str, peer: str):
-        row = self._own(identity, message_id, peer, "pull")
+    def _pull(self, identity, message_id: str, peer: str) -> defer.Deferred:
+        return self._own(identity, message_id, peer, "pull").addCallback(self._opened, peer)
+
+    def _opened(self, row, peer: str):
         try:
             payload = self.intake.store.payload(row, "out")
         except PayloadCorrupt as exc:
             self.intake.store.transition(row["id"], "fallback", "https", f"E-PAYLOAD-CORRUPT: {exc}",
                                          action="quarantine")
             log.critical("ALERT payload corrupt id={id}: quarantined in fallback", id=row["id"])
-            raise GatewayError("message unavailable", where=f"message {message_id}",
+            raise GatewayError("message unavailable", where=f"message {row['id']}",
                                code="E-HTTP-NOT-FOUND") from None
-        self.intake.store.record([audit.about(row, f"https:{peer}", "pull")])
         log.info("pulled id={id} zd={zd} by https:{peer}", id=row["id"], zd=row["zd_number"],
-                      peer=peer)
-        return 200, payload, CONTENT_TYPES[row["format"]]
+                 peer=peer)
+        recorded = self.record([audit.about(row, f"https:{peer}", "pull")])
+        return recorded.addCallback(lambda _: (200, payload, CONTENT_TYPES[row["format"]]))
 
-    def _ack(self, identity, message_id: str, peer: str):
-        row = self._own(identity, message_id, peer, "pickup")
-        self.intake.store.transition(row["id"], "delivered", f"https:{peer}", "pickup confirmed",
-                                     action="pickup")
-        log.info("delivered id={id} zd={zd}: pickup confirmed by https:{peer}", id=row["id"],
-                      zd=row["zd_number"], peer=peer)
-        return 200, _json({"id": row["id"], "state": "delivered"}), b"application/json"
+    def _ack(self, identity, message_id: str, peer: str) -> defer.Deferred:
+        def confirm(row):
+            self.intake.store.transition(row["id"], "delivered", f"https:{peer}",
+                                         "pickup confirmed", action="pickup")
+            log.info("delivered id={id} zd={zd}: pickup confirmed by https:{peer}", id=row["id"],
+                     zd=row["zd_number"], peer=peer)
+            return 200, _json({"id": row["id"], "state": "delivered"}), b"application/json"
+        return self._own(identity, message_id, peer, "pickup").addCallback(confirm)
 
     def _status(self, peer: str, zd_number: str):
         rows = [row for row in self.intake.store.by_zd(zd_number) if row["identity"] == peer]
@@ -219,6 +252,11 @@ class BoundedRequest(server.Request):
     def connectionLost(self, reason):
         self._release()
         super().connectionLost(reason)
+
+    def hold(self, size: int) -> None:
+        """Count an answer of ``size`` bytes being written (not evictable)."""
+        self.held = size
+        self.budget.set(self, size)
 
     def _release(self) -> None:
         if self.budget is not None:
@@ -315,6 +353,18 @@ def bounded_site(root: resource.Resource, max_body: int, idle_seconds: float,
     return built
 
 
+def _number(args: dict, name: bytes, default: int, low: int) -> int:
+    """A whole-number query parameter; a 400 naming it when it is not one from ``low``."""
+    values = args.get(name)
+    if not values:
+        return default
+    text = values[0].decode("ascii", "replace")
+    if not _is_id(text) or int(text) < low:
+        raise GatewayError(f"{name.decode()} must be a whole number from {low}",
+                           where=name.decode(), code="E-HTTP-QUERY")
+    return int(text)
+
+
 def _is_id(text: str) -> bool:
     """A message id as a URL may give it: 1 to 18 ASCII digits (no other scripts' digits)."""
     return text.isascii() and text.isdigit() and len(text) <= 18
@@ -329,7 +379,7 @@ def _institution(identity) -> str:
 
 
 STATUS = {"E-STORE": 503, "E-BUSY": 503, "E-NOT-MANDATED": 403, "E-HTTP-FORBIDDEN": 403, "E-DUPLICATE-CONFLICT": 409,
-          "E-TOO-LARGE": 413, "E-HTTP-NOT-FOUND": 404, "E-PURGED": 410}
+          "E-TOO-LARGE": 413, "E-HTTP-NOT-FOUND": 404, "E-PURGED": 410, "E-HTTP-QUERY": 400}
 
 
 def _error(exc: GatewayError):
