@@ -45,7 +45,7 @@ class TooLarge(GatewayError):
 
 
 REFUSALS = (NotMandated, DuplicateConflict, TooLarge)   # refused whole: nothing stored
-SEGMENT_ENDS = {"hl7": (b"\r", b"\n"), "edifact": (b"'",)}   # an upper bound of the segments
+SEGMENT_ENDS = {"hl7": (b"\r", b"\n"), "xml": (b"<",)}   # upper bounds of segments, elements
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ class Envelope:
     channel: str
     mandates: frozenset[str] | None = None
     who: str = ""           # for the audit log, when not ``channel:identity`` (cli:<user>)
+    framed: bool = True     # the transport vouches the input is whole (MLLP frame, HTTP
+                            # length); False for files (SFTP): a cut-off HL7 file is refused
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ class Intake:
         try:
             name = codecs.sniff(raw)
             self._count_segments(name, raw)
+            if not envelope.framed and name == "hl7":
+                _check_whole_hl7(raw)
             decoded = codecs.get(name).decode_messages(raw)
             for control_id, _ in decoded:
                 _check_control_id(control_id)
@@ -174,9 +178,14 @@ class Intake:
         return plan
 
     def _count_segments(self, name: str, raw: bytes) -> None:
-        """Refuse (unread, unstored) an HL7 or EDIFACT input with more segments than
+        """Refuse (unread, unstored) an input with more segments (HL7, EDIFACT — with the
+        terminator its UNA declares) or elements (XML, counted as '<') than
         ``limits.max_segments``: decoding millions of them would hold up every sender."""
-        ends = SEGMENT_ENDS.get(name, ())
+        if name == "edifact":
+            head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
+            ends = (head[8:9],) if head.startswith(b"UNA") and len(head) > 8 else (b"'",)
+        else:
+            ends = SEGMENT_ENDS.get(name, ())
         count = max((raw.count(end) for end in ends), default=0)
         if count > self.max_segments:
             raise TooLarge(f"more than {self.max_segments} segments ({count})",
@@ -294,6 +303,17 @@ def _check_control_id(control_id: str | None) -> None:
         raise DecodeError(f"control id longer than {MAX_CONTROL_ID} characters or with control "
                           "characters", where="control id (MSH-10, UNB/UNH reference, Bundle.id)",
                           code="E-CONTROL-ID")
+
+
+def _check_whole_hl7(raw: bytes) -> None:
+    """An HL7 file must end with its last segment's terminator: a file cut off mid-segment
+    (an interrupted upload that the client closed) decodes to a shorter message, so it is
+    refused (kept as rejected). A cut exactly between segments cannot be seen: senders
+    should upload as .part and rename (README)."""
+    if not raw.rstrip(b" \t\x1a").endswith((b"\r", b"\n", b"\x1c")):
+        raise DecodeError("the file does not end with a segment terminator (CR or LF): cut "
+                          "off? upload as NAME.part and rename when complete",
+                          where="end of file", code="E-HL7-TRUNCATED")
 
 
 def _actor(envelope: Envelope) -> str:

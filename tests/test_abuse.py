@@ -186,6 +186,32 @@ def test_sftp_upload_cut_off_by_a_dropped_connection_is_not_stored(gateway, tmp_
     assert [r for r, d in audited(made, "sftp:his-brink") if "cut off" in d] == ["discarded"] * 2
 
 
+def test_sftp_upload_interrupted_by_the_client_is_not_taken_for_whole(gateway, tmp_path):
+    """OpenSSH sftp interrupted with Ctrl-C closes the half-written file itself: the cut HL7
+    referral (its last segment without terminator) is kept as rejected with
+    E-HL7-TRUNCATED and an .err file, never routed to the hospital."""
+    made = gateway
+    who = identity(made, "his-brink")
+    (tmp_path / "interrupted.hl7").write_bytes(long_referral(720, 200_000))
+    (tmp_path / "batch").write_text("cd inbox\nput interrupted.hl7\n")
+    mark = len(made["log"].read_text())
+    client = subprocess.Popen(
+        ["sftp", "-l", "512", "-b", "batch", "-i", who["ssh_key"], "-P",
+         str(made["ports"]["sftp"]), "-o", "StrictHostKeyChecking=no", "-o",
+         "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"{who['sftp_user']}@127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.2)                       # 512 kbit/s: about 80 of the 200 kB are up
+    client.send_signal(signal.SIGINT)
+    client.wait(30)
+    err = Path(made["config"]).parent / "sftp" / "his-brink" / "errors" / "interrupted.hl7.err"
+    for _ in range(100):
+        if err.exists():
+            break
+        time.sleep(0.05)
+    assert err.read_text().startswith("E-HL7-TRUNCATED"), made["log"].read_text()[mark:]
+    assert not [row for row in stored(made) if row["zd_number"] == "ZD500000720"]
+
+
 def test_https_body_is_kept_in_memory_never_on_disk(gateway):
     """A slow 150 kB POST: while it trickles in, no file the daemon has open and nothing in
     its temporary folder holds the marker patient; once complete it is stored (202)."""

@@ -154,3 +154,34 @@ def test_accept_many_is_one_transaction(tmp_path):
     rows = intake.store.listing()
     assert len(rows) == 3 and len({row["received_at"] for row in rows}) == 1
     assert intake.store.payload(intake.store.get(two[0].id), "raw") == second
+
+
+def test_an_hl7_file_cut_mid_segment_is_refused_when_no_frame_vouches_for_it(tmp_path):
+    """From a file drop (framed=False) an HL7 message whose last segment has no terminator
+    is kept as rejected (E-HL7-TRUNCATED); whole, it is taken; over MLLP or HTTPS (framed)
+    a missing final CR is accepted as senders write it."""
+    intake = make_intake(tmp_path)
+    whole = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes()
+    assert whole.endswith(b"\n")
+    cut = whole[:whole.rindex(b"|")]
+    dropped = Envelope("his-brink", "sftp", None, framed=False)
+    with pytest.raises(DecodeError) as refused:
+        intake.accept(cut, dropped)
+    assert refused.value.code == "E-HL7-TRUNCATED"
+    assert intake.accept(whole, dropped)[0].state == "ready"
+    assert intake.accept(cut.replace(b"HISX-000042", b"HISX-000043"), ADMIN)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("xml", b"<Bundle>" + b"<a/>" * 20_000 + b"</Bundle>"),
+    ("edifact", b"UNA:+.? ~UNB+UNOA:1+x+y~" + b"TXT:1+x~" * 20_000),
+])
+def test_segment_flood_is_refused_in_every_format(tmp_path, name, data):
+    """XML elements count as segments, and an EDIFACT UNA's own terminator is counted:
+    past limits.max_segments the input is refused unread and unstored."""
+    from gateway.intake import TooLarge
+    intake = make_intake(tmp_path)
+    with pytest.raises(TooLarge) as refused:
+        intake.accept(data, ADMIN)
+    assert refused.value.code == "E-TOO-MANY-SEGMENTS"
+    assert intake.store.listing() == []

@@ -172,7 +172,8 @@ class Account(avatar.ConchUser):
 
     def ingest(self, path: Path, data: bytes) -> defer.Deferred:
         """Hand a closed upload to the intake, or leave a .err file saying why not."""
-        result = defer.maybeDeferred(self.accept, data, Envelope(self.name, "sftp", self.mandates))
+        result = defer.maybeDeferred(self.accept, data, Envelope(self.name, "sftp", self.mandates,
+                                                                framed=False))
 
         def stored(receipts):
             for receipt in receipts:
