@@ -60,7 +60,8 @@ def test_an_intact_chain_verifies(store):
 ])
 def test_a_damaged_chain_names_the_first_bad_record(store, damage, found):
     """An edited record, a removed one and two swapped ones are each found and named."""
-    store.db.executescript(damage)
+    for statement in damage.split("; "):
+        store.db.execute(statement)
     checked, problem, _ = audit.verify(store.db, RING)
     assert problem.startswith(found)
 

@@ -65,7 +65,8 @@ def test_backup_verify_finds_a_damaged_backup(tmp_path):
                                               "its SHA-256 in the manifest")
     db_path.write_bytes(original)
     db = sqlite3.connect(db_path)
-    sealed = bytearray(payloads.sealed(db, 1, "out"))
+    sealed = bytearray(db.execute("SELECT sealed FROM payloads WHERE message_id = 1 AND "
+                                  "which = 'out'").fetchone()[0])
     sealed[-3] ^= 0x08
     db.execute("UPDATE payloads SET sealed = ? WHERE message_id = 1 AND which = 'out'",
                (bytes(sealed),))

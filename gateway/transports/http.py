@@ -33,9 +33,10 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from gateway import audit, times
-from gateway.errors import DecodeError, GatewayError
+from gateway.errors import DecodeError, GatewayError, StoreError
 from gateway.intake import REFUSALS, Envelope, Intake
 from gateway.retention import purge_text
+from gateway.spool import queries
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
 from gateway.transports.guard import Budget
@@ -92,7 +93,9 @@ class Api(resource.Resource):
         if method == "POST" and parts == ["v1", "messages"]:
             return self._post(peer, identity, request)
         if method in ("GET", "HEAD") and parts == ["healthz"]:
-            self.intake.store.db.execute("SELECT 1").fetchone()
+            problem = self.intake.store.problem()
+            if problem:
+                raise StoreError(problem, where="store")
             return 200, b"ok\n", b"text/plain"
         if method == "GET" and parts == ["v1", "spool"]:
             return self._spool(identity)
@@ -119,10 +122,7 @@ class Api(resource.Resource):
         return 202, _json(data[0] if len(data) == 1 else data), b"application/json"
 
     def _spool(self, identity):
-        rows = self.intake.store.db.execute(
-            "SELECT id, zd_number, kind, format, received_at FROM messages "
-            "WHERE destination = ? AND state = 'ready' ORDER BY id LIMIT 1000",
-            (_institution(identity),)).fetchall()
+        rows = queries.ready_for(self.intake.store.db, _institution(identity))
         return 200, _json({"messages": [{**dict(row), "received_at": times.utc(row["received_at"])}
                                         for row in rows]}), b"application/json"
 

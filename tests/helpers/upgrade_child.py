@@ -6,11 +6,11 @@ payload folder is removed."""
 import hashlib
 import os
 import signal
-import sqlite3
 import sys
 from pathlib import Path
 
 from gateway.keys import Keyring
+from gateway.spool import db as database
 from gateway.spool import schema, upgrade
 from tests.helpers.fakes import RING
 
@@ -29,8 +29,7 @@ def main(spool: str, kill_at: int, batch: int) -> None:
         if lines == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    db = sqlite3.connect(Path(spool) / "gateway.db", isolation_level=None)
-    db.row_factory = sqlite3.Row
+    db = database.SQLite(Path(spool) / "gateway.db")
     schema.prepare(db)
     upgrade.run(db, V1_RING, Path(spool), progress, batch_rows=batch)
     upgrade.remove_files(Path(spool))
