@@ -346,10 +346,18 @@ class Gateway:
 def _every(seconds: float, work, name: str) -> None:
     """Run ``work`` now and every ``seconds``; a failure is logged with its name and the
     next round runs as usual."""
-    loop = task.LoopingCall(lambda: defer.maybeDeferred(work).addErrback(
-        lambda failure: log.failure(name, failure)))
+    loop = task.LoopingCall(lambda: defer.maybeDeferred(work).addErrback(_failed, name))
     loop.clock = reactor
     loop.start(seconds, now=True)
+
+
+def _failed(failure, name: str) -> None:
+    """One line for a known failure (the store away: it reconnects by itself), a traceback
+    for anything unexpected."""
+    if failure.check(GatewayError):
+        log.error("{name}: {error}", name=name, error=str(failure.value))
+    else:
+        log.failure(name, failure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from gateway import __version__, operations, pki
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import REFUSALS
 from gateway.spool import queries
+from gateway.spool.db import StoreUnavailable
 
 CHANNELS = ("mllp", "https", "sftp")
 QUEUE_STATES = ("ready", "outbound", "deferred", "fallback", "held")
@@ -66,6 +67,7 @@ class Metrics:
             label, start = ("channel", envelope.channel), self.clock()
 
             def receipts_counted(receipts):
+                self.last_failure = None          # stored again: the store has recovered
                 self._observe(envelope.channel, self.clock() - start)
                 for receipt in receipts:
                     name = "gatewayd_duplicates_total" if receipt.duplicate else \
@@ -78,7 +80,7 @@ class Metrics:
                     self.counters["gatewayd_rejected_total", label] += 1
                 elif failure.check(*REFUSALS):
                     self.counters["gatewayd_refused_total", label] += 1
-                else:
+                elif not failure.check(StoreUnavailable):     # that one the probe sees
                     self.last_failure = (self.clock(), _why(failure.value))
                 self._observe(envelope.channel, self.clock() - start)
                 return failure
@@ -111,8 +113,12 @@ class Metrics:
 
     def store_problem(self) -> str | None:
         """Why the daemon cannot store right now (PostgreSQL unreachable, a retired key, a
-        read-only or full spool, a store failure in the last minute), or None."""
+        read-only or full spool, a store failure in the last minute not followed by a
+        message stored), or None."""
         store = self.intake.store
+        problem = store.problem()
+        if problem:
+            return problem
         try:
             store.check_current()
         except GatewayError as exc:

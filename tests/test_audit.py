@@ -18,8 +18,8 @@ BSN = "123456782"        # the fixture patient's
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path, time.time, RING)
+def store(tmp_path, backend):
+    store = backend.store(tmp_path, time.time, RING)
     intake = Intake(store, routes.load(SAMPLES), 1 << 24)
     for index in range(1, 4):
         intake.accept(numbered_referral(index), HIS)

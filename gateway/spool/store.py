@@ -136,11 +136,15 @@ class Store:
         return payloads.has(self.db, message_id, "out")
 
     def problem(self) -> str | None:
-        """Why the database cannot be used right now (PostgreSQL unreachable), or None."""
-        try:
-            self.db.execute("SELECT 1")
-        except StoreUnavailable as exc:
-            return exc.message
+        """Why the database cannot be used right now (PostgreSQL unreachable), or None. A
+        connection found broken is opened again at once (the second try)."""
+        for attempt in (1, 2):
+            try:
+                self.db.execute("SELECT 1")
+                return None
+            except StoreUnavailable as exc:
+                if attempt == 2:
+                    return exc.message
         return None
 
     def find(self, identity: str, control_id: str):
