@@ -1,4 +1,4 @@
-"""A private PostgreSQL server for the outage tests: its own data folder and port, so a
+"""A private PostgreSQL server for the outage tests, and scratch schemas for benchmarks: its own data folder and port, so a
 test can stop and start it without touching the machine's shared server.
 
 Made with the installed server's ``initdb`` and ``pg_ctl`` (trust authentication,
@@ -6,12 +6,15 @@ Made with the installed server's ``initdb`` and ``pg_ctl`` (trust authentication
 tests run as root. ``Cluster.available()`` says why there is none, if so.
 """
 
+import contextlib
 import glob
 import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 from tests.helpers.fakes import free_port
 
@@ -68,3 +71,19 @@ class Cluster:
         if self.running():
             self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_schema(url: str):
+    """A new schema in the database at ``url`` for a benchmark's store, dropped afterwards;
+    yields the URL that puts it first on the search path."""
+    import psycopg
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {name}")
+    separator = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{separator}options={quote(f'-csearch_path={name}')}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"DROP SCHEMA {name} CASCADE")
