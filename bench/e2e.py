@@ -134,8 +134,8 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     raise RuntimeError(f"did not start: {log.read_text()}")
 
 
-def setup(folder: Path, url: str = "") -> dict:
-    """``gatewayctl init`` in ``folder`` on free ports (store.url = ``url``)."""
+def setup(folder: Path) -> dict:
+    """``gatewayctl init`` in ``folder`` on free ports."""
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(folder), "--json",
          "--mllp-port", str(free_port()), "--https-port", str(free_port()),
@@ -143,8 +143,14 @@ def setup(folder: Path, url: str = "") -> dict:
         capture_output=True, check=True, cwd=ROOT).stdout)
     config = Path(made["config"])        # 64 connections come from one client address
     config.write_text(config.read_text().replace(
-        "max_connections_per_client = 50", "max_connections_per_client = 100").replace(
-        '\nurl = ""', f'\nurl = "{url}"'))
+        "max_connections_per_client = 50", "max_connections_per_client = 100"))
+    return made
+
+
+def on_postgres(made: dict, url: str) -> dict:
+    """The same setup (certificates, ports) with its store in PostgreSQL at ``url``."""
+    config = Path(made["config"])
+    config.write_text(config.read_text().replace('\nurl = ""', f'\nurl = "{url}"'))
     return made
 
 
@@ -166,7 +172,7 @@ def main() -> None:
             if args.store:
                 with scratch_schema(args.store) as url:
                     print(f"gatewayd on PostgreSQL ({args.store})")
-                    found = run(setup(folder / "pg", url), echo_port, echo,
+                    found = run(on_postgres(made, url), echo_port, echo,
                                 folder / "gatewayd-pg.log", args.seconds)
                 print("PostgreSQL against SQLite in this run: " + ", ".join(
                     f"{name} {found[name] / sqlite[name]:.2f}x" for name in sqlite))

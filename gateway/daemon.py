@@ -156,8 +156,9 @@ class Gateway:
             throttle=self.throttle), interface="127.0.0.1").getHost()
         control.listen(reactor, settings.paths_spool, self.control_commands())
         log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} sftp={host}:{sftp} "
-                 "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
-                 sftp=sftp_port.port, metrics=metrics.port)
+                 "metrics=127.0.0.1:{metrics} store={store}", host=mllp.host, mllp=mllp.port,
+                 https=https.port, sftp=sftp_port.port, metrics=metrics.port,
+                 store=self.store.where)
 
     def control_commands(self) -> dict:
         """What gatewayctl may ask of the running daemon over the control socket."""
