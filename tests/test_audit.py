@@ -8,7 +8,6 @@ import pytest
 
 from gateway import audit, keys, operations, routes
 from gateway.intake import Envelope, Intake
-from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import RING, ROOT, numbered_referral
 

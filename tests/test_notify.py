@@ -7,7 +7,6 @@ from twisted.internet import defer, task
 
 from gateway import config, notify, routes
 from gateway.intake import Envelope, Intake
-from gateway.spool.store import Store
 from tests.helpers.fakes import RING, ROOT, numbered_referral
 
 SAMPLES = ROOT / "gateway" / "routes" / "samples"

@@ -14,7 +14,7 @@ import pytest
 
 from gateway import keys
 from tests.helpers import daemon
-from tests.helpers.fakes import numbered_referral
+from tests.helpers.fakes import Threads, numbered_referral
 from tests.helpers.pgcluster import Cluster
 from tests.test_crash import check
 from tests.test_daemon_crash import Daemon
@@ -28,24 +28,14 @@ def on_postgres(tmp_path: Path, url: str) -> dict:
     return made
 
 
-class Senders:
+class Senders(Threads):
     """An MLLP/TLS sender and an HTTPS sender, each resending a message until it is
     acknowledged (AA, 202) and then going on with the next; ``acked`` holds control ids."""
 
     def __init__(self, made: dict):
+        super().__init__(timeout=60)
         self.made, self.acked, self.refused = made, set(), 0
-        self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._mllp), threading.Thread(target=self._https)]
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
 
     def _mllp(self):
         brink, port = identity(self.made, "his-brink"), self.made["ports"]["mllp"]
