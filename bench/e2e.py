@@ -8,7 +8,11 @@ p50/p99 ACK latency, and HTTPS posts. Prints messages/s, latencies, the ratio to
 the baseline, the CPU time (user + system, from /proc/PID/stat) each server
 spent per message, and gatewayd's peak RSS.
 
-Run: ``.venv/bin/python bench/e2e.py [--seconds S]``. Aims (issue 12): 8
+With ``--store postgresql://…`` a second gatewayd runs the same on a PostgreSQL
+store (a scratch schema of that database, dropped afterwards), against the same
+baseline, followed by its ratios to the SQLite gatewayd of this run.
+
+Run: ``.venv/bin/python bench/e2e.py [--seconds S] [--store URL]``. Aims (issue 12): 8
 connections >= 0.25x the baseline, 64 connections >= 0.3x; p99 <= 20 ms at 200
 messages/s; peak RSS <= 150 MB.
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.helpers.fakes import free_port, numbered_referral  # noqa: E402
+from tests.helpers.pgcluster import scratch_schema  # noqa: E402
 
 
 class Client:
@@ -129,29 +134,59 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     raise RuntimeError(f"did not start: {log.read_text()}")
 
 
+def setup(folder: Path) -> dict:
+    """``gatewayctl init`` in ``folder`` on free ports."""
+    made = json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "init", str(folder), "--json",
+         "--mllp-port", str(free_port()), "--https-port", str(free_port()),
+         "--metrics-port", str(free_port()), "--sftp-port", str(free_port())],
+        capture_output=True, check=True, cwd=ROOT).stdout)
+    config = Path(made["config"])        # 64 connections come from one client address
+    config.write_text(config.read_text().replace(
+        "max_connections_per_client = 50", "max_connections_per_client = 100"))
+    return made
+
+
+def on_postgres(made: dict, url: str) -> dict:
+    """The same setup (certificates, ports) with its store in PostgreSQL at ``url``."""
+    config = Path(made["config"])
+    config.write_text(config.read_text().replace('\nurl = ""', f'\nurl = "{url}"'))
+    return made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--store", default="", help="also run a gatewayd on PostgreSQL in "
+                        "this database (postgresql://…; a scratch schema, dropped afterwards)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        made = json.loads(subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "init", str(folder / "gw"), "--json",
-             "--mllp-port", str(free_port()), "--https-port", str(free_port()),
-             "--metrics-port", str(free_port())], capture_output=True, check=True, cwd=ROOT).stdout)
-        config = Path(made["config"])        # 64 connections come from one client address
-        config.write_text(config.read_text().replace("max_connections_per_client = 50",
-                                                     "max_connections_per_client = 100"))
+        made = setup(folder / "gw")
         echo_port = free_port()
-        gateway = start([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
-                        folder / "gatewayd.log")
         echo = start([sys.executable, str(ROOT / "bench" / "echo_server.py"), made["config"],
                       str(echo_port)], folder / "echo.log")
         try:
-            report(made, echo_port, gateway, echo, args.seconds)
+            print("gatewayd on SQLite")
+            sqlite = run(made, echo_port, echo, folder / "gatewayd.log", args.seconds)
+            if args.store:
+                with scratch_schema(args.store) as url:
+                    print(f"gatewayd on PostgreSQL ({args.store})")
+                    found = run(on_postgres(made, url), echo_port, echo,
+                                folder / "gatewayd-pg.log", args.seconds)
+                print("PostgreSQL against SQLite in this run: " + ", ".join(
+                    f"{name} {found[name] / sqlite[name]:.2f}x" for name in sqlite))
         finally:
-            gateway.terminate()
             echo.terminate()
+
+
+def run(made: dict, echo_port: int, echo, log: Path, seconds: float) -> dict:
+    gateway = start([sys.executable, "-m", "gateway.daemon", "-c", made["config"]], log)
+    try:
+        return report(made, echo_port, gateway, echo, seconds)
+    finally:
+        gateway.terminate()
+        gateway.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -168,8 +203,10 @@ def measured(pid: int, run) -> tuple[int, float]:
 
 
 def report(made: dict, echo_port: int, gateway: subprocess.Popen, echo: subprocess.Popen,
-           seconds: float) -> None:
+           seconds: float) -> dict:
+    """Print the figures; return the messages/s per connection count and the HTTPS posts/s."""
     port = made["ports"]["mllp"]
+    figures = {}
     print(f"MLLP/TLS, {seconds:g}s per run; baseline = non-durable Twisted MLLP/TLS server answering AA")
     print(f"{'connections':>11} {'gatewayd msg/s':>15} {'baseline msg/s':>15} {'ratio':>6} "
           f"{'gatewayd CPU ms/msg':>20} {'baseline CPU ms/msg':>20}")
@@ -178,6 +215,7 @@ def report(made: dict, echo_port: int, gateway: subprocess.Popen, echo: subproce
                                                          f"C{connections}-"))
         base, base_used = measured(echo.pid, lambda: drive(echo_port, made, connections, seconds,
                                                            f"E{connections}-"))
+        figures[f"{connections} connections"] = done / seconds
         print(f"{connections:>11} {done / seconds:>15,.0f} {base / seconds:>15,.0f} "
               f"{done / base:>6.2f} {used:>20.3f} {base_used:>20.3f}")
     _, latencies = drive(port, made, 8, seconds, "P-", rate_each=25)
@@ -190,6 +228,8 @@ def report(made: dict, echo_port: int, gateway: subprocess.Popen, echo: subproce
     status = Path(f"/proc/{gateway.pid}/status").read_text()
     peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
     print(f"gatewayd peak RSS: {int(peak) / 1024:.0f} MB")
+    figures["HTTPS posts"] = posts / seconds
+    return figures
 
 
 if __name__ == "__main__":

@@ -18,8 +18,12 @@ Measures on one disk, in one process:
 
 Each line also gives the process's CPU time (user + system) per message.
 
-Run: ``.venv/bin/python bench/intake.py [--messages N] [--rounds R] [--prefill N] [--dir DIR]``
-(``--dir``: a folder on the disk to measure, outside the repository).
+With ``--store postgresql://…`` the same rounds run again on a PostgreSQL store (in a
+scratch schema of that database, dropped afterwards), against bare single-row
+PostgreSQL commits of the same run, with the ratios to this run's SQLite figures.
+
+Run: ``.venv/bin/python bench/intake.py [--messages N] [--rounds R] [--prefill N] [--dir DIR]
+[--store URL]`` (``--dir``: a folder on the disk to measure, outside the repository).
 Aims (issue 12): one sender >= 0.5x the bare commit rate; 8 senders >= 5x one
 sender; flat (within 10 %) with 1,000,000 stored.
 """
@@ -38,7 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from gateway import routes  # noqa: E402
 from gateway.intake import Envelope, Intake  # noqa: E402
+from gateway.spool import db as database  # noqa: E402
 from gateway.spool.store import Store  # noqa: E402
+from tests.helpers.pgcluster import scratch_schema  # noqa: E402
 from tests.helpers.fakes import RING, numbered_referral  # noqa: E402
 
 ENVELOPE = Envelope("bench", "bench")
@@ -73,6 +79,18 @@ def bare_commits(folder: Path, count: int) -> float:
     elapsed = time.perf_counter() - start
     db.close()
     return count / elapsed
+
+
+def bare_postgres_commits(url: str, count: int) -> float:
+    """Single-row commits per second on PostgreSQL (synchronous_commit as the server has it)."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS bare (id BIGSERIAL PRIMARY KEY, v TEXT)")
+        start = time.perf_counter()
+        for index in range(count):
+            with db.transaction():
+                db.execute("INSERT INTO bare (v) VALUES (%s)", (f"row {index}",))
+        return count / (time.perf_counter() - start)
 
 
 def one_sender(intake: Intake, messages: list[bytes]) -> tuple[float, float]:
@@ -130,11 +148,13 @@ def senders(intake: Intake, messages: list[bytes], count: int = 8) -> tuple[floa
     return len(messages) / elapsed, (cpu() - used) / len(messages) * 1000, statistics.mean(batches)
 
 
-def measure(intake: Intake, numbers: Numbers, folder: Path, count: int, rounds: int) -> dict:
-    """Medians over alternating rounds of bare commits and one sender; then 8 senders."""
+def measure(intake: Intake, numbers: Numbers, folder: Path, count: int, rounds: int,
+            url: str = "") -> dict:
+    """Medians over alternating rounds of bare commits (SQLite, or PostgreSQL at ``url``)
+    and one sender; then 8 senders."""
     bare, single, single_cpu = [], [], []
     for _ in range(rounds):
-        bare.append(bare_commits(folder, count))
+        bare.append(bare_postgres_commits(url, count) if url else bare_commits(folder, count))
         rate, used = one_sender(intake, numbers.take(count))
         single.append(rate)
         single_cpu.append(used)
@@ -144,9 +164,11 @@ def measure(intake: Intake, numbers: Numbers, folder: Path, count: int, rounds: 
             "batch": batch}
 
 
-def report(title: str, found: dict, empty: dict | None = None) -> None:
+def report(title: str, found: dict, empty: dict | None = None,
+           bare: str = "bare SQLite WAL FULL single-row commits", against: str = "the empty store"
+           ) -> None:
     print(title)
-    print(f"  bare SQLite WAL FULL single-row commits {found['bare']:8,.0f}/s")
+    print(f"  {bare:<38} {found['bare']:8,.0f}/s")
     print(f"  one sender, intake.accept              {found['single']:8,.0f}/s  "
           f"{found['single'] / found['bare']:5.2f}x bare   "
           f"CPU {found['single_cpu']:.3f} ms/message")
@@ -154,7 +176,7 @@ def report(title: str, found: dict, empty: dict | None = None) -> None:
           f"{found['many'] / found['single']:5.2f}x one sender   "
           f"CPU {found['many_cpu']:.3f} ms/message")
     if empty:
-        print(f"  against the empty store: one sender {found['single'] / empty['single']:.2f}x, "
+        print(f"  against {against}: one sender {found['single'] / empty['single']:.2f}x, "
               f"8 senders {found['many'] / empty['many']:.2f}x, CPU per message "
               f"{found['many_cpu'] / empty['many_cpu']:.2f}x")
 
@@ -208,6 +230,8 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0,
                         help="then store this many more and measure again (aim: 1000000)")
     parser.add_argument("--dir", type=Path, default=None, help="folder on the disk to measure")
+    parser.add_argument("--store", default="", help="also measure a PostgreSQL store in this "
+                        "database (postgresql://…; a scratch schema, dropped afterwards)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         folder = Path(folder)
@@ -224,6 +248,14 @@ def main() -> None:
                   f"{time.perf_counter() - start:.0f} s; database {size:.1f} GB)")
             full = measure(intake, numbers, folder, args.messages, args.rounds)
             report(f"{args.prefill:,} messages stored", full, empty)
+        if args.store:
+            with scratch_schema(args.store) as url:
+                on_postgres = Intake(Store(folder / "pg", time.time, RING, other_thread=True,
+                                           url=url), intake.tables, 16 * 1024 * 1024)
+                found = measure(on_postgres, numbers, folder, args.messages, args.rounds, url)
+                on_postgres.store.close()
+                report(f"PostgreSQL store ({database.where(args.store)})", found, empty,
+                       "bare PostgreSQL single-row commits", "SQLite in this run")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The NEN 7513 audit log: who did what with which patient's data, when, and the result.
 
-Records live in the store's SQLite database (table ``audit``) and are appended in
+Records live in the store's database (table ``audit``) and are appended in
 the same transaction as the change they describe, so a message is never stored,
 delivered or purged without its record. Each record holds: the actor (certificate
 subject, SFTP account, ``cli:<user>`` or a gateway task), on whose behalf (the
@@ -12,11 +12,12 @@ Records are hash-chained: ``hash = HMAC(audit key, previous hash + record)``, so
 ``verify`` finds an edited, removed or reordered record (and nobody without the key
 can write a new chain). Retention removes the oldest records and keeps the last
 removed one's sequence number and hash as the anchor the chain starts from.
+Appending takes the database's ``audit`` lock first (on PostgreSQL an advisory
+lock held to the commit), so concurrent writers — several nodes — make one chain.
 """
 
 import datetime as dt
 import json
-import sqlite3
 from dataclasses import dataclass
 
 from gateway.document import ANSWER_SUFFIX, answer_number
@@ -24,12 +25,12 @@ from gateway.keys import Keyring
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
+    seq {BIGINT} PRIMARY KEY,
     at TEXT NOT NULL,
     who TEXT NOT NULL,
     behalf TEXT NOT NULL,
     action TEXT NOT NULL,
-    message_id INTEGER,
+    message_id {BIGINT},
     zd_number TEXT NOT NULL,
     patient TEXT NOT NULL,
     result TEXT NOT NULL,
@@ -43,10 +44,10 @@ CREATE INDEX IF NOT EXISTS audit_who ON audit (who);
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE TABLE IF NOT EXISTS audit_anchor (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
+    seq {BIGINT} NOT NULL,
     hash TEXT NOT NULL
 );
-INSERT OR IGNORE INTO audit_anchor VALUES (1, 0, '');
+INSERT INTO audit_anchor VALUES (1, 0, '') ON CONFLICT DO NOTHING;
 """
 FIELDS = ("at", "who", "behalf", "action", "message_id", "zd_number", "patient", "result", "detail")
 INSERT = (f"INSERT INTO audit (seq, {', '.join(FIELDS)}, prev, hash) "
@@ -73,11 +74,13 @@ def about(row, who: str, action: str, result: str = "ok", detail: str = "") -> E
                  row["sender_agb"], detail or "")
 
 
-def append(db: sqlite3.Connection, ring: Keyring, events, now: float) -> None:
-    """Append ``events`` to the chain; call inside the caller's write transaction."""
-    head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or \
-        db.execute("SELECT seq, hash FROM audit_anchor").fetchone()
-    seq, previous = head[0], head[1]
+def append(db, ring: Keyring, events, now: float) -> None:
+    """Append ``events`` to the chain; call inside the caller's write transaction, as
+    late in it as can be (the lock is held until the commit)."""
+    if not events:
+        return
+    db.lock("audit")
+    seq, previous = head(db)
     at = _iso(now)
     records = []
     for event in events:
@@ -90,11 +93,18 @@ def append(db: sqlite3.Connection, ring: Keyring, events, now: float) -> None:
     db.executemany(INSERT, records)
 
 
-def verify(db: sqlite3.Connection, ring: Keyring) -> tuple[int, str | None, tuple[int, str]]:
+def head(db) -> tuple[int, str]:
+    """(seq, hash) of the chain's last record (the anchor when there is none)."""
+    found = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or \
+        db.execute("SELECT seq, hash FROM audit_anchor").fetchone()
+    return found[0], found[1]
+
+
+def verify(db, ring: Keyring) -> tuple[int, str | None, tuple[int, str]]:
     """Check the whole chain: (records checked, the first problem or None, (head seq, hash))."""
     seq, previous = db.execute("SELECT seq, hash FROM audit_anchor").fetchone()
     checked = 0
-    for row in db.execute(f"SELECT seq, {', '.join(FIELDS)}, prev, hash FROM audit ORDER BY seq"):
+    for row in _records(db, -1):
         expected = seq + 1
         if row[0] != expected:
             return checked, f"record {expected} is missing (the next one is {row[0]})", (seq, previous)
@@ -107,7 +117,18 @@ def verify(db: sqlite3.Connection, ring: Keyring) -> tuple[int, str | None, tupl
     return checked, None, (seq, previous)
 
 
-def query(db: sqlite3.Connection, zd_number: str | None = None, patient: str | None = None,
+def _records(db, after: int, page: int = 5000):
+    """Every record after ``after`` in order, a page at a time (memory stays bounded)."""
+    while True:
+        rows = db.execute(f"SELECT seq, {', '.join(FIELDS)}, prev, hash FROM audit WHERE seq > ? "
+                          "ORDER BY seq LIMIT ?", (after, page)).fetchall()
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
+
+
+def query(db, zd_number: str | None = None, patient: str | None = None,
           who: str | None = None, start: float | None = None, end: float | None = None,
           limit: int = 10000) -> list[dict]:
     """Records matching every given condition, oldest first. A ZD number also finds its
@@ -128,15 +149,16 @@ def query(db: sqlite3.Connection, zd_number: str | None = None, patient: str | N
     if end is not None:
         conditions.append("at < ?")
         values.append(_iso(end))
-    where = " AND ".join(conditions) or "1"
+    where = " AND ".join(conditions) or "1 = 1"
     rows = db.execute(f"SELECT seq, {', '.join(FIELDS)} FROM audit WHERE {where} ORDER BY seq "
                       "LIMIT ?", (*values, limit))
     return [dict(zip(("seq",) + FIELDS, row)) for row in rows]
 
 
-def prune(db: sqlite3.Connection, before: float) -> int:
+def prune(db, before: float) -> int:
     """Remove records older than ``before`` (inside a write transaction), moving the anchor
     to the last one removed; return how many."""
+    db.lock("audit")
     last = db.execute("SELECT seq, hash FROM audit WHERE at < ? ORDER BY seq DESC LIMIT 1",
                       (_iso(before),)).fetchone()
     if last is None:

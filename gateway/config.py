@@ -25,6 +25,7 @@ class Setting:
     low: int | None = None
     high: int | None = None
     choices: tuple = ()       # for str settings: the values allowed (empty: any)
+    prefixes: tuple = ()      # for str settings: empty, or starting with one of these
 
     @property
     def attribute(self) -> str:
@@ -33,7 +34,11 @@ class Setting:
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 SETTINGS = (
-    Setting("paths.spool", Path, "spool", "spool: the SQLite store (rows, audit log, sealed payloads)"),
+    Setting("paths.spool", Path, "spool", "spool: the SQLite store (rows, audit log, sealed "
+            "payloads) unless store.url names another; the control socket and its lock"),
+    Setting("store.url", str, "", "the store in PostgreSQL, as postgresql://USER@HOST:PORT/DB "
+            "(a password from ~/.pgpass or PGPASSWORD); empty: SQLite in paths.spool",
+            prefixes=("postgresql://", "postgres://")),
     Setting("paths.routes", Path, "routes", "route tables (institutions.csv, referrers.csv)"),
     Setting("paths.sftp", Path, "sftp", "SFTP account folders (inbox/, outbox/, errors/)"),
     Setting("paths.ssh_host_key", Path, "ssh/host_key", "the SFTP server's host key (0600)"),
@@ -199,6 +204,9 @@ def _check(setting: Setting, value, base: Path, where: str):
     if setting.choices and value not in setting.choices:
         raise ConfigError(f"{setting.key} = {value!r} is not one of {', '.join(setting.choices)}",
                           where=where, code="E-CONFIG-VALUE")
+    if setting.prefixes and value and not value.startswith(setting.prefixes):
+        raise ConfigError(f"{setting.key} must be empty or start with "
+                          f"{' or '.join(setting.prefixes)}", where=where, code="E-CONFIG-VALUE")
     return value
 
 

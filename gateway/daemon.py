@@ -4,9 +4,11 @@
 logs one line per event to stdout, never patient data. It serves HL7 over MLLP
 and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
-after the store committed. Storing runs on a writer thread with its own SQLite
-connection; what arrives while one batch is stored is committed together as the
-next (group commit). Every second the dispatcher starts due pushes to
+after the store committed. Storing runs on a writer thread with its own database
+connection (SQLite in the spool, or PostgreSQL: ``store.url``); what arrives while
+one batch is stored is committed together as the next (group commit). While
+PostgreSQL cannot be reached nothing is acknowledged, ``/healthz`` says why, and
+each connection opens again by itself on its next use. Every second the dispatcher starts due pushes to
 institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxes.
 SFTP drops (key-only accounts for the identities with an ``ssh_key``) feed the
 same intake. Payloads are sealed with the key file's keys (a missing or wrong
@@ -80,13 +82,13 @@ class Gateway:
         self.config_path, self.settings = config_path, settings
         self.started_at = time.time()
         ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
-        self.store = Store(settings.paths_spool, reactor.seconds, ring,
-                           progress=lambda line: log.info("store: {line}", line=line))
+        self.store = Store.configured(settings, reactor.seconds, ring,
+                                      progress=lambda line: log.info("store: {line}", line=line))
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
         self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
                              settings.limits_max_segments)
         # The intake's commits run on one writer thread with its own connection.
-        self.writer = Intake(Store(settings.paths_spool, time.time, ring, other_thread=True),
+        self.writer = Intake(Store.configured(settings, time.time, ring, other_thread=True),
                              tables, settings.limits_max_message_bytes, settings.limits_max_segments)
         self.pool = ThreadPool(1, 1, "writer")
         self.identities = {identity.name: identity for identity in settings.identities}
@@ -155,8 +157,9 @@ class Gateway:
             throttle=self.throttle), interface="127.0.0.1").getHost()
         control.listen(reactor, settings.paths_spool, self.control_commands())
         log.info("gatewayd listening mllp={host}:{mllp} https={host}:{https} sftp={host}:{sftp} "
-                 "metrics=127.0.0.1:{metrics}", host=mllp.host, mllp=mllp.port, https=https.port,
-                 sftp=sftp_port.port, metrics=metrics.port)
+                 "metrics=127.0.0.1:{metrics} store={store}", host=mllp.host, mllp=mllp.port,
+                 https=https.port, sftp=sftp_port.port, metrics=metrics.port,
+                 store=self.store.where)
 
     def control_commands(self) -> dict:
         """What gatewayctl may ask of the running daemon over the control socket."""
@@ -248,7 +251,7 @@ class Gateway:
         settings, ring = self.settings, self.store.ring
 
         def run():
-            store = Store(settings.paths_spool, time.time, ring)
+            store = Store.configured(settings, time.time, ring)
             try:
                 return retention.purge(store, settings, time.time()), \
                     audit.verify(store.db, ring)
@@ -345,10 +348,18 @@ class Gateway:
 def _every(seconds: float, work, name: str) -> None:
     """Run ``work`` now and every ``seconds``; a failure is logged with its name and the
     next round runs as usual."""
-    loop = task.LoopingCall(lambda: defer.maybeDeferred(work).addErrback(
-        lambda failure: log.failure(name, failure)))
+    loop = task.LoopingCall(lambda: defer.maybeDeferred(work).addErrback(_failed, name))
     loop.clock = reactor
     loop.start(seconds, now=True)
+
+
+def _failed(failure, name: str) -> None:
+    """One line for a known failure (the store away: it reconnects by itself), a traceback
+    for anything unexpected."""
+    if failure.check(GatewayError):
+        log.error("{name}: {error}", name=name, error=str(failure.value))
+    else:
+        log.failure(name, failure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,10 @@ control id — is not stored at all; an audit record notes the refusal.
 
 ``accept_many`` is the same for several inputs at once in one transaction (group
 commit): the daemon stores everything that arrived while the previous batch was
-being stored together, so concurrent senders share the cost of the sync.
+being stored together, so concurrent senders share the cost of the sync. When
+another writer (a process or node on the same database) commits one of the
+batch's control ids first, the store refuses the transaction (Conflict) and the
+batch is planned again: that input is a duplicate now and gets the first receipt.
 """
 
 import hashlib
@@ -21,7 +24,7 @@ from gateway.audit import Event
 from gateway.document import ANSWER_SUFFIX, Document, Kind
 from gateway.errors import DecodeError, EncodeError, GatewayError
 from gateway.spool import payloads
-from gateway.spool.store import Entry, Store
+from gateway.spool.store import Conflict, Entry, Store
 
 ADMIN = "admin"
 
@@ -137,22 +140,39 @@ class Intake:
                 plans.append(self._read(index, raw, envelope))
             except REFUSALS as exc:
                 refuse(index, envelope, exc)
-        stored = self.store.find_many([key for plan in plans for key, _ in plan.decoded])
-        batch: dict[tuple[str, str], tuple[str, _New]] = {}
-        accepted = []
-        for plan in plans:
+        for attempt in range(len(plans) + 1):     # each Conflict turns a key into a duplicate
+            accepted, conflicts = self._plan(plans)
             try:
-                self._place(plan, batch, stored)
-                accepted.append(plan)
-            except DuplicateConflict as exc:
-                refuse(plan.index, plan.envelope, exc)
-        self._commit(accepted, refused)
+                self._commit(accepted, refused + [event for _, _, event in conflicts])
+                break
+            except Conflict:
+                if attempt == len(plans):
+                    raise
+                for plan in plans:
+                    plan.slots.clear()
+        for index, exc, _ in conflicts:
+            outcomes[index] = exc
         for plan in accepted:
             outcomes[plan.index] = plan.error or [
                 slot.receipt() if isinstance(slot, _New) else
                 slot[0].receipt(duplicate=True) if isinstance(slot, tuple) else slot
                 for slot in plan.slots]
         return outcomes
+
+    def _plan(self, plans: list[_Plan]) -> tuple[list[_Plan], list]:
+        """Each plan's documents as slots against what is stored now: the plans accepted,
+        and (index, DuplicateConflict, audit event) for those refused."""
+        stored = self.store.find_many([key for plan in plans for key, _ in plan.decoded])
+        batch: dict[tuple[str, str], tuple[str, _New]] = {}
+        accepted, conflicts = [], []
+        for plan in plans:
+            try:
+                self._place(plan, batch, stored)
+                accepted.append(plan)
+            except DuplicateConflict as exc:
+                conflicts.append((plan.index, exc, Event(_actor(plan.envelope), "receive",
+                                                         "refused", detail=str(exc))))
+        return accepted, conflicts
 
     def _read(self, index: int, raw: bytes, envelope: Envelope) -> _Plan:
         """Decode and authorise an input; its documents keyed by (identity, control id).
@@ -237,7 +257,8 @@ class Intake:
                     new.id = next_id()
             return [entry for plan in fresh for entry in self._entries(plan)]
 
-        self.store.insert(build, refused)
+        self.store.insert(build, refused, expect=sum(
+            1 if plan.error else len(_news(plan)) for plan in fresh))
 
     def _entries(self, plan: _Plan) -> list[Entry]:
         actor = _actor(plan.envelope)

@@ -27,6 +27,8 @@ from twisted.web import resource
 from gateway import __version__, operations, pki
 from gateway.errors import DecodeError, GatewayError
 from gateway.intake import REFUSALS
+from gateway.spool import queries
+from gateway.spool.db import StoreUnavailable
 
 CHANNELS = ("mllp", "https", "sftp")
 QUEUE_STATES = ("ready", "outbound", "deferred", "fallback", "held")
@@ -40,14 +42,11 @@ HELP = {
     "gatewayd_pushes_failed_total": ("destination",
                                      "pushes that failed and were deferred, per destination"),
 }
-PRIVACY_GAUGES = (
-    ("gatewayd_notifications_pending", "SELECT count(*) FROM notifications WHERE sent_at IS NULL",
-     "notifications not sent yet (failing sends are retried)"),
-    ("gatewayd_audit_records", "SELECT coalesce(max(seq), 0) - (SELECT seq FROM audit_anchor) "
-     "FROM audit", "records in the audit log (their sequence is contiguous: no count needed)"),
-    ("gatewayd_purged_messages", "SELECT sum(messages) FROM purge_counts",
-     "messages purged under the retention rules, all time"),
-)
+PRIVACY_GAUGES = {   # queries.gauges() name -> help
+    "notifications_pending": "notifications not sent yet (failing sends are retried)",
+    "audit_records": "records in the audit log (their sequence is contiguous: no count needed)",
+    "purged_messages": "messages purged under the retention rules, all time",
+}
 
 
 class Metrics:
@@ -68,6 +67,7 @@ class Metrics:
             label, start = ("channel", envelope.channel), self.clock()
 
             def receipts_counted(receipts):
+                self.last_failure = None          # stored again: the store has recovered
                 self._observe(envelope.channel, self.clock() - start)
                 for receipt in receipts:
                     name = "gatewayd_duplicates_total" if receipt.duplicate else \
@@ -80,7 +80,7 @@ class Metrics:
                     self.counters["gatewayd_rejected_total", label] += 1
                 elif failure.check(*REFUSALS):
                     self.counters["gatewayd_refused_total", label] += 1
-                else:
+                elif not failure.check(StoreUnavailable):     # that one the probe sees
                     self.last_failure = (self.clock(), _why(failure.value))
                 self._observe(envelope.channel, self.clock() - start)
                 return failure
@@ -112,14 +112,18 @@ class Metrics:
         return Counted()
 
     def store_problem(self) -> str | None:
-        """Why the daemon cannot store right now (a retired key, a read-only or full spool,
-        a store failure in the last minute), or None."""
+        """Why the daemon cannot store right now (PostgreSQL unreachable, a retired key, a
+        read-only or full spool, a store failure in the last minute not followed by a
+        message stored), or None."""
         store = self.intake.store
+        problem = store.problem()
+        if problem:
+            return problem
         try:
             store.check_current()
         except GatewayError as exc:
             return exc.message
-        if self.settings is not None:
+        if self.settings is not None and not self.settings.store_url:
             spool = self.settings.paths_spool
             info = os.statvfs(spool)
             if info.f_flag & os.ST_RDONLY or not os.access(spool, os.W_OK):
@@ -134,12 +138,14 @@ class Metrics:
         return None
 
     def render(self) -> str:
-        lines = self._counters() + self._latency() + self._queues()
-        db = self.intake.store.db
-        for name, query, text in PRIVACY_GAUGES:
-            lines += _gauge(name, text, [("", db.execute(query).fetchone()[0] or 0)])
+        problem = self.store_problem()
+        lines = self._counters() + self._latency()
+        if problem is None:               # the store's gauges need the store
+            lines += self._queues()
+            for name, value in queries.gauges(self.intake.store.db).items():
+                lines += _gauge(f"gatewayd_{name}", PRIVACY_GAUGES[name], [("", value)])
         lines += _gauge("gatewayd_store_ok", "1 when the daemon can store messages (see /healthz)",
-                        [("", 0 if self.store_problem() else 1)])
+                        [("", 0 if problem else 1)])
         lines += _gauge("gatewayd_certificate_expiry_seconds",
                         "seconds until the certificate expires (negative: expired)",
                         [(f'certificate="{n}"', round(t - self.clock()))

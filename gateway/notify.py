@@ -27,24 +27,8 @@ from twisted.mail import smtp
 from twisted.web import client, http_headers
 
 from gateway.errors import ConfigError
+from gateway.spool import notices
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notify_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER);
-CREATE TABLE IF NOT EXISTS notifications (
-    id INTEGER PRIMARY KEY,
-    created REAL NOT NULL,
-    event TEXT NOT NULL,
-    message_id INTEGER NOT NULL,
-    zd_number TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    mailed_at REAL,
-    posted_at REAL,
-    sent_at REAL,
-    UNIQUE (event, message_id)
-);
-"""
 EVENTS = {   # (audit action, result) -> event
     ("route", "ok"): "answer-arrived",        # only for teleconsult answers, see _event
     ("route", "fallback"): "fallback",
@@ -71,11 +55,7 @@ class Notifier:
         self.trust = _trust(settings)
         self.agent = client.Agent(reactor, client.BrowserLikePolicyForHTTPS(self.trust)) \
             if settings.notify_webhook_url else None
-        store.db.executescript(SCHEMA)
-        if not self.enabled:         # enabled later: notify what happens from then on only
-            store.db.execute("DELETE FROM notify_cursor")
-        store.db.execute("INSERT OR IGNORE INTO notify_cursor VALUES (1, (SELECT coalesce(max(seq), "
-                         "(SELECT seq FROM audit_anchor)) FROM audit))")
+        notices.start(store.db, self.enabled)
         self.sending = False
         self.unpulled_checked = 0.0      # hours-long limit: once a minute is plenty
 
@@ -94,63 +74,36 @@ class Notifier:
 
     def scan(self, now: float) -> int:
         """Turn new audit records and long-unpulled messages into notifications; how many."""
-        db = self.store.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            (cursor,) = db.execute("SELECT seq FROM notify_cursor").fetchone()
-            records = db.execute("SELECT a.seq, a.action, a.result, m.* FROM audit a JOIN messages m "
-                                 "ON m.id = a.message_id WHERE a.seq > ? ORDER BY a.seq LIMIT 1000",
-                                 (cursor,)).fetchall()
-            found = [(event, row) for row in records if (event := _event(row))]
-            if now - self.unpulled_checked >= 60:
-                self.unpulled_checked = now
-                found += [("unpulled", row) for row in db.execute(
-                    "SELECT * FROM messages WHERE state = 'ready' AND received_at < ? AND id NOT IN "
-                    "(SELECT message_id FROM notifications WHERE event = 'unpulled')",
-                    (now - self.settings.notify_unpulled_hours * 3600,))]
-            added = sum(db.execute(
-                "INSERT OR IGNORE INTO notifications (created, event, message_id, zd_number, "
-                "destination, next_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (now, event, row["id"], row["zd_number"], row["destination"], now)).rowcount
-                for event, row in found)
-            if records:
-                db.execute("UPDATE notify_cursor SET seq = ?", (records[-1]["seq"],))
-            last = db.execute("SELECT max(seq) FROM audit").fetchone()[0]
-            if not records and last is not None and last > cursor:
-                db.execute("UPDATE notify_cursor SET seq = ?", (last,))   # records about no message
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return added
+        unpulled = None
+        if now - self.unpulled_checked >= 60:
+            self.unpulled_checked = now
+            unpulled = now - self.settings.notify_unpulled_hours * 3600
+        return notices.scan(self.store.db, now, _event, unpulled)
 
     @defer.inlineCallbacks
     def send(self, now: float):
         """Send every due notification to each channel it has not reached yet; retry
         failures with backoff (a channel that took it is not sent to again)."""
-        due = self.store.db.execute("SELECT * FROM notifications WHERE sent_at IS NULL AND "
-                                    "next_at <= ? ORDER BY id LIMIT 100", (now,)).fetchall()
-        for row in due:
+        for row in notices.due(self.store.db, now):
             try:
-                for column, configured, sending in (("mailed_at", self.recipients, self._mail),
-                                                    ("posted_at", self.agent, self._post)):
-                    if configured and row[column] is None:
+                for what, configured, sending in (("mailed", self.recipients, self._mail),
+                                                  ("posted", self.agent, self._post)):
+                    if configured and row[f"{what}_at"] is None:
                         yield sending(row)
-                        self._set(row, f"{column} = ?", self.reactor.seconds())
+                        self._set(row, what, self.reactor.seconds())
             except Exception as exc:         # noqa: BLE001 - any failure is retried
                 delay = min(3600, 60 * 2 ** min(row["attempts"], 10))
-                self._set(row, "attempts = attempts + 1, next_at = ?", self.reactor.seconds() + delay)
+                self._set(row, "failed", self.reactor.seconds() + delay)
                 log.warn("notification {id} ({event} zd={zd}) not sent, retry in {delay}s: {error}",
                          id=row["id"], event=row["event"], zd=row["zd_number"], delay=delay,
                          error=type(exc).__name__)
                 continue
-            self._set(row, "sent_at = ?", self.reactor.seconds())
+            self._set(row, "sent", self.reactor.seconds())
             log.info("notification sent: {event} zd={zd} id={id}", event=row["event"],
                      zd=row["zd_number"], id=row["message_id"])
 
-    def _set(self, row, assignment: str, value) -> None:
-        self.store.db.execute(f"UPDATE notifications SET {assignment} WHERE id = ?",
-                              (value, row["id"]))
+    def _set(self, row, what: str, value: float) -> None:
+        notices.mark(self.store.db, row["id"], what, value)
 
     def _mail(self, row) -> defer.Deferred:
         message = EmailMessage()

@@ -169,13 +169,10 @@ def export(intake: Intake, start: dt.date, end: dt.date, actor: str) -> str:
     states and times only, no patient data."""
     low = dt.datetime.combine(start, dt.time(), AMSTERDAM).timestamp()
     high = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), AMSTERDAM).timestamp()
-    rows = intake.store.db.execute(
-        "SELECT * FROM messages WHERE received_at >= ? AND received_at < ? AND state != 'rejected' "
-        "ORDER BY received_at, id", (low, high))
+    rows = queries.received_between(intake.store.db, low, high)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
-    rows = rows.fetchall()
     intake.store.record([audit.about(row, actor, "export", detail=f"{start} to {end}")
                          for row in rows])
     for row in rows:
@@ -187,10 +184,7 @@ def export(intake: Intake, start: dt.date, end: dt.date, actor: str) -> str:
 
 def stats(intake: Intake, now: float) -> list[dict]:
     """Queue depth and the oldest message's age (seconds) per destination and state."""
-    rows = intake.store.db.execute(
-        "SELECT destination, state, count(*) AS depth, min(received_at) AS oldest FROM messages "
-        "WHERE state NOT IN ('delivered', 'cancelled', 'discarded') GROUP BY destination, state "
-        "ORDER BY destination, state").fetchall()
+    rows = queries.stats(intake.store.db)
     return [{"destination": r["destination"], "state": r["state"], "depth": r["depth"],
              "oldest_age_seconds": round(now - r["oldest"])} for r in rows]
 

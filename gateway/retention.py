@@ -12,7 +12,7 @@ per ZD number only when and under which rule it was purged (so resend, cancel
 and status can say so), and per month, kind and destination only how many
 messages were purged. Audit records older than ``retention.audit_days`` go too.
 Then SQLite gives the space back (incremental vacuum, WAL truncated), so the
-purged ciphertexts leave the database file. SFTP outbox files of purged
+purged ciphertexts leave the database file (PostgreSQL: autovacuum reuses it). SFTP outbox files of purged
 messages and quarantined outbox files are removed once they are older than a
 day or the rule.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import keys
+from gateway.spool import queries
 from gateway.spool.store import Store
 
 DAY = 86400
@@ -61,10 +62,7 @@ def rules(settings) -> dict[bool, tuple[str, int]]:
 def due(store: Store, settings, now: float) -> list[Group]:
     """The ZD numbers (and unnumbered messages) whose retention has ended at ``now``."""
     found = []
-    for row in store.db.execute(
-            "SELECT CASE WHEN case_zd = '' THEN '#' || id ELSE case_zd END AS grp, "
-            f"max(received_at) AS last, max(kind IN {TELECONSULT}) AS teleconsult, "
-            "count(*) AS messages FROM messages GROUP BY grp ORDER BY last"):
+    for row in queries.cases(store.db, TELECONSULT):
         rule, days = rules(settings)[bool(row["teleconsult"])]
         if row["last"] < now - days * DAY:
             found.append(Group(row["grp"], rule, row["messages"], row["last"]))

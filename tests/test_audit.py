@@ -8,7 +8,6 @@ import pytest
 
 from gateway import audit, keys, operations, routes
 from gateway.intake import Envelope, Intake
-from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import RING, ROOT, numbered_referral
 
@@ -18,8 +17,8 @@ BSN = "123456782"        # the fixture patient's
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path, time.time, RING)
+def store(tmp_path, backend):
+    store = backend.store(tmp_path, time.time, RING)
     intake = Intake(store, routes.load(SAMPLES), 1 << 24)
     for index in range(1, 4):
         intake.accept(numbered_referral(index), HIS)
@@ -60,7 +59,8 @@ def test_an_intact_chain_verifies(store):
 ])
 def test_a_damaged_chain_names_the_first_bad_record(store, damage, found):
     """An edited record, a removed one and two swapped ones are each found and named."""
-    store.db.executescript(damage)
+    for statement in damage.split("; "):
+        store.db.execute(statement)
     checked, problem, _ = audit.verify(store.db, RING)
     assert problem.startswith(found)
 

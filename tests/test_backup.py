@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 from gateway import audit, keys
-from gateway.spool import payloads
 from gateway.spool.store import Store
 from gateway.transports.sftp import Outbox
 from tests.helpers import daemon
-from tests.helpers.fakes import ROOT, numbered_referral
+from tests.helpers.fakes import ROOT, Threads, numbered_referral
 from tests.test_daemon_e2e import identity
 
 HL7 = ROOT / "fixtures" / "hl7"
@@ -65,7 +64,8 @@ def test_backup_verify_finds_a_damaged_backup(tmp_path):
                                               "its SHA-256 in the manifest")
     db_path.write_bytes(original)
     db = sqlite3.connect(db_path)
-    sealed = bytearray(payloads.sealed(db, 1, "out"))
+    sealed = bytearray(db.execute("SELECT sealed FROM payloads WHERE message_id = 1 AND "
+                                  "which = 'out'").fetchone()[0])
     sealed[-3] ^= 0x08
     db.execute("UPDATE payloads SET sealed = ? WHERE message_id = 1 AND which = 'out'",
                (bytes(sealed),))
@@ -108,11 +108,12 @@ def test_restore_only_into_an_empty_spool_with_the_right_keys(tmp_path):
     assert daemon.ctl_json(other, "store", "verify")["problems"] == []
 
 
-class Stream:
+class Stream(Threads):
     """Senders on persistent MLLP/TLS connections, each noting when every AA came."""
 
     def __init__(self, made: dict, senders: int):
-        self.made, self.acks, self.stop = made, {}, threading.Event()
+        super().__init__()
+        self.made, self.acks = made, {}
         self.threads = [threading.Thread(target=self.run, args=(n,)) for n in range(senders)]
 
     def run(self, number: int) -> None:
@@ -133,15 +134,6 @@ class Stream:
                 assert f"MSA|AA|{control_id}".encode() in ack
                 self.acks[control_id] = time.monotonic()
 
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 def test_backup_during_an_mllp_stream_restores_every_acknowledged_message(tmp_path):

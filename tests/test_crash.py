@@ -5,7 +5,6 @@ acknowledges before storing."""
 
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.spool import db as database
 from gateway.spool import payloads
 from gateway.spool.store import Store
 from tests.helpers.fakes import RING
@@ -40,12 +40,13 @@ def run_with_kills(spool: Path, kills: int, early: bool, seed: int) -> set[str]:
     return set(acked)
 
 
-def check(spool: Path, acked: set[str], ring=RING) -> list[str]:
-    """Problems found in the spool: acknowledged messages missing or stored twice,
-    payloads missing or not opening, a failing integrity check."""
+def check(spool: Path, acked: set[str], ring=RING, url: str = "") -> list[str]:
+    """Problems found in the spool (or the PostgreSQL store at ``url``): acknowledged
+    messages missing or stored twice, payloads missing or not opening, a failing
+    integrity check."""
     problems = []
-    db = sqlite3.connect(spool / "gateway.db")
-    if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+    db = database.connect(url or spool / "gateway.db")
+    if db.value(db.dialect.integrity) != "ok":
         problems.append("integrity_check failed")
     counts = dict(db.execute("SELECT control_id, count(*) FROM messages GROUP BY control_id"))
     problems += [f"{c} acknowledged but missing" for c in sorted(acked) if c not in counts]
@@ -54,6 +55,7 @@ def check(spool: Path, acked: set[str], ring=RING) -> list[str]:
     problems += [f"message {i} has no converted payload" for (i,) in db.execute(
         "SELECT id FROM messages m WHERE state = 'ready' AND NOT EXISTS (SELECT 1 FROM "
         "payloads p WHERE p.message_id = m.id AND p.which = 'out')")]
+    db.close()
     return problems
 
 

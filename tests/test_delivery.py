@@ -26,15 +26,22 @@ class Down:
         return defer.fail(DeliveryError("connection refused", code="E-DELIVERY-CONNECT"))
 
 
-@pytest.fixture
-def setup(tmp_path):
+def make_setup(tmp_path, backend=None):
+    """(clock, store, intake, settings): a store pushing over MLLP, on a clock."""
     folder = write_tables(tmp_path / "routes", "06005678,Eemland,hl7,mllp://127.0.0.1:2575,\n",
                           "01234567,V,*,\n")
     clock = task.Clock()
     clock.advance(1_800_000_000)
-    store = Store(tmp_path / "spool", clock.seconds, RING)
+    store = backend.store(tmp_path / "spool", clock.seconds, RING) if backend else \
+        Store(tmp_path / "spool", clock.seconds, RING)
     intake = Intake(store, routes.load(folder), 1 << 24)
     return clock, store, intake, config.defaults(tmp_path)
+
+
+@pytest.fixture
+def setup(tmp_path, backend):
+    """A store pushing over MLLP, on a clock, on each backend in turn."""
+    return make_setup(tmp_path, backend)
 
 
 def test_backoff_doubles_to_the_maximum():
@@ -95,11 +102,11 @@ def test_hold_release_and_retry(setup):
         delivery.release(store, receipt.id, "admin")
 
 
-def test_bit_flipped_inside_the_database_is_quarantined_not_delivered(setup, tmp_path):
+def test_bit_flipped_inside_the_database_is_quarantined_not_delivered(tmp_path):
     """One bit of a sealed payload flipped in the database file on disk (its pages intact,
     so integrity_check passes) is caught by the seal: the message goes to fallback with an
     ALERT, nothing is sent."""
-    clock, store, intake, settings = setup
+    clock, store, intake, settings = make_setup(tmp_path)
     (receipt,) = intake.accept(message(1), Envelope("admin", "test"))
     sealed = payloads.sealed(store.db, receipt.id, "out")
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -11,7 +11,6 @@ from gateway import routes
 from gateway.codecs import edifact, hl7v2, zdxml
 from gateway.errors import DecodeError
 from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
-from gateway.spool.store import Store
 from tests.helpers.fakes import RING, write_tables
 
 ROOT = Path(__file__).parent.parent
@@ -21,13 +20,13 @@ REFERRAL = (FIXTURES / "medvri" / "referral-crlf.edi").read_bytes()
 ADMIN = Envelope("admin", "test")
 
 
-def make_intake(spool: Path, tables: Path = SAMPLES) -> Intake:
-    return Intake(Store(spool, time.time, RING), routes.load(tables), 16 * 1024 * 1024)
+def make_intake(backend, spool: Path, tables: Path = SAMPLES) -> Intake:
+    return Intake(backend.store(spool, time.time, RING), routes.load(tables), 16 * 1024 * 1024)
 
 
-def test_referral_is_stored_converted_and_ready(tmp_path):
+def test_referral_is_stored_converted_and_ready(backend, tmp_path):
     """A referral is stored raw and as the institution's XML, ready for pickup."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     (receipt,) = intake.accept(REFERRAL, ADMIN)
     assert (receipt.state, receipt.destination, receipt.duplicate) == ("ready", "06005678", False)
     row = intake.store.get(receipt.id)
@@ -37,26 +36,26 @@ def test_referral_is_stored_converted_and_ready(tmp_path):
     assert [h["state"] for h in intake.store.history(receipt.id)] == ["received", "ready"]
 
 
-def test_resend_returns_first_receipt_even_after_restart(tmp_path):
+def test_resend_returns_first_receipt_even_after_restart(backend, tmp_path):
     """The same control id and content from the same identity is stored once, across restarts."""
-    (first,) = make_intake(tmp_path).accept(REFERRAL, ADMIN)
-    (again,) = make_intake(tmp_path).accept(REFERRAL, ADMIN)
+    (first,) = make_intake(backend, tmp_path).accept(REFERRAL, ADMIN)
+    (again,) = make_intake(backend, tmp_path).accept(REFERRAL, ADMIN)
     assert again.id == first.id and again.duplicate
-    assert len(make_intake(tmp_path).store.listing()) == 1
+    assert len(make_intake(backend, tmp_path).store.listing()) == 1
 
 
-def test_same_control_id_other_content_is_refused(tmp_path):
+def test_same_control_id_other_content_is_refused(backend, tmp_path):
     """A control id reused for other content is refused and nothing more is stored."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     intake.accept(REFERRAL, ADMIN)
     with pytest.raises(DuplicateConflict):
         intake.accept(REFERRAL.replace(b"Geachte collega", b"Beste collega"), ADMIN)
     assert len(intake.store.listing()) == 1
 
 
-def test_unreadable_input_is_kept_as_rejected(tmp_path):
+def test_unreadable_input_is_kept_as_rejected(backend, tmp_path):
     """Bad input raises DecodeError and is kept, with its reason, for an administrator."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     bad = REFERRAL.replace(b"UNT+16+42", b"UNT+15+42")
     with pytest.raises(DecodeError):
         intake.accept(bad, ADMIN)
@@ -65,9 +64,9 @@ def test_unreadable_input_is_kept_as_rejected(tmp_path):
     assert intake.store.payload(row, "raw") == bad
 
 
-def test_identity_may_only_send_for_its_mandates(tmp_path):
+def test_identity_may_only_send_for_its_mandates(backend, tmp_path):
     """An identity sending for an AGB code it is not mandated for is refused; nothing is stored."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     with pytest.raises(NotMandated):
         intake.accept(REFERRAL, Envelope("his-other", "test", frozenset({"01765432"})))
     assert intake.store.listing() == []
@@ -75,9 +74,9 @@ def test_identity_may_only_send_for_its_mandates(tmp_path):
     assert receipt.state == "ready"
 
 
-def test_answer_routes_to_the_requester(tmp_path):
+def test_answer_routes_to_the_requester(backend, tmp_path):
     """An answer goes to the answer address of whoever sent the request, found in the store."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     intake.accept((FIXTURES / "hl7" / "teleconsult-request.hl7").read_bytes(), ADMIN)
     (receipt,) = intake.accept((FIXTURES / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes(), ADMIN)
     assert (receipt.state, receipt.destination) == ("outbound", "answers:01234567")
@@ -87,21 +86,21 @@ def test_answer_routes_to_the_requester(tmp_path):
         "teleconsult-answer"
 
 
-def test_format_that_cannot_carry_the_document_is_fallback(tmp_path):
+def test_format_that_cannot_carry_the_document_is_fallback(backend, tmp_path):
     """A teleconsult request for an EDIFACT institution waits in fallback with the reason."""
     folder = write_tables(tmp_path / "routes", "06005678,Eemland,edifact,pull,attachments\n",
                           "01234567,V,*,\n")
-    intake = make_intake(tmp_path / "spool", folder)
+    intake = make_intake(backend, tmp_path / "spool", folder)
     (receipt,) = intake.accept((FIXTURES / "hl7" / "teleconsult-request.hl7").read_bytes(), ADMIN)
     assert receipt.state == "fallback"
     assert "cannot be written as edifact" in intake.store.get(receipt.id)["reason"]
 
 
-def test_fallback_is_rerouted_when_tables_change(tmp_path):
+def test_fallback_is_rerouted_when_tables_change(backend, tmp_path):
     """A referral from an unknown referrer waits in fallback and moves on once the table knows it."""
     folder = write_tables(tmp_path / "routes", "", "")
     (folder / "institutions.csv").write_text((SAMPLES / "institutions.csv").read_text())
-    intake = make_intake(tmp_path / "spool", folder)
+    intake = make_intake(backend, tmp_path / "spool", folder)
     (receipt,) = intake.accept(REFERRAL, ADMIN)
     assert intake.store.get(receipt.id)["reason"] == "referrer AGB 01234567 not in the table"
     assert intake.reroute_fallback("test") == []
@@ -112,13 +111,13 @@ def test_fallback_is_rerouted_when_tables_change(tmp_path):
     assert [h["state"] for h in intake.store.history(receipt.id)] == ["received", "fallback", "ready"]
 
 
-def test_sqlite_holds_no_patient_data(tmp_path):
+def test_sqlite_holds_no_patient_data(backend, tmp_path):
     """Marker BSN, name and letter text appear in no SQLite file, only in payloads."""
     doc = edifact.decode(REFERRAL)[0]
     marked = dataclasses.replace(
         doc, patient=dataclasses.replace(doc.patient, bsn="123456782", family_name="Zyxmarker"),
         body=("Letterlinemarker qwv",))
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     intake.accept(hl7v2.encode(marked), ADMIN)
     intake.store.close()
     for path in tmp_path.glob("gateway.db*"):
@@ -126,9 +125,9 @@ def test_sqlite_holds_no_patient_data(tmp_path):
         assert b"123456782" not in data and b"Zyxmarker" not in data and b"Letterlinemarker" not in data
 
 
-def test_messages_without_control_id_are_told_apart_by_content(tmp_path):
+def test_messages_without_control_id_are_told_apart_by_content(backend, tmp_path):
     """HL7 without MSH-10: equal content is a resend, other content a new message."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     hl7 = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes().replace(b"HISX-000042", b"")
     (first,) = intake.accept(hl7, ADMIN)
     (again,) = intake.accept(hl7, ADMIN)
@@ -136,11 +135,11 @@ def test_messages_without_control_id_are_told_apart_by_content(tmp_path):
     assert again.duplicate and again.id == first.id and other.id != first.id
 
 
-def test_accept_many_is_one_transaction(tmp_path):
+def test_accept_many_is_one_transaction(backend, tmp_path):
     """A batch is stored in one transaction (one time on every row); each input gets its own
     outcome: receipts, a duplicate of an earlier one in the same batch, a rejection, a refusal."""
     from tests.helpers.fakes import numbered_referral
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     first, second = numbered_referral(1, "B"), numbered_referral(2, "B")
     changed = first.replace(b"Geachte collega", b"Beste collega")
     outcomes = intake.accept_many([
@@ -156,11 +155,11 @@ def test_accept_many_is_one_transaction(tmp_path):
     assert intake.store.payload(intake.store.get(two[0].id), "raw") == second
 
 
-def test_an_hl7_file_cut_mid_segment_is_refused_when_no_frame_vouches_for_it(tmp_path):
+def test_an_hl7_file_cut_mid_segment_is_refused_when_no_frame_vouches_for_it(backend, tmp_path):
     """From a file drop (framed=False) an HL7 message whose last segment has no terminator
     is kept as rejected (E-HL7-TRUNCATED); whole, it is taken; over MLLP or HTTPS (framed)
     a missing final CR is accepted as senders write it."""
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     whole = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes()
     assert whole.endswith(b"\n")
     cut = whole[:whole.rindex(b"|")]
@@ -176,11 +175,11 @@ def test_an_hl7_file_cut_mid_segment_is_refused_when_no_frame_vouches_for_it(tmp
     ("xml", b"<Bundle>" + b"<a/>" * 20_000 + b"</Bundle>"),
     ("edifact", b"UNA:+.? ~UNB+UNOA:1+x+y~" + b"TXT:1+x~" * 20_000),
 ])
-def test_segment_flood_is_refused_in_every_format(tmp_path, name, data):
+def test_segment_flood_is_refused_in_every_format(backend, tmp_path, name, data):
     """XML elements count as segments, and an EDIFACT UNA's own terminator is counted:
     past limits.max_segments the input is refused unread and unstored."""
     from gateway.intake import TooLarge
-    intake = make_intake(tmp_path)
+    intake = make_intake(backend, tmp_path)
     with pytest.raises(TooLarge) as refused:
         intake.accept(data, ADMIN)
     assert refused.value.code == "E-TOO-MANY-SEGMENTS"

@@ -7,7 +7,6 @@ from twisted.internet import defer, task
 
 from gateway import config, notify, routes
 from gateway.intake import Envelope, Intake
-from gateway.spool.store import Store
 from tests.helpers.fakes import RING, ROOT, numbered_referral
 
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
@@ -15,13 +14,13 @@ HL7 = ROOT / "fixtures" / "hl7"
 ADMIN = Envelope("admin", "test")
 
 
-def test_events_become_notifications_once(tmp_path):
+def test_events_become_notifications_once(backend, tmp_path):
     """An answer for a referrer, a fallback, an expired push, a quarantined payload and a
     message left unpulled each give one notification; scanning again (or after a restart)
     adds none; what happened before the notifier first ran is not notified."""
     clock = task.Clock()
     clock.advance(time.time())
-    store = Store(tmp_path, clock.seconds, RING)
+    store = backend.store(tmp_path, clock.seconds, RING)
     intake = Intake(store, routes.load(SAMPLES), 1 << 24)
     intake.accept(numbered_referral(1), ADMIN)                       # before: not notified
     settings = dataclasses.replace(config.defaults(tmp_path), notify_email_to="a@example.org")
@@ -55,12 +54,12 @@ def test_content_names_event_zd_and_where_only(tmp_path):
         "where": "gatewayctl status ZD100200301_ANTW", "at": "1970-01-01T00:00:00+00:00"}
 
 
-def test_a_failing_channel_is_retried_alone(tmp_path):
+def test_a_failing_channel_is_retried_alone(backend, tmp_path):
     """E-mail goes out, the webhook fails: the retry (after backoff) posts again but does
     not mail again; once both took it, it is sent."""
     clock = task.Clock()
     clock.advance(1_800_000_000)
-    store = Store(tmp_path, clock.seconds, RING)
+    store = backend.store(tmp_path, clock.seconds, RING)
     settings = dataclasses.replace(config.defaults(tmp_path), notify_email_to="a@example.org",
                                    notify_webhook_url="https://127.0.0.1:1/hook")
     notifier = notify.Notifier(store, settings, clock)

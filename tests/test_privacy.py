@@ -64,15 +64,15 @@ def test_key_file_is_private_and_problems_are_one_line(tmp_path):
     assert "\n" not in str(caught.value)
 
 
-def test_store_refuses_a_wrong_or_missing_key(tmp_path):
+def test_store_refuses_a_wrong_or_missing_key(backend, tmp_path):
     """A store sealed with one key will not open with another key under the same id, nor
     with a key file that lacks its key."""
-    Store(tmp_path, time.time, RING).close()
+    backend.store(tmp_path, time.time, RING).close()
     stranger = keys.generate()
     with pytest.raises(keys.KeyProblem, match="not the key"):
-        Store(tmp_path, time.time, stranger)
+        backend.store(tmp_path, time.time, stranger)
     with pytest.raises(keys.KeyProblem, match="lacks key 'k1'"):
-        Store(tmp_path, time.time, keys.Keyring({"k9": stranger.keys["k1"]}, "k9", RING.audit_key))
+        backend.store(tmp_path, time.time, keys.Keyring({"k9": stranger.keys["k1"]}, "k9", RING.audit_key))
 
 
 def test_daemon_stops_at_start_without_its_key(tmp_path):
@@ -177,13 +177,13 @@ def test_retire_only_a_key_nothing_is_sealed_with(tmp_path):
             if r["action"] == "keys-retire"] == ["k1", "k2"]
 
 
-def test_a_process_still_sealing_with_a_retired_key_is_stopped(tmp_path):
+def test_a_process_still_sealing_with_a_retired_key_is_stopped(backend, tmp_path):
     """A daemon not reloaded after a rotation and a retirement cannot store with the old
     key: the input is refused (not acknowledged), nothing is stored."""
-    stale = Intake(Store(tmp_path, time.time, RING), routes.load(SAMPLES), 1 << 24)
+    stale = Intake(backend.store(tmp_path, time.time, RING), routes.load(SAMPLES), 1 << 24)
     ring = keys.rotated(RING)
-    Store(tmp_path, time.time, ring).forget_key("k1", "cli:tester")
-    store = Store(tmp_path, time.time, keys.without(ring, "k1"))
+    backend.store(tmp_path, time.time, ring).forget_key("k1", "cli:tester")
+    store = backend.store(tmp_path, time.time, keys.without(ring, "k1"))
     with pytest.raises(keys.KeyProblem, match="'k1' was retired; reload gatewayd"):
         stale.accept(numbered_referral(1), ADMIN)
     assert store.listing() == []

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import audit, codecs, keys
+from gateway.spool import db as database
 from gateway.spool import payloads, schema
 from gateway.spool.store import Store
 from tests.helpers import daemon
@@ -88,7 +89,7 @@ def test_an_upgrade_killed_at_any_point_resumes_to_the_same_result(tmp_path):
         assert result.returncode == -signal.SIGKILL, result.stderr
         return result.stdout.splitlines()
 
-    db = sqlite3.connect(spool / "gateway.db")
+    db = database.SQLite(spool / "gateway.db", readonly=True)
     lines = child(kill_at=3)                 # two batches of 4 messages done
     assert lines[-1].startswith("moved the payloads of 8 of 30 messages")
     assert schema.version(db) == 1 and 0 < len(stored(spool)) < len(stored(reference))

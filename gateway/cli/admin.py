@@ -46,7 +46,7 @@ def open_config(args) -> "config.Config":
 
 
 def open_store(settings) -> Store:
-    return Store(settings.paths_spool, time.time, keys.load(settings.paths_keys))
+    return Store.configured(settings, time.time, keys.load(settings.paths_keys))
 
 
 def open_intake(args) -> Intake:

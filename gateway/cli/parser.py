@@ -199,6 +199,10 @@ def _storage_commands(commands) -> None:
              "bring an older store to the current schema (gatewayd does it at start)")
     _command(store, "verify", storage.cmd_store_verify,
              "integrity check, audit chain and every payload of the store")
+    _command(store, "migrate", storage.cmd_store_migrate,
+             "copy the SQLite store into an empty PostgreSQL database (gatewayd stopped; "
+             "resumable)").add_argument("--to", required=True, metavar="URL",
+                                        help="postgresql://USER@HOST:PORT/DATABASE")
     backup = _command(commands, "backup", storage.cmd_backup,
                       "backup DEST: a consistent copy while gatewayd runs; backup verify SRC")
     backup.add_argument("words", nargs="+", metavar="DEST | verify SRC")

@@ -2,20 +2,23 @@
 
 ``store upgrade`` brings an older store to the current schema (gatewayd does the
 same at start; for a large spool run it first, it reports its progress);
-``store verify`` checks the live store; ``backup DEST [--with-keys FILE]``
-makes a consistent copy while gatewayd runs; ``backup verify SRC`` checks one;
+``store verify`` checks the live store (SQLite or PostgreSQL); ``store migrate
+--to URL`` copies the SQLite store into an empty PostgreSQL database (see
+``gateway.spool.migrate``); ``backup DEST [--with-keys FILE]`` makes a consistent
+copy of an SQLite store while gatewayd runs; ``backup verify SRC`` checks one;
 ``restore SRC`` puts one into an empty spool (see ``gateway.spool.backup``).
 """
 
 import json
-import sqlite3
+import os
 import time
 from pathlib import Path
 
-from gateway import audit, keys, times
+from gateway import audit, control, keys, times
 from gateway.cli.admin import config_path, open_config, open_store
 from gateway.cli.common import UsageError, actor
-from gateway.spool import backup, schema
+from gateway.spool import backup, migrate, schema
+from gateway.spool import db as database
 from gateway.spool.store import Store
 
 
@@ -26,27 +29,65 @@ class VerifyFailed(backup.BackupProblem):
 def cmd_store_upgrade(args, out) -> int:
     """Bring the store to the current schema version, saying how it goes."""
     settings = open_config(args)
-    path = settings.paths_spool / backup.STORE
-    before = _version(path)
+    before = _version(settings)
     if before == schema.VERSION:
         out(json.dumps({"version": before, "upgraded": False}) if args.json else
             f"the store is at version {before} already")
         return 0
-    Store(settings.paths_spool, time.time, keys.load(settings.paths_keys),
-          progress=None if args.json else out).close()     # opening it upgrades it
+    Store.configured(settings, time.time, keys.load(settings.paths_keys),
+                     progress=None if args.json else out).close()     # opening it upgrades it
     out(json.dumps({"version": schema.VERSION, "upgraded": True, "from": before}) if args.json
         else f"the store is at version {schema.VERSION} now")
     return 0
 
 
-def _version(path: Path) -> int:
-    if not path.exists():
+def _version(settings) -> int:
+    """The schema version of the configured store (0: none yet)."""
+    target = settings.store_url or settings.paths_spool / backup.STORE
+    if not settings.store_url and not target.exists():
         return 0
-    db = sqlite3.connect(path)
+    db = database.connect(target)
     try:
         return schema.version(db)
     finally:
         db.close()
+
+
+def cmd_store_migrate(args, out) -> int:
+    """Copy the SQLite store in the spool into the empty PostgreSQL database ``--to``;
+    gatewayd must be stopped. Run again after an interruption: it resumes."""
+    if not database.is_url(args.to):
+        raise UsageError("store migrate --to takes a postgresql:// URL")
+    settings = open_config(args)
+    if settings.store_url:
+        raise UsageError("store.url names PostgreSQL already; migrate copies the SQLite store "
+                         "in paths.spool")
+    held = control.lock(settings.paths_spool)        # refuses while gatewayd runs
+    try:
+        ring = keys.load(settings.paths_keys)
+        source = Store(settings.paths_spool, time.time, ring, progress=out)   # upgraded first
+        target = database.connect(args.to)
+        try:
+            report = migrate.run(source.db, target, ring, (lambda line: None) if args.json
+                                 else out)
+        finally:
+            target.close()
+            source.close()
+        moved = Store(settings.paths_spool, time.time, ring, url=args.to)
+        moved.record([audit.Event(actor(), "store-migrate", detail=f"from {settings.paths_spool} "
+                                  f"({report.copied['messages']} messages)")])
+        moved.close()
+    finally:
+        os.close(held)
+    summary = {"to": database.where(args.to), "copied": report.copied,
+               "audit_head": list(report.audit_head), "resumed": report.resumed,
+               "unreadable": report.unreadable}
+    out(json.dumps(summary, indent=2) if args.json else
+        f"migrated to {database.where(args.to)}: {report.copied['messages']} messages, "
+        f"{report.copied['payloads']} payloads, {report.copied['audit']} audit records; "
+        f"now set store.url = \"{database.where(args.to)}\" in the configuration and start "
+        "gatewayd")
+    return 0
 
 
 def cmd_store_verify(args, out) -> int:

@@ -18,7 +18,10 @@ which must lie outside the backup folder, so that backups and keys can be kept
 apart (whoever holds both can read every message).
 
 ``check`` is what ``backup verify`` and ``store verify`` report: integrity
-check, the audit chain, every payload opens. A payload that does not open
+check, the audit chain, every payload opens — on either backend. Backups and
+restores are of SQLite stores; a PostgreSQL store is backed up with PostgreSQL's
+own tools (``pg_dump``, or base backups with WAL archiving for point-in-time
+recovery), and ``make`` refuses it with that pointer. A payload that does not open
 belongs to a problem unless its message was already quarantined for it.
 """
 
@@ -34,6 +37,7 @@ from gateway import __version__, audit, keys
 from gateway.errors import GatewayError
 from gateway.files import sync_folder, write_durably
 from gateway.keys import Keyring
+from gateway.spool import db as database
 from gateway.spool import payloads, schema
 
 FORMAT = "gatewayd-backup 1"
@@ -59,18 +63,18 @@ class Check:
     problems: list[str] = field(default_factory=list)
 
 
-def check(db: sqlite3.Connection, ring: Keyring) -> Check:
-    """Integrity check, key check values, audit chain and every payload of the store
-    behind ``db``."""
+def check(db: database.Database, ring: Keyring) -> Check:
+    """Integrity check (SQLite's, or PostgreSQL's valid indexes), key check values, audit
+    chain and every payload of the store behind ``db``."""
     found = Check()
-    result = db.execute("PRAGMA integrity_check").fetchone()[0]
+    result = db.value(db.dialect.integrity)
     if result != "ok":
         found.problems.append(f"integrity check: {result}")
         return found
-    found.messages = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    found.messages = db.value("SELECT count(*) FROM messages")
     found.payloads = payloads.count(db)
     for key_id, sealed in db.execute("SELECT key_id, sealed FROM key_checks"):
-        if not ring.fits(key_id, sealed):
+        if not ring.fits(key_id, bytes(sealed)):
             found.problems.append(f"the key file does not hold key {key_id!r} of this store")
     if found.problems:
         return found
@@ -90,6 +94,10 @@ def check(db: sqlite3.Connection, ring: Keyring) -> Check:
 def make(settings, config_path: Path, dest: Path, keys_to: Path | None = None) -> dict:
     """Write a backup of the gateway configured by ``settings`` into the new folder
     ``dest``; return its manifest."""
+    if settings.store_url:
+        raise BackupProblem("the store is in PostgreSQL: back it up with pg_dump (or base backups "
+                            "with WAL archiving for point-in-time recovery), see README "
+                            "'Backing up a PostgreSQL store'", code="E-BACKUP-POSTGRESQL")
     dest = Path(dest).absolute()
     if keys_to is not None and Path(keys_to).absolute().is_relative_to(dest):
         raise BackupProblem(f"{keys_to} is inside the backup; keep the key file apart from it")
@@ -120,14 +128,11 @@ def make(settings, config_path: Path, dest: Path, keys_to: Path | None = None) -
 
 
 def _manifest(dest: Path, started: float, keys_to: Path | None) -> dict:
-    db = sqlite3.connect(dest / STORE)
+    db = database.SQLite(dest / STORE, readonly=True)
     try:
-        counts = {"messages": db.execute("SELECT count(*) FROM messages").fetchone()[0],
-                  "payloads": payloads.count(db),
-                  "last_message_id": db.execute("SELECT value FROM counters WHERE name = "
-                                                "'message_id'").fetchone()[0]}
-        head = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or \
-            db.execute("SELECT seq, hash FROM audit_anchor").fetchone()
+        counts = {"messages": db.value("SELECT count(*) FROM messages"),
+                  "payloads": payloads.count(db), "last_message_id": db.value(db.dialect.last_id)}
+        head = audit.head(db)
         version = schema.version(db)
     finally:
         db.close()
@@ -151,7 +156,7 @@ def verify(src: Path, ring: Keyring) -> tuple[dict, Check]:
             found.problems.append(f"{name} does not match its SHA-256 in the manifest")
     if found.problems:
         return manifest, found
-    db = sqlite3.connect(f"file:{Path(src).absolute() / STORE}?mode=ro", uri=True)
+    db = database.SQLite(Path(src) / STORE, readonly=True)
     try:
         found = check(db, ring)
     finally:
@@ -178,6 +183,11 @@ def read_manifest(src: Path) -> dict:
 def restore(src: Path, settings) -> None:
     """Put the store, route tables and outbox files of the backup ``src`` in place for
     ``settings``; the spool must hold no messages and no audit records. Verify first."""
+    if settings.store_url:
+        raise BackupProblem("the store is in PostgreSQL: restore this backup into an SQLite "
+                            "spool, then copy it with gatewayctl store migrate --to URL "
+                            "(a pg_dump is restored with pg_restore)",
+                            code="E-BACKUP-POSTGRESQL")
     spool = Path(settings.paths_spool)
     if not empty(spool / STORE):
         raise BackupProblem(f"{spool} is not empty; restore only into an empty spool",

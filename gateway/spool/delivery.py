@@ -49,11 +49,7 @@ class Dispatcher:
         """Start every due delivery the in-flight limits allow; return their Deferreds."""
         now = self.clock()
         started = []
-        rows = self.store.db.execute(
-            "SELECT * FROM messages WHERE state IN ('outbound', 'deferred') "
-            "AND coalesce(next_attempt_at, 0) <= ? ORDER BY coalesce(next_attempt_at, 0), id "
-            "LIMIT 1000", (now,)).fetchall()
-        for row in rows:
+        for row in self.store.due(now):
             if not row["delivery"].startswith(self.schemes):
                 continue
             destination = row["destination"]

@@ -1,7 +1,7 @@
-"""Questions an operator asks of the queue: listings, selections for bulk actions, ages.
+"""Questions asked of the queue: listings, selections for bulk actions, ages, gauges.
 
-Plain SELECTs on ``messages`` and ``history``; every change still goes through the
-store's own methods. A listing is in one stable order — oldest first (received
+Plain SELECTs (portable SQL for both backends) on ``messages``, ``history`` and the
+counts; every change still goes through the store's own methods. A listing is in one stable order — oldest first (received
 time, then id) — filtered by state, destination, received time, ZD number and
 sender AGB, a page at a time (``after``: the last id of the previous page).
 ``ages`` counts the queued messages per destination in ``qshape``'s buckets
@@ -41,7 +41,7 @@ class Filter:
         if self.zd is not None:
             conditions.append("(zd_number = ? OR in_reply_to = ?)")
             values += [self.zd, self.zd]
-        return " AND ".join(conditions) or "1", values
+        return " AND ".join(conditions) or "1 = 1", values
 
 
 def listing(db, which: Filter, limit: int = 100, after: int | None = None) -> tuple[list, bool]:
@@ -99,3 +99,49 @@ def never_pulled(db, case_numbers: list[str]) -> list:
             "('ready', 'outbound', 'deferred', 'held', 'fallback') ORDER BY received_at, id",
             chunk).fetchall()
     return found
+
+
+def stats(db) -> list:
+    """Per destination and state of the messages not finished: depth and oldest received."""
+    return db.execute(
+        "SELECT destination, state, count(*) AS depth, min(received_at) AS oldest FROM messages "
+        "WHERE state NOT IN ('delivered', 'cancelled', 'discarded') GROUP BY destination, state "
+        "ORDER BY destination, state").fetchall()
+
+
+def ready_for(db, destination: str, limit: int = 1000, after: int = 0) -> list:
+    """What an institution's spool offers for pickup, oldest first, from after message id
+    ``after`` (no patient data: ids, kinds, times)."""
+    return db.execute("SELECT id, zd_number, kind, format, received_at FROM messages "
+                      "WHERE destination = ? AND state = 'ready' AND id > ? ORDER BY id LIMIT ?",
+                      (destination, after, limit)).fetchall()
+
+
+def received_between(db, low: float, high: float) -> list:
+    """Messages received in [low, high), readable ones only, oldest first."""
+    return db.execute("SELECT * FROM messages WHERE received_at >= ? AND received_at < ? AND "
+                      "state != 'rejected' ORDER BY received_at, id", (low, high)).fetchall()
+
+
+def cases(db, teleconsult_kinds: tuple[str, ...]) -> list:
+    """Per case (its ZD number, or ``#id`` for a message without one): when its last message
+    came, whether it is a teleconsultation, how many messages; oldest first."""
+    kinds = ", ".join("?" * len(teleconsult_kinds))
+    return db.execute(
+        "SELECT CASE WHEN case_zd = '' THEN '#' || id ELSE case_zd END AS grp, "
+        "max(received_at) AS last, "
+        f"max(CASE WHEN kind IN ({kinds}) THEN 1 ELSE 0 END) AS teleconsult, "
+        "count(*) AS messages FROM messages GROUP BY 1 ORDER BY last",
+        teleconsult_kinds).fetchall()
+
+
+GAUGES = {
+    "notifications_pending": "SELECT count(*) FROM notifications WHERE sent_at IS NULL",
+    "audit_records": "SELECT coalesce(max(seq), 0) - (SELECT seq FROM audit_anchor) FROM audit",
+    "purged_messages": "SELECT coalesce(sum(messages), 0) FROM purge_counts",
+}
+
+
+def gauges(db) -> dict[str, int]:
+    """Notifications waiting, audit records, messages purged (all time)."""
+    return {name: int(db.value(sql) or 0) for name, sql in GAUGES.items()}

@@ -12,20 +12,25 @@ the same numbers and the same ``schema_version`` table:
 existing one has; the steps from one version to the next are in
 ``gateway.spool.upgrade``. Every table is created with IF NOT EXISTS, so running
 ``TABLES`` on an older store adds what it lacks without touching what it has.
+
+The tables are written once for both backends; the type words in braces are each
+backend's own (``gateway.spool.db``: INTEGER/REAL/BLOB on SQLite, BIGINT/DOUBLE
+PRECISION/BYTEA and identity columns on PostgreSQL). SQLite takes message ids
+from the ``counters`` row, PostgreSQL from the sequence ``message_ids``.
 """
 
-import sqlite3
 import time
 
 from gateway import audit
 from gateway.errors import GatewayError
+from gateway.spool.db import Database
 
 VERSION = 2
 NOTES = {1: "payloads in sealed files", 2: "payloads sealed inside the database"}
 
 MESSAGES = """
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id {BIGINT} PRIMARY KEY,
     identity TEXT NOT NULL,
     control_id TEXT,
     part INTEGER NOT NULL DEFAULT 0,
@@ -42,11 +47,11 @@ CREATE TABLE IF NOT EXISTS messages (
     delivery TEXT NOT NULL DEFAULT '',
     state TEXT NOT NULL,
     reason TEXT,
-    received_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    next_attempt_at REAL,
+    received_at {DOUBLE} NOT NULL,
+    updated_at {DOUBLE} NOT NULL,
+    next_attempt_at {DOUBLE},
     attempts INTEGER NOT NULL DEFAULT 0,
-    raw_owner INTEGER NOT NULL,
+    raw_owner {BIGINT} NOT NULL,
     patient TEXT NOT NULL DEFAULT '',
     UNIQUE (identity, control_id)
 );
@@ -59,32 +64,31 @@ CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS messages_raw_owner ON messages (raw_owner);
 CREATE TABLE IF NOT EXISTS payloads (
-    message_id INTEGER NOT NULL,
+    message_id {BIGINT} NOT NULL,
     which TEXT NOT NULL CHECK (which IN ('raw', 'out')),
-    sealed BLOB NOT NULL,
+    sealed {BYTES} NOT NULL,
     PRIMARY KEY (message_id, which)
 );
 CREATE TABLE IF NOT EXISTS history (
-    id INTEGER PRIMARY KEY,
-    message_id INTEGER NOT NULL REFERENCES messages (id),
-    at REAL NOT NULL,
+    id {SERIAL},
+    message_id {BIGINT} NOT NULL REFERENCES messages (id),
+    at {DOUBLE} NOT NULL,
     state TEXT NOT NULL,
     actor TEXT NOT NULL,
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS history_message ON history (message_id);
 CREATE TABLE IF NOT EXISTS route_changes (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
+    id {SERIAL},
+    at {DOUBLE} NOT NULL,
     actor TEXT NOT NULL,
     change TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('message_id', 0);
-CREATE TABLE IF NOT EXISTS key_checks (key_id TEXT PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value {BIGINT} NOT NULL);
+CREATE TABLE IF NOT EXISTS key_checks (key_id TEXT PRIMARY KEY, sealed {BYTES} NOT NULL);
 CREATE TABLE IF NOT EXISTS purged (
     zd_number TEXT PRIMARY KEY,
-    purged_at REAL NOT NULL,
+    purged_at {DOUBLE} NOT NULL,
     rule TEXT NOT NULL,
     messages INTEGER NOT NULL
 );
@@ -97,10 +101,32 @@ CREATE TABLE IF NOT EXISTS purge_counts (
 );
 CREATE TABLE IF NOT EXISTS schema_version (
     version INTEGER PRIMARY KEY,
-    applied_at REAL NOT NULL,
+    applied_at {DOUBLE} NOT NULL,
     note TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notify_cursor (id INTEGER PRIMARY KEY CHECK (id = 1), seq {BIGINT});
+CREATE TABLE IF NOT EXISTS notifications (
+    id {SERIAL},
+    created {DOUBLE} NOT NULL,
+    event TEXT NOT NULL,
+    message_id {BIGINT} NOT NULL,
+    zd_number TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at {DOUBLE} NOT NULL,
+    mailed_at {DOUBLE},
+    posted_at {DOUBLE},
+    sent_at {DOUBLE},
+    UNIQUE (event, message_id)
+);
 """ + audit.SCHEMA
+# What each backend adds: where message ids come from.
+IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
+       "postgresql": "CREATE SEQUENCE IF NOT EXISTS message_ids AS BIGINT;\n"}
+# Every table of a store, in an order that copying can follow (migrate, backup checks).
+COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
+          "purge_counts", "schema_version", "notify_cursor", "notifications", "audit",
+          "audit_anchor")
 
 
 class StoreProblem(GatewayError):
@@ -109,50 +135,35 @@ class StoreProblem(GatewayError):
     code = "E-STORE"
 
 
-def version(db: sqlite3.Connection) -> int:
+def version(db: Database) -> int:
     """The schema version of the store behind ``db``: 0 when it is empty."""
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = db.tables()
     if "schema_version" in tables:
-        found = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        found = db.value("SELECT max(version) FROM schema_version")
         if found is not None:
             return found
     return 1 if "messages" in tables else 0
 
 
-def prepare(db: sqlite3.Connection) -> int:
+def prepare(db: Database) -> int:
     """Create a new store at the latest version, or bring an older one's tables up to
     date (its data stays for ``upgrade``); return the version the store had. Raise
-    StoreProblem for a store made by a newer gatewayd."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    StoreProblem for a store made by a newer gatewayd. Nodes starting together on one
+    PostgreSQL database take turns (a lock)."""
+    with db.transaction():
+        db.lock("schema")
         found = version(db)
         if found > VERSION:
             raise StoreProblem(f"the store has schema version {found}; this gatewayd knows up to "
                                f"{VERSION} (made by a newer gatewayd?)")
-        for statement in _statements(TABLES):
-            db.execute(statement)
+        db.script(TABLES + IDS[db.backend])
         if found == 0:
             record(db, VERSION)
-        elif found == 1 and db.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 0:
+        elif found == 1 and db.value("SELECT count(*) FROM schema_version") == 0:
             record(db, 1)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
     return found or VERSION
 
 
-def record(db: sqlite3.Connection, number: int) -> None:
+def record(db: Database, number: int) -> None:
     """Note that the store is at version ``number`` now (inside the caller's transaction)."""
     db.execute("INSERT INTO schema_version VALUES (?, ?, ?)", (number, time.time(), NOTES[number]))
-
-
-def _statements(script: str) -> list[str]:
-    """The statements of ``script`` one by one (executescript would commit the transaction)."""
-    found, pending = [], ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            found.append(pending.strip())
-            pending = ""
-    return [statement for statement in found if statement]

@@ -1,22 +1,26 @@
-"""The durable store: one SQLite database holding rows, history, audit and sealed payloads.
+"""The durable store: one database holding rows, history, audit and sealed payloads.
 
-SQLite runs in WAL mode with ``synchronous=FULL``; each change is one ``BEGIN
-IMMEDIATE`` transaction that also appends to the message's history (time,
+The database is SQLite in the spool folder (the embedded default: WAL mode,
+``synchronous=FULL``) or PostgreSQL (``store.url``), behind one seam
+(``gateway.spool.db``). Each change is one write transaction that also appends
+to the message's history (time,
 state, actor, reason) and to the audit log (``gateway.audit``), and, for new
 messages, stores their payloads sealed (``gateway.spool.payloads``): a batch
 of messages is one commit and one sync, and a caller gets its receipt only
-after that commit. Message ids come from a counter in the same transaction
-(never reused, even after a purge), so a payload is sealed to its message id.
+after that commit. Message ids are taken in the same transaction (SQLite: a
+counter row; PostgreSQL: a sequence; never reused, even after a purge), so a
+payload is sealed to its message id. New messages are checked against the
+stored ones inside that transaction; a concurrent writer (another process or
+node) that commits the same (identity, control id) first makes ``insert`` raise
+Conflict, and the caller plans again (the key is a duplicate now).
 The columns hold identifiers (ZD number, AGB codes, control ids, the patient's
 keyed hash), states and times — never a BSN, a name or letter text; those live
 only in the sealed payloads. The schema is versioned (``gateway.spool.schema``);
 opening an older store upgrades it (``gateway.spool.upgrade``). All SQL of the
-message store is here and in those modules, so that another backend can stand
-behind the same methods.
+project is here, in the other modules of ``gateway.spool`` and in ``gateway.audit``.
 """
 
-import sqlite3
-from contextlib import contextmanager
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,7 +28,9 @@ from typing import Callable
 from gateway import audit
 from gateway.errors import GatewayError
 from gateway.keys import Keyring, KeyProblem
+from gateway.spool import db as database
 from gateway.spool import payloads, schema, states, upgrade
+from gateway.spool.db import Conflict, Database, StoreUnavailable   # noqa: F401 - for callers
 
 # What each state a message moves to means in the audit log (an operation may say more).
 ACTIONS = {"ready": "route", "outbound": "route", "fallback": "route", "deferred": "deliver",
@@ -64,49 +70,55 @@ class Entry:
 
 
 class Store:
-    """One spool folder holding ``gateway.db``, its payloads sealed with ``ring``. Pass the
-    clock in (seconds); ``other_thread`` when one thread opens it for another to use;
-    ``progress`` is told about an upgrade of an older store (one line at a time)."""
+    """A store whose payloads are sealed with ``ring``: ``gateway.db`` in the spool folder
+    ``root``, or the PostgreSQL database at ``url``. Pass the clock in (seconds);
+    ``other_thread`` when one thread opens it for another to use; ``progress`` is told
+    about an upgrade of an older store (one line at a time). Raise StoreUnavailable
+    when PostgreSQL cannot be reached."""
 
     def __init__(self, root: Path, clock: Callable[[], float], ring: Keyring,
-                 other_thread: bool = False, progress: Callable[[str], None] | None = None):
+                 other_thread: bool = False, progress: Callable[[str], None] | None = None,
+                 url: str = ""):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.clock, self.ring = clock, ring
-        self.db = sqlite3.connect(self.root / "gateway.db", isolation_level=None, timeout=30,
-                                  check_same_thread=not other_thread)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")    # before the first table: purge frees space
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute(f"PRAGMA journal_size_limit={64 << 20}")   # the WAL after a large message
+        self.db: Database = database.connect(url or self.root / "gateway.db", other_thread)
         found = schema.prepare(self.db)
         self.check_keys()
         if found < schema.VERSION:
             upgrade.run(self.db, ring, self.root, progress or (lambda line: None))
         upgrade.remove_files(self.root)
 
+    @classmethod
+    def configured(cls, settings, clock: Callable[[], float], ring: Keyring, **options) -> "Store":
+        """The store ``settings`` name: ``store.url``, or SQLite in ``paths.spool``."""
+        return cls(settings.paths_spool, clock, ring, url=settings.store_url, **options)
+
+    @property
+    def where(self) -> str:
+        """The database, as it may be shown (a URL without its password)."""
+        return database.where(self.db.target)
+
     def check_keys(self) -> None:
         """Refuse a key file that lacks a key this store used, or holds a different one."""
-        known = dict(self.db.execute("SELECT key_id, sealed FROM key_checks").fetchall())
+        known = {key_id: bytes(sealed) for key_id, sealed in
+                 self.db.execute("SELECT key_id, sealed FROM key_checks")}
         for key_id, sealed in known.items():
             if key_id not in self.ring.keys:
-                raise KeyProblem(f"the key file lacks key {key_id!r}, which {self.root} uses")
+                raise KeyProblem(f"the key file lacks key {key_id!r}, which {self.where} uses")
             if not self.ring.fits(key_id, sealed):
-                raise KeyProblem(f"key {key_id!r} in the key file is not the key {self.root} "
+                raise KeyProblem(f"key {key_id!r} in the key file is not the key {self.where} "
                                  "was sealed with (wrong key file?)")
         new = [k for k in self.ring.keys if k not in known]
         if new:
-            with self._transaction():
-                self.db.executemany("INSERT INTO key_checks VALUES (?, ?)",
+            with self.db.transaction():
+                self.db.executemany("INSERT INTO key_checks VALUES (?, ?) ON CONFLICT DO NOTHING",
                                     [(k, self.ring.check_value(k)) for k in new])
 
     def check_current(self) -> None:
         """Refuse to seal with a key that was retired meanwhile (the daemon was not reloaded
         after a rotation): what it sealed could not be opened after a restart."""
-        if self.db.execute("SELECT 1 FROM key_checks WHERE key_id = ?",
-                           (self.ring.current,)).fetchone() is None:
+        if self.db.one("SELECT 1 FROM key_checks WHERE key_id = ?", (self.ring.current,)) is None:
             raise KeyProblem(f"key {self.ring.current!r} was retired; reload gatewayd to take the "
                              "key file's current key")
 
@@ -123,11 +135,23 @@ class Store:
         """Whether a message has converted content (a message in fallback has none)."""
         return payloads.has(self.db, message_id, "out")
 
-    def find(self, identity: str, control_id: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM messages WHERE identity = ? AND control_id = ?",
-                               (identity, control_id)).fetchone()
+    def problem(self) -> str | None:
+        """Why the database cannot be used right now (PostgreSQL unreachable), or None. A
+        connection found broken is opened again at once (the second try)."""
+        for attempt in (1, 2):
+            try:
+                self.db.execute("SELECT 1")
+                return None
+            except StoreUnavailable as exc:
+                if attempt == 2:
+                    return exc.message
+        return None
 
-    def find_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], sqlite3.Row]:
+    def find(self, identity: str, control_id: str):
+        return self.db.one("SELECT * FROM messages WHERE identity = ? AND control_id = ?",
+                           (identity, control_id))
+
+    def find_many(self, keys: list[tuple[str, str]]) -> dict:
         """The stored messages among (identity, control id) ``keys``, in one query per 200."""
         found = {}
         for start in range(0, len(keys), 200):
@@ -139,26 +163,32 @@ class Store:
         return found
 
     def insert(self, build: Callable[[Callable[[], int]], list[Entry]],
-               events: list = ()) -> None:
+               events: list = (), expect: int = 1) -> None:
         """Commit new messages, their payloads, history and audit records (and ``events``
         besides) in one transaction. ``build(next_id)`` runs inside it: it takes ids from
-        ``next_id()`` and returns the entries. Raises sqlite3.IntegrityError on a duplicate
-        control id."""
+        ``next_id()`` (``expect``: how many it will take, fetched at once) and returns the
+        entries. Raises Conflict when one of the entries' (identity, control id) is stored
+        already, or a concurrent writer stores it first: nothing is committed."""
         now = self.clock()
-        with self._transaction():
+        with self.db.transaction():
             self.check_current()
-            counter = self.db.execute("SELECT value FROM counters WHERE name = 'message_id'"
-                                      ).fetchone()[0]
+            reserve: list[int] = []
 
             def next_id() -> int:
-                nonlocal counter
-                counter += 1
-                return counter
+                if not reserve:
+                    reserve.extend(reversed(self.db.take_ids(max(expect, 1))))
+                return reserve.pop()
             entries = build(next_id)
-            self.db.execute("UPDATE counters SET value = ? WHERE name = 'message_id'", (counter,))
-            self.db.executemany(INSERT_MESSAGE, [
-                (e.id, *[e.values.get(c, DEFAULTS.get(c)) for c in COLUMNS], now, now)
-                for e in entries])
+            if reserve and self.db.backend == "sqlite":      # the counter: hand back what is left
+                self.db.execute("UPDATE counters SET value = ? WHERE name = 'message_id'",
+                                (min(reserve) - 1,))
+            keys = [(e.values["identity"], e.values["control_id"]) for e in entries
+                    if e.values.get("control_id") is not None]
+            if self.find_many(keys):
+                raise Conflict("stored meanwhile by another writer")
+            self.db.executemany(INSERT_MESSAGE, sorted(     # one order: no deadlock between nodes
+                [(e.id, *[e.values.get(c, DEFAULTS.get(c)) for c in COLUMNS], now, now)
+                 for e in entries], key=lambda row: (row[1], row[2] or "", row[0])))
             self.db.executemany(INSERT_HISTORY, [
                 (e.id, now, state, e.actor,
                  e.values.get("reason") if state == e.values["state"] else None)
@@ -176,7 +206,7 @@ class Store:
         ``action`` or the state's usual one; ``output`` stores new converted content with
         it); raise StateError if that is not allowed."""
         now = self.clock()
-        with self._transaction():
+        with self.db.transaction():
             row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None:
                 raise StateError(f"no message {message_id}", code="E-NOT-FOUND")
@@ -199,7 +229,7 @@ class Store:
         """Add to a message's history and the audit log without changing its state (e.g. a
         pickup confirmed); ``set_reason`` also makes ``reason`` its current reason."""
         now = self.clock()
-        with self._transaction():
+        with self.db.transaction():
             row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is not None and set_reason:
                 self.db.execute("UPDATE messages SET reason = ?, updated_at = ? WHERE id = ?",
@@ -210,41 +240,48 @@ class Store:
 
     def record(self, events: list) -> None:
         """Append audit events on their own (reads of patient data, administrative changes)."""
-        with self._transaction():
+        with self.db.transaction():
             audit.append(self.db, self.ring, events, self.clock())
 
-    def purged(self, zd_number: str) -> sqlite3.Row | None:
+    def purged(self, zd_number: str):
         """The purge record of a ZD number that was purged."""
-        return self.db.execute("SELECT * FROM purged WHERE zd_number = ?", (zd_number,)).fetchone()
+        return self.db.one("SELECT * FROM purged WHERE zd_number = ?", (zd_number,))
 
-    def get(self, message_id: int) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+    def get(self, message_id: int):
+        return self.db.one("SELECT * FROM messages WHERE id = ?", (message_id,))
 
-    def by_zd(self, zd_number: str) -> list[sqlite3.Row]:
+    def by_zd(self, zd_number: str) -> list:
         return self.db.execute("SELECT * FROM messages WHERE zd_number = ? ORDER BY id",
                                (zd_number,)).fetchall()
 
-    def history(self, message_id: int) -> list[sqlite3.Row]:
+    def history(self, message_id: int) -> list:
         return self.db.execute("SELECT * FROM history WHERE message_id = ? ORDER BY id",
                                (message_id,)).fetchall()
 
-    def listing(self, state: str | None = None, limit: int = 1000) -> list[sqlite3.Row]:
+    def listing(self, state: str | None = None, limit: int = 1000) -> list:
         if state is None:
             return self.db.execute("SELECT * FROM messages ORDER BY id DESC LIMIT ?",
                                    (limit,)).fetchall()
         return self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id LIMIT ?",
                                (state, limit)).fetchall()
 
+    def due(self, now: float, limit: int = 1000) -> list:
+        """Pushes to start: outbound, or deferred and due at ``now``; the longest waiting first."""
+        return self.db.execute(
+            "SELECT * FROM messages WHERE state IN ('outbound', 'deferred') "
+            "AND coalesce(next_attempt_at, 0) <= ? ORDER BY coalesce(next_attempt_at, 0), id "
+            "LIMIT ?", (now, limit)).fetchall()
+
     def record_route_changes(self, actor: str, changes: list[str]) -> None:
         """Keep what changed in the route tables, when and by whom (one transaction)."""
         now = self.clock()
-        with self._transaction():
+        with self.db.transaction():
             self.db.executemany("INSERT INTO route_changes (at, actor, change) VALUES (?, ?, ?)",
                                 [(now, actor, change) for change in changes])
             audit.append(self.db, self.ring, [audit.Event(actor, "routes-change", detail=change)
                                               for change in changes], now)
 
-    def route_changes(self, limit: int = 1000) -> list[sqlite3.Row]:
+    def route_changes(self, limit: int = 1000) -> list:
         return self.db.execute("SELECT * FROM route_changes ORDER BY id DESC LIMIT ?",
                                (limit,)).fetchall()
 
@@ -254,7 +291,7 @@ class Store:
         with their payloads (a raw input shared with a message that stays, stays), keeping a
         purge record per ZD number, counts and audit records; return how many payloads went."""
         events, removed = [], 0
-        with self._transaction():
+        with self.db.transaction():
             for key, rule, last in groups:
                 rows = self.db.execute("SELECT * FROM messages WHERE id = ?", (int(key[1:]),)) \
                     if key.startswith("#") else self.db.execute(
@@ -262,54 +299,53 @@ class Store:
                 rows = rows.fetchall()
                 events += [audit.about(row, actor, "purge", detail=rule) for row in rows]
                 self.db.executemany(
-                    "INSERT INTO purge_counts VALUES (strftime('%Y-%m', ?, 'unixepoch'), ?, ?, 1) "
-                    "ON CONFLICT DO UPDATE SET messages = messages + 1",
-                    [(row["received_at"], row["kind"] or row["state"], row["destination"])
-                     for row in rows])
+                    "INSERT INTO purge_counts VALUES (?, ?, ?, 1) ON CONFLICT (month, kind, "
+                    "destination) DO UPDATE SET messages = purge_counts.messages + 1",
+                    [(time.strftime("%Y-%m", time.gmtime(row["received_at"])),
+                      row["kind"] or row["state"], row["destination"]) for row in rows])
                 ids = [(row["id"],) for row in rows]
                 self.db.executemany("DELETE FROM history WHERE message_id = ?", ids)
                 self.db.executemany("DELETE FROM messages WHERE id = ?", ids)
                 removed += self._drop_payloads(ids, {row["raw_owner"] for row in rows})
                 numbers = {row["zd_number"] for row in rows if row["zd_number"]}
                 numbers |= set() if key.startswith("#") else {key}
-                self.db.executemany("INSERT OR REPLACE INTO purged VALUES (?, ?, ?, ?)",
-                                    [(number, now, rule, len(rows)) for number in sorted(numbers)])
+                self.db.executemany(
+                    "INSERT INTO purged VALUES (?, ?, ?, ?) ON CONFLICT (zd_number) DO UPDATE SET "
+                    "purged_at = excluded.purged_at, rule = excluded.rule, "
+                    "messages = excluded.messages",
+                    [(number, now, rule, len(rows)) for number in sorted(numbers)])
             audit.append(self.db, self.ring, events, now)
         return removed
 
     def _drop_payloads(self, ids: list[tuple[int]], owners: set[int]) -> int:
         """Delete the outputs of the messages ``ids`` (deleted just now) and the raw inputs
         of ``owners`` that no message names any more; how many."""
-        before = self.db.total_changes
-        self.db.executemany("DELETE FROM payloads WHERE message_id = ? AND which = 'out'", ids)
-        self.db.executemany("DELETE FROM payloads WHERE message_id = ? AND which = 'raw' AND "
-                            "NOT EXISTS (SELECT 1 FROM messages WHERE raw_owner = ?)",
-                            [(owner, owner) for owner in sorted(owners)])
-        return self.db.total_changes - before
+        return self.db.executemany("DELETE FROM payloads WHERE message_id = ? AND which = 'out'",
+                                   ids) + self.db.executemany(
+            "DELETE FROM payloads WHERE message_id = ? AND which = 'raw' AND "
+            "NOT EXISTS (SELECT 1 FROM messages WHERE raw_owner = ?)",
+            [(owner, owner) for owner in sorted(owners)])
 
     def reseal(self, batch_bytes: int = 32 << 20) -> tuple[int, int]:
         """Seal every stored payload that is not under the current key again under it, a
         batch of parts per transaction (intake goes on meanwhile; a run stopped half-way
         is finished by running it again); return (parts resealed, parts that do not open,
         left as they are for delivery to quarantine)."""
-        resealed, broken, after = 0, 0, 0
-        while True:
-            with self._transaction():
+        resealed, broken, after = 0, 0, (0, "")
+        while after is not None:
+            with self.db.transaction():
                 self.check_current()
                 done, bad, after = self._reseal_batch(after, batch_bytes)
             resealed, broken = resealed + done, broken + bad
-            if after is None:
-                return resealed, broken
+        return resealed, broken
 
-    def _reseal_batch(self, after: int, batch_bytes: int) -> tuple[int, int, int | None]:
-        """Reseal parts after rowid ``after`` until ``batch_bytes`` were sealed; return
-        (resealed, unreadable, the last rowid looked at or None at the end)."""
+    def _reseal_batch(self, after: tuple[int, str], batch_bytes: int):
+        """Reseal parts after (message id, which) ``after`` until ``batch_bytes`` were sealed;
+        return (resealed, unreadable, the last part looked at, or None at the end)."""
         done = bad = size = 0
-        rows = self.db.execute("SELECT rowid, message_id, which FROM payloads WHERE rowid > ? "
-                               "ORDER BY rowid LIMIT 500", (after,)).fetchall()
-        for row, message_id, which in rows:
-            after = row
-            if payloads.key_id(self.db, row) == self.ring.current:
+        for message_id, which, key_id in payloads.parts(self.db, after):
+            after = (message_id, which)
+            if key_id == self.ring.current:
                 continue
             try:
                 plain = payloads.get(self.db, self.ring, message_id, which)
@@ -320,7 +356,7 @@ class Store:
             done, size = done + 1, size + len(plain)
             if size >= batch_bytes:
                 return done, bad, after
-        return done, bad, after if len(rows) == 500 else None
+        return done, bad, None
 
     def sealed_keys(self) -> dict[str, int]:
         """How many stored parts each key id seals (read from the parts' headers)."""
@@ -328,42 +364,21 @@ class Store:
 
     def forget_key(self, key_id: str, actor: str) -> None:
         """Drop a retired key's check value (and record who retired it)."""
-        with self._transaction():
+        with self.db.transaction():
             self.db.execute("DELETE FROM key_checks WHERE key_id = ?", (key_id,))
             audit.append(self.db, self.ring, [audit.Event(actor, "keys-retire", detail=key_id)],
                          self.clock())
 
     def prune_audit(self, before: float, actor: str) -> int:
         """Remove audit records older than ``before`` (recording that it did); how many."""
-        with self._transaction():
+        with self.db.transaction():
             removed = audit.prune(self.db, before)
             if removed:
                 audit.append(self.db, self.ring, [audit.Event(
                     actor, "audit-prune", detail=f"{removed} records past retention")], self.clock())
         return removed
 
-    def reclaim(self, step_pages: int = 4096) -> None:
-        """Give freed space back to the file system, a few MB per transaction so that
-        intake is not held up, then truncate the WAL."""
-        if self.db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # a store made before
-            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            self.db.execute("VACUUM")
-        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
-        while free:
-            # executescript: execute() would free one page
-            self.db.executescript(f"PRAGMA incremental_vacuum({step_pages});")
-            free, before = self.db.execute("PRAGMA freelist_count").fetchone()[0], free
-            if free >= before:
-                break
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    @contextmanager
-    def _transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT, rolled back when the block raises."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def reclaim(self) -> None:
+        """Give the space purged messages held back (SQLite: incremental vacuum, the WAL
+        truncated; PostgreSQL: autovacuum's work, nothing to do at once)."""
+        self.db.reclaim()

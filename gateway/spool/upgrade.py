@@ -13,21 +13,22 @@ quarantines it, as before. When every message is done, every copied part is
 opened again from the database; only then does one last transaction drop the
 file columns and record version 2. The payload folder is removed after that
 commit (``remove_files``, also at every start, finishes a removal cut short).
+Version 1 stores were SQLite files only; a PostgreSQL store starts at version 2.
 """
 
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Callable
 
 from gateway.keys import Keyring, SealBroken
 from gateway.spool import payloads, schema
+from gateway.spool.db import Database
 
 FILE_COLUMNS = ("raw_name", "raw_offset", "raw_length", "raw_sha256", "out_name", "out_offset",
                 "out_length", "out_sha256")
 
 
-def run(db: sqlite3.Connection, ring: Keyring, root: Path, progress: Callable[[str], None],
+def run(db: Database, ring: Keyring, root: Path, progress: Callable[[str], None],
         batch_rows: int = 500, batch_bytes: int = 32 << 20) -> None:
     """Bring the store behind ``db`` (folder ``root``) to the latest version, telling
     ``progress`` how it goes; raise StoreProblem when a step cannot be finished."""
@@ -47,19 +48,14 @@ def remove_files(root: Path) -> None:
 def _files_to_database(db, ring, root: Path, progress, batch_rows: int, batch_bytes: int) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS upgrade_progress "
                "(version INTEGER PRIMARY KEY, done INTEGER NOT NULL)")
-    db.execute("INSERT OR IGNORE INTO upgrade_progress VALUES (2, 0)")
+    db.execute("INSERT INTO upgrade_progress VALUES (2, 0) ON CONFLICT DO NOTHING")
     (total,) = db.execute("SELECT count(*) FROM messages").fetchone()
     (done,) = db.execute("SELECT count(*) FROM messages WHERE id <= (SELECT done FROM "
                          "upgrade_progress WHERE version = 2)").fetchone()
     more = True
     while more:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction():
             rows, parts, more = _move_batch(db, ring, root / "payloads", batch_rows, batch_bytes)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         done += rows
         progress(f"moved the payloads of {done} of {total} messages ({parts} parts)")
     _finish(db, ring, root / "payloads", progress)
@@ -119,8 +115,7 @@ def _finish(db, ring, folder: Path, progress) -> None:
     progress(f"verified: every part copied opens from the database, except {len(broken)} that "
              "did not open from their files either (delivery quarantines them)"
              + "".join(f"\n  {problem}" for _, _, problem in broken[:20]))
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with db.transaction():
         if schema.version(db) == 1:
             db.execute("DROP INDEX IF EXISTS messages_raw_name")
             db.execute("DROP INDEX IF EXISTS messages_out_name")
@@ -128,10 +123,6 @@ def _finish(db, ring, folder: Path, progress) -> None:
                 db.execute(f"ALTER TABLE messages DROP COLUMN {column}")
             db.execute("DROP TABLE upgrade_progress")
             schema.record(db, 2)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
     progress("store upgraded to version 2; removing the payload folder")
 
 

@@ -34,10 +34,11 @@ from twisted.protocols import basic
 from twisted.web import http, resource, server
 
 from gateway import audit, times
-from gateway.errors import DecodeError, GatewayError
+from gateway.errors import DecodeError, GatewayError, StoreError
 from gateway.intake import REFUSALS, Envelope, Intake
 from gateway.logs import Throttle
 from gateway.retention import purge_text
+from gateway.spool import queries
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
 from gateway.transports.guard import Budget
@@ -108,7 +109,9 @@ class Api(resource.Resource):
         if method == "POST" and parts == ["v1", "messages"]:
             return self._post(peer, identity, request)
         if method in ("GET", "HEAD") and parts == ["healthz"]:
-            self.intake.store.db.execute("SELECT 1").fetchone()
+            problem = self.intake.store.problem()
+            if problem:
+                raise StoreError(problem, where="store")
             return 200, b"ok\n", b"text/plain"
         if method == "GET" and parts == ["v1", "spool"]:
             return self._spool(identity, request.args)
@@ -140,10 +143,7 @@ class Api(resource.Resource):
         whether another page follows."""
         after = _number(args, b"after", 0, low=0)
         limit = min(_number(args, b"limit", SPOOL_PAGE, low=1), SPOOL_PAGE)
-        rows = self.intake.store.db.execute(
-            "SELECT id, zd_number, kind, format, received_at FROM messages "
-            "WHERE destination = ? AND state = 'ready' AND id > ? ORDER BY id LIMIT ?",
-            (_institution(identity), after, limit + 1)).fetchall()
+        rows = queries.ready_for(self.intake.store.db, _institution(identity), limit + 1, after)
         return 200, _json({"messages": [{**dict(row), "received_at": times.utc(row["received_at"])}
                                         for row in rows[:limit]],
                            "more": len(rows) > limit}), b"application/json"

@@ -169,6 +169,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
             self.log.failure("MLLP handler failed for {peer}; closing without ACK", failure,
                              peer=self.peer)
         self.pending.clear()
+        self.transport.unregisterProducer()    # TLS waits for its producer before closing
         self.transport.loseConnection()
 
     def _refuse(self, reason: str) -> None:

@@ -1,7 +1,10 @@
 """Shared test material: numbered referrals, route tables on disk, a push destination."""
 
 import hashlib
+import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from twisted.internet import defer
@@ -45,3 +48,35 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+class Threads:
+    """Senders on threads: started on entering, told to ``stop`` and joined on leaving.
+    A subclass sets ``self.threads`` and calls ``super().__init__()``."""
+
+    def __init__(self, timeout: float = 30):
+        self.stop, self.timeout = threading.Event(), timeout
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=self.timeout)
+
+
+def killed_at(line: int):
+    """A progress callback that prints each line and kills this process with SIGKILL at
+    line ``line`` (0: never): work cut off at a known point."""
+    printed = 0
+
+    def progress(text: str) -> None:
+        nonlocal printed
+        printed += 1
+        print(text, flush=True)
+        if printed == line:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return progress

@@ -4,15 +4,13 @@ transaction, prints each progress line, and SIGKILLs itself right after printing
 payload folder is removed."""
 
 import hashlib
-import os
-import signal
-import sqlite3
 import sys
 from pathlib import Path
 
 from gateway.keys import Keyring
+from gateway.spool import db as database
 from gateway.spool import schema, upgrade
-from tests.helpers.fakes import RING
+from tests.helpers.fakes import RING, killed_at
 
 # The keys of fixtures/spool-v1.tar.gz: the test key k1, then k2 after a rotation.
 V1_RING = Keyring({**RING.keys, "k2": hashlib.sha256(b"test payload key 2").digest()}, "k2",
@@ -20,17 +18,8 @@ V1_RING = Keyring({**RING.keys, "k2": hashlib.sha256(b"test payload key 2").dige
 
 
 def main(spool: str, kill_at: int, batch: int) -> None:
-    lines = 0
-
-    def progress(line: str) -> None:
-        nonlocal lines
-        lines += 1
-        print(line, flush=True)
-        if lines == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    db = sqlite3.connect(Path(spool) / "gateway.db", isolation_level=None)
-    db.row_factory = sqlite3.Row
+    progress = killed_at(kill_at)
+    db = database.SQLite(Path(spool) / "gateway.db")
     schema.prepare(db)
     upgrade.run(db, V1_RING, Path(spool), progress, batch_rows=batch)
     upgrade.remove_files(Path(spool))
