@@ -85,7 +85,7 @@ def _document(msg: Segments) -> Document:
     kind = _kind(msg, rf1, structure)
     sender_role, recipient_role = ROLES[structure]
     try:
-        return Document(
+        doc = Document(
             kind=kind, zd_number=zd, sent_at=_timestamp(_raw(msh, 7), "MSH-7"),
             sender=_party(msg, sender_role, msh, 4, Sender),
             recipient=_party(msg, recipient_role, msh, 6, Recipient),
@@ -94,6 +94,19 @@ def _document(msg: Segments) -> Document:
     except DocumentError as exc:
         where = f"{FIELD_PLACES.get(exc.where, 'field')} ({exc.where})"
         raise DecodeError(exc.message, where=where, code=exc.code) from None
+    check_placed(msg)
+    return doc
+
+
+def check_placed(msg: Segments) -> None:
+    """Raise E-HL7-UNPLACED for the first OBX or NTE content the decoder left out."""
+    if (left := msg.unplaced()) is not None:
+        number, tag = left
+        what = f"OBX value of type {_raw(msg.ordered[number - 1], 2)[:5]!r}" if tag == "OBX" \
+            else "NTE comment"
+        raise DecodeError(f"{what} has no place in the document and would be lost",
+                          where=f"segment {number} ({tag}), {'OBX-5' if tag == 'OBX' else 'NTE-3'}",
+                          code="E-HL7-UNPLACED")
 
 
 def _required(msg: Segments, tag: str) -> list[str]:
@@ -220,11 +233,46 @@ def _birth_date(value: str) -> dt.date | None:
 
 
 def _letter(msg: Segments) -> tuple[str, ...]:
+    """The letter: every text observation and NTE comment in segment order; coded and
+    numeric observations as 'label: value units' lines (see observation_lines)."""
     lines: list[str] = []
-    for obx in msg.all("OBX"):
-        if _raw(obx, 2) == "TX":
-            lines.extend(msg.unescape(line) for line in msg.repetitions(_raw(obx, 5)))
+    for fields in msg.ordered:
+        if fields[0] == "NTE":
+            lines += msg.text(_raw(fields, 3), blank=True)
+            msg.place(fields)
+        elif fields[0] == "OBX" and (found := observation_lines(msg, fields)) is not None:
+            lines += found
+            msg.place(fields)
     return tuple(lines)
+
+
+TEXT_TYPES = {"TX", "FT", "ST", "TN"}
+CODED_TYPES = {"CE", "CWE", "CNE", "CF"}
+VALUE_TYPES = {"NM", "SN", "DT", "TM", "TS", "DTM", "ID", "IS", "MO", "CP", "NA", "CX", "XCN", "XPN",
+               "XAD", "XTN", "XON"}
+
+
+def observation_lines(msg: Segments, obx: list[str]) -> list[str] | None:
+    """An OBX as letter lines: text types as their lines, other values as one line
+    'label: value units'; None for a value type that cannot be shown as text (ED, RP, …)."""
+    kind, value = _raw(obx, 2), _raw(obx, 5)
+    if kind in TEXT_TYPES or (not kind and not value):
+        return msg.text(value)
+    if kind not in CODED_TYPES | VALUE_TYPES:
+        return None
+    if not value:
+        return []
+    shown = []
+    for repetition in msg.repetitions(value):
+        parts = [msg.unescape(p).strip() for p in repetition.split(msg.cs)]
+        if kind in CODED_TYPES:
+            shown.append(parts[1] if len(parts) > 1 and parts[1] else parts[0])
+        else:
+            shown.append(("" if kind == "SN" else " ").join(p for p in parts if p))
+    label = _value(msg, obx, 3, 1) or _value(msg, obx, 3, 0)
+    units = _value(msg, obx, 6, 0)
+    text = ", ".join(shown) + (f" {units}" if units else "")
+    return [f"{label}: {text}" if label else text]
 
 
 def _attachments(msg: Segments) -> tuple[Attachment, ...]:
@@ -232,6 +280,7 @@ def _attachments(msg: Segments) -> tuple[Attachment, ...]:
     for index, obx in enumerate(msg.all("OBX"), 1):
         if _raw(obx, 2) != "ED":
             continue
+        msg.place(obx)
         data = msg.components(obx, 5) + [""] * 5
         try:
             content = base64.b64decode(data[4], validate=True)
@@ -274,14 +323,20 @@ def encode(doc: Document) -> bytes:
                 *[""] * 5, stamp, "", "", "F"),
     ]
     if doc.body:
-        lines.append(segment("OBX", "1", "TX", field(*LETTER_CODE), "1",
-                             "~".join(hl7syntax.escape(line) for line in doc.body), *[""] * 5, "F"))
+        lines.append(segment("OBX", "1", "TX", field(*LETTER_CODE), "1", tx_value(doc.body),
+                             *[""] * 5, "F"))
     for index, attachment in enumerate(doc.attachments, 2 if doc.body else 1):
         kind, subtype = attachment.media_type.split("/", 1)
         lines.append(segment("OBX", str(index), "ED", field("ATT", attachment.file_name, "L"),
                              str(index), field("", kind, subtype, "Base64", base64.b64encode(
                                  attachment.data).decode("ascii")), *[""] * 5, "F"))
     return ("\r".join(lines) + "\r").encode(codec)
+
+
+def tx_value(body: tuple[str, ...]) -> str:
+    """Letter lines as a TX value, one repetition per line. A letter of one blank line is
+    written as ``\\N\\`` (normal text, no characters), since an empty OBX-5 holds no line."""
+    return "~".join(hl7syntax.escape(line) for line in body) or "\\N\\"
 
 
 def _ts(local: dt.datetime) -> str:
