@@ -115,6 +115,9 @@ BAD_CASES = {
     "bad sex": (REFERRAL.replace(b"+M+::Dijk", b"+X+::Dijk"), "E-EDI-SEX"),
     "10 MB single line": (b"UNB+UNOA:1+" + b"A" * 10_000_000, "E-EDI-TOO-LARGE"),
     "long segment": (REFERRAL.replace(b"TXT:2+Geachte", b"TXT:2+" + b"x" * 5000), "E-EDI-TOO-LARGE"),
+    "GGA element 6": (REFERRAL.replace(b"+033-4567890'", b"+033-4567890+extra'"), "E-EDI-UNPLACED"),
+    "PID name component 7": (REFERRAL.replace(b":Pieter:P.J.+", b":Pieter:P.J.:x+"), "E-EDI-UNPLACED"),
+    "PAD element 3": (REFERRAL.replace(b"+06-98765432'", b"+06-98765432+x'"), "E-EDI-UNPLACED"),
 }
 
 
@@ -125,6 +128,18 @@ def test_bad_input_gets_a_coded_error(name):
     error = error_of(data)
     assert error.code == code
     assert error.where
+
+
+def test_unplaced_component_is_named():
+    """Content a MEDVRI segment has no place for is refused with its element and component."""
+    assert error_of(BAD_CASES["PID name component 7"][0]).where == \
+        "segment 6 (PID), line 6, element 3, component 7"
+
+
+def test_unescaped_colon_in_free_text_is_kept():
+    """A ':' the sender forgot to escape in a name or phone stays in the text."""
+    doc = decode_one(REFERRAL.replace(b"GGA+M. Visser+", b"GGA+Dr:M. Visser+"))
+    assert doc.sender.name == "Dr:M. Visser"
 
 
 def test_error_names_segment_and_line():

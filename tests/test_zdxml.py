@@ -141,3 +141,34 @@ def test_bad_input(data, code):
     with pytest.raises(DecodeError) as caught:
         zdxml.decode(data)
     assert caught.value.code == code and caught.value.where
+
+
+def _with_sections(sections: bytes) -> bytes:
+    start = REFERRAL.index(b"<section>")
+    end = REFERRAL.index(b"</section>") + len(b"</section>")
+    return REFERRAL[:start] + sections + REFERRAL[end:]
+
+
+def test_any_xhtml_narrative_and_every_section_is_read():
+    """Narrative text outside <p> (lists, tables, line breaks) and the text of every
+    section are kept: other sections follow after a line with their title."""
+    data = _with_sections(
+        b'<section><title value="Brief"/><text><status value="generated"/>'
+        b'<div xmlns="http://www.w3.org/1999/xhtml">Geachte collega,<br/>zie hieronder.'
+        b'<ul><li>knie re</li><li>hydrops</li></ul></div></text></section>'
+        b'<section><title value="Medicatie"/><text><status value="generated"/>'
+        b'<div xmlns="http://www.w3.org/1999/xhtml"><table><tr><td>metformine</td>'
+        b'<td>500 mg</td></tr></table></div></text></section>')
+    (doc,) = zdxml.decode(data)
+    assert doc.body == ("Geachte collega,", "zie hieronder.", "knie re", "hydrops", "Medicatie",
+                        "metformine | 500 mg")
+
+
+def test_section_entry_without_a_place_is_refused():
+    """A section that references a resource the document has no place for is refused."""
+    data = _with_sections(b'<section><title value="Uitslagen"/><entry><reference '
+                          b'value="urn:uuid:70ce05fa-0c32-5e9f-bd63-7270ffe8e107"/></entry></section>')
+    with pytest.raises(DecodeError) as caught:
+        zdxml.decode(data)
+    assert (caught.value.code, caught.value.where) == ("E-XML-UNPLACED",
+                                                       "Composition.section[1].entry")

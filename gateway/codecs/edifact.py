@@ -48,6 +48,10 @@ HEADER_LINES = {"ZD-nummer": "zd_number", "AGB-organisatie": "organisation_agb",
 _HEADER = re.compile(r"\s*(%s):\s*(\S+)\s*" % "|".join(HEADER_LINES))
 _BARE_ZD = re.compile(r"ZD\d{8,9}(?:_ANTW)?(?!\d)")
 SEX_IN = {"M": Sex.MALE, "V": Sex.FEMALE, "U": Sex.UNKNOWN, "": Sex.UNKNOWN}
+# Components per element of each content segment (Nictiz 3i layout, as Zato's models give
+# it); 1 marks free text, whose unescaped ':' is kept. More is E-EDI-UNPLACED.
+WIDTHS = {"GGA": (1, 1, 1, 7, 1), "GGO": (1, 1, 1, 7, 1), "DET": (3, 2), "PID": (3, 1, 6, 1, 1),
+          "PAD": (7, 1)}
 SEX_OUT = {Sex.MALE: "M", Sex.FEMALE: "V", Sex.UNKNOWN: "U"}
 
 
@@ -93,6 +97,23 @@ def _document(interchange: Interchange, message: Message) -> Document:
         raise interchange.error(f"{exc.where} {exc.message}", unh, code=exc.code) from None
 
 
+def _check_placed(interchange: Interchange, segment: Segment) -> None:
+    """Refuse an element or component a MEDVRI segment has no place for (E-EDI-UNPLACED)."""
+    widths = WIDTHS[segment.tag]
+    for number, components in enumerate(segment.elements, 1):
+        width = widths[number - 1] if number <= len(widths) else 0
+        if width != 1 and any(components[width:]):
+            component = next(i for i, c in enumerate(components[width:], width + 1) if c)
+            raise interchange.error(f"{segment.tag} {'component' if width else 'element'} has no "
+                                    "place in the document and would be lost", segment, number,
+                                    component if width else 0, code="E-EDI-UNPLACED")
+
+
+def _text(segment: Segment, element: int) -> str:
+    """A free-text element, an unescaped ':' in it kept as written."""
+    return ":".join(segment.components(element)).strip()
+
+
 def _check_layout(interchange: Interchange, message: Message) -> dict[str, list[Segment]]:
     """Check MEDVRI segment order; return the segments grouped by tag."""
     segments = message.segments
@@ -108,6 +129,9 @@ def _check_layout(interchange: Interchange, message: Message) -> dict[str, list[
         found[tag] = segments[start:index]
     if index < len(segments):
         raise interchange.error(f"unexpected {segments[index].tag} segment here", segments[index])
+    for segment in segments:
+        if segment.tag in WIDTHS:
+            _check_placed(interchange, segment)
     return found
 
 
@@ -180,8 +204,8 @@ def _party(interchange: Interchange, segment: Segment | None, unb: Segment, unb_
                                 f"{agb[:35]!r} {problem}", unb, unb_element, code="E-EDI-AGB")
     if segment is None:
         return cls(agb=agb)
-    person, department, institution = (segment.get(i).strip() for i in (1, 2, 3))
-    address, phone = _address(segment.components(4)), segment.get(5).strip()
+    person, department, institution = (_text(segment, i) for i in (1, 2, 3))
+    address, phone = _address(segment.components(4)), _text(segment, 5)
     if cls is Sender:
         return Sender(agb, person, department, institution, "", address, phone)
     return Recipient(agb, institution, department, person, "", address, phone)
@@ -218,7 +242,7 @@ def _patient(interchange: Interchange, pids: list[Segment], pads: list[Segment])
         partner_name=name[0], partner_prefix=name[1], family_name=name[2], family_prefix=name[3],
         given_name=name[4], initials=name[5],
         address=_address(pad.components(1)) if pad else None,
-        phone=pad.get(2).strip() if pad else "",
+        phone=_text(pad, 2) if pad else "",
     )
 
 

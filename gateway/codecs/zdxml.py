@@ -12,7 +12,11 @@ the tables below, and nowhere else):
   recipient extension (a PractitionerRole of the receiving institution);
 - the answer or follow-up relates to its request through
   ``Composition.relatesTo`` (code ``appends``, targetIdentifier = ZD number);
-- the letter is the first section's narrative, one XHTML ``<p>`` per line;
+- the letter is the narrative of the section titled ``Brief``, one XHTML ``<p>``
+  per line; read from any XHTML (see ``fhirxml.narrative_lines``), and the
+  narrative of every other section follows, after a line with its title, so no
+  section text is lost; a section entry that is not an attachment is refused
+  (E-XML-UNPLACED);
 - attachments are Binary entries, referenced from a section titled
   ``Bijlagen`` whose entry ``display`` carries the file name (STU3 Binary
   has no field for it);
@@ -200,17 +204,35 @@ def _patient(patient: Node | None) -> Patient:
                    address=_address(patient), phone=val(patient, "telecom/value"), **parts)
 
 
+def _sections(node: Node, path: str = "Composition"):
+    """Yield (FHIR path, section) for every section, nested ones after their parent."""
+    for index, section in enumerate(node.all("section"), 1):
+        where = f"{path}.section[{index}]"
+        yield where, section
+        yield from _sections(section, where)
+
+
 def _letter(composition: Node) -> tuple[str, ...]:
-    for section in composition.all("section"):
-        if val(section, "title") == LETTER_TITLE:
-            div = get(section, "text/h:div")
-            return tuple(p.text for p in div.all("h:p")) if div is not None else ()
-    return ()
+    """Every section's narrative in document order: the letter section's lines as they
+    are, any other section's after a line with its title. A section entry that is not an
+    attachment has no place in the document: E-XML-UNPLACED."""
+    lines: list[str] = []
+    for where, section in _sections(composition):
+        title = val(section, "title")
+        div = get(section, "text/h:div")
+        narrative = div.lines if div is not None else []
+        if title != LETTER_TITLE and narrative:
+            lines += [title] if title else []
+        lines += narrative
+        if title != ATTACHMENT_TITLE and section.all("entry"):
+            raise _error("section entries other than attachments have no place in the document",
+                         f"{where}.entry", "E-XML-UNPLACED")
+    return tuple(lines)
 
 
 def _attachments(composition: Node, resources: dict) -> tuple[Attachment, ...]:
     found = []
-    for section in composition.all("section"):
+    for _, section in _sections(composition):
         if val(section, "title") != ATTACHMENT_TITLE:
             continue
         for entry in section.all("entry"):
