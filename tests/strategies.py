@@ -78,6 +78,8 @@ def documents(draw, alphabet=LATIN1, kinds=tuple(Kind), line_width: int | None =
 
 def medvri_documents(alphabet=LATIN1):
     """Documents MEDVRI can carry whole: referrals and answers, no attachments, whole
-    minutes, letter lines of at most 70 characters."""
+    minutes, letter lines of at most 70 characters, no partner name without an own name."""
     return documents(alphabet, kinds=(Kind.REFERRAL, Kind.TELECONSULT_ANSWER),
-                     line_width=LINE_WIDTH, attachments=False, whole_minutes=True)
+                     line_width=LINE_WIDTH, attachments=False, whole_minutes=True).filter(
+        lambda d: d.patient.family_name or d.patient.family_prefix or not (
+            d.patient.partner_name or d.patient.partner_prefix))

@@ -112,7 +112,7 @@ BAD_CASES = {
     "segments out of order": (REFERRAL.replace(b"UNH+42+MEDVRI:1'\r\n", b"").replace(
         b"DET+26:03:02+10:12'", b"DET+26:03:02+10:12'UNH+42+MEDVRI:1'"), "E-EDI-STRUCTURE"),
     "not MEDVRI": (REFERRAL.replace(b"MEDVRI:1", b"MEDRPT:1"), "E-EDI-TYPE"),
-    "bad sex": (REFERRAL.replace(b"+M+::Dijk", b"+X+::Dijk"), "E-EDI-SEX"),
+    "bad sex": (REFERRAL.replace(b"+M+Dijk", b"+X+Dijk"), "E-EDI-SEX"),
     "10 MB single line": (b"UNB+UNOA:1+" + b"A" * 10_000_000, "E-EDI-TOO-LARGE"),
     "long segment": (REFERRAL.replace(b"TXT:2+Geachte", b"TXT:2+" + b"x" * 5000), "E-EDI-TOO-LARGE"),
     "GGA element 6": (REFERRAL.replace(b"+033-4567890'", b"+033-4567890+extra'"), "E-EDI-UNPLACED"),

@@ -3,8 +3,20 @@
 Layout (facts, formats.md): UNB UNH GGA DET PID? PAD? TXT+ GGO? UNT UNZ;
 GGA/GGO: 1 person, 2 department, 3 institution, 4 address, 5 phone; address
 composite street:house number:PO box:city:postcode:province:country; PID:
-1 birth date, 2 sex M/V/U, 3 name partner:partner prefix:own:own prefix:given:
-initials, BSN as ``BSN``+9 digits in element 5 (also read from element 4).
+1 birth date, 2 sex M/V/U, 3 name, 4 the sender's and 5 the receiver's patient
+reference, the BSN as ``BSN``+9 digits in element 5 (also read from element 4).
+
+PID element 3 (facts from two published readers and writers: mmerlijn/msg-edifact's
+PID segment and Zato's ``zato.edifact.nl`` PatientName, which cites the Nictiz 3i
+specification): components 1:2 are the family name *in use* and its prefix
+(Zato: "married name"; mmerlijn writes a man's only surname there,
+``Groot:de::::J``), components 3:4 the own (birth) name and prefix when the name in
+use is another (Zato: "maiden name"; mmerlijn reads them as ``own_lastname`` for a
+woman), 5 the given name, 6 the initials. So we read: with components 3:4 present,
+1:2 are the partner's name and 3:4 the own name; without, 1:2 are the own name
+(also an older writer's ``::Groot:de`` reads as the own name). We write the own
+name in 1:2, or, for a patient with a partner name, the partner's name in 1:2 and
+the own name in 3:4; a partner name without an own family name cannot be written.
 
 Our conventions:
 - UNB sender is ``sender.agb``, UNB recipient is ``recipient.agb``.
@@ -236,11 +248,14 @@ def _patient(interchange: Interchange, pids: list[Segment], pads: list[Segment])
     if sex not in SEX_IN:
         raise interchange.error("sex must be M, V or U", pid, 2, code="E-EDI-SEX")
     name = [c.strip() for c in (pid.components(3) + [""] * 6)[:6]]
+    in_use, own = name[0:2], name[2:4]
+    partner = in_use if any(own) else ["", ""]
+    own = own if any(own) else in_use
     pad = pads[0] if pads else None
     return Patient(
         bsn=bsn, birth_date=_birth_date(interchange, pid), sex=SEX_IN[sex],
-        partner_name=name[0], partner_prefix=name[1], family_name=name[2], family_prefix=name[3],
-        given_name=name[4], initials=name[5],
+        partner_name=partner[0], partner_prefix=partner[1], family_name=own[0],
+        family_prefix=own[1], given_name=name[4], initials=name[5],
         address=_address(pad.components(1)) if pad else None,
         phone=_text(pad, 2) if pad else "",
     )
@@ -296,6 +311,11 @@ def _check_encodable(doc: Document) -> None:
     if doc.kind is Kind.REFERRAL and doc.in_reply_to:
         raise EncodeError("MEDVRI cannot carry in_reply_to on a referral", where="field in_reply_to",
                           code="E-ENCODE-FIELD")
+    patient = doc.patient
+    if (patient.partner_name or patient.partner_prefix) and not (
+            patient.family_name or patient.family_prefix):
+        raise EncodeError("MEDVRI cannot carry a partner name without the patient's own family "
+                          "name", where="field patient.family_name", code="E-ENCODE-FIELD")
     if fits_latin1(doc):
         return
     for name, value in text_fields(doc):
@@ -322,14 +342,22 @@ def _patient_segments(patient: Patient) -> list[OutSegment]:
     pid = OutSegment("PID", [
         [f"{birth.year:04d}", f"{birth:%m}", f"{birth:%d}"] if birth else "",
         SEX_OUT[patient.sex],
-        [patient.partner_name, patient.partner_prefix, patient.family_name, patient.family_prefix,
-         patient.given_name, patient.initials],
+        _name_components(patient),
         "",
         f"BSN{patient.bsn}" if patient.bsn else "",
     ])
     if patient.address is None and not patient.phone:
         return [pid]
     return [pid, OutSegment("PAD", [_address_components(patient.address), patient.phone])]
+
+
+def _name_components(patient: Patient) -> list[str]:
+    """PID element 3: the name in use first, the own name after it when they differ."""
+    own = [patient.family_name, patient.family_prefix]
+    if patient.partner_name or patient.partner_prefix:
+        return [patient.partner_name, patient.partner_prefix, *own, patient.given_name,
+                patient.initials]
+    return [*own, "", "", patient.given_name, patient.initials]
 
 
 def _letter_lines(doc: Document) -> list[str]:
