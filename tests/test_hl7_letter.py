@@ -10,7 +10,7 @@ from gateway.errors import DecodeError
 from tests.strategies import LATIN1
 
 HEAD = (b"MSH|^~\\&|HISX|Praktijk^01700001^VEKTIS|ZIS|Ziekenhuis Eemland^06005678^VEKTIS|"
-        b"20260302101200+0100||REF^I12^REF_I12|HISX-1|P|2.4|||AL|NE|NLD|8859/1\r"
+        b"20260302101200+0100||REF^I12^REF_I12|HISX-1|P|2.4|||AL|NE|NLD|UNICODE UTF-8\r"
         b"RF1|P|R|Med||O|ZD100200300^ZorgDomein\r"
         b"PRD|RP|Visser^M|||||01234567^AGB\r"
         b"PRD|RT\r"
@@ -87,10 +87,10 @@ def test_generated_ft_and_nte_letters_lose_no_character(lines, noise, as_nte):
     commands sprinkled in, reads back as exactly its lines."""
     pieces = [noise[i] + _escaped(line) for i, line in enumerate(lines)]
     if as_nte:
-        segments = [b"NTE|%d|P|" % i + p.encode("latin-1") for i, p in enumerate(pieces, 1)]
+        segments = [b"NTE|%d|P|" % i + p.encode("utf-8") for i, p in enumerate(pieces, 1)]
         expected = tuple(lines)
     else:
         value = "\\.br\\".join(pieces)
-        segments = [b"OBX|1|FT|11488-4^Brief^LN||" + value.encode("latin-1")]
+        segments = [b"OBX|1|FT|11488-4^Brief^LN||" + value.encode("utf-8")]
         expected = tuple(lines) if value else ()      # an OBX without a value holds no text
     assert letter(*segments) == expected

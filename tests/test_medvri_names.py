@@ -9,6 +9,7 @@ from hypothesis import given, settings
 
 from gateway.codecs import edifact
 from gateway.document import Sex
+from gateway.errors import EncodeError
 from tests.strategies import medvri_documents
 
 REFERRAL = (b"UNB+UNOA:1+01234567+06005678+260302:1012+R1'UNH+1+MEDVRI:1'GGA+M. Visser'"
@@ -114,6 +115,6 @@ def test_partner_name_without_own_name_is_not_written():
     odd = dataclasses.replace(doc, patient=dataclasses.replace(
         doc.patient, family_name="", family_prefix="", partner_name="Groot",
         birth_date=dt.date(2000, 1, 1)))
-    with pytest.raises(edifact.EncodeError) as caught:
+    with pytest.raises(EncodeError) as caught:
         edifact.encode(odd)
     assert caught.value.where == "field patient.family_name"

@@ -171,4 +171,4 @@ def test_section_entry_without_a_place_is_refused():
     with pytest.raises(DecodeError) as caught:
         zdxml.decode(data)
     assert (caught.value.code, caught.value.where) == ("E-XML-UNPLACED",
-                                                       "Composition.section[1].entry")
+                                                       "Composition.section[1].entry[1]")

@@ -2,11 +2,14 @@
 turn text values (ST, TX, FT, NTE comments) into letter lines.
 
 A small tokenizer of our own (hl7apy is far too slow for the live path): the
-separators come from MSH-1/MSH-2, segments end in CR, LF or CRLF on input and
-in CR on output, and the character set follows MSH-18 (``8859/1`` or empty:
-ISO-8859-1; ``UNICODE UTF-8``: UTF-8). Fields are split lazily; only the values
-the codec reads are unescaped. A field holding only ``""`` (HL7's null) reads
-as empty.
+separators come from MSH-1/MSH-2 (ZorgDomein writes ``^_\\&``: ``_`` repeats),
+segments end in CR, LF or CRLF on input and in CR on output, and the character set
+follows MSH-18 (``8859/1`` or empty: ISO-8859-1; ``8859/15``; ``UNICODE UTF-8``;
+``ASCII``). Bytes that are valid UTF-8 (and not ASCII) under a declared single-byte
+set are read as UTF-8 with a warning — ZorgDomein's own test messages do this, and
+reading them as declared would turn ``Dijkë`` into ``DijkÃ«``. Fields are split
+lazily; only the values the codec reads are unescaped. A field holding only ``""``
+(HL7's null) reads as empty.
 
 Text values: repetitions are lines, and the formatting commands of HL7 v2.4
 section 2.7 become text: ``\\.br\\`` a new line, ``\\.sp N\\`` a new line and
@@ -28,7 +31,8 @@ from gateway.errors import DecodeError
 
 MAX_BYTES = 16 * 1024 * 1024
 SEPARATORS = "|^~\\&"
-CHARSETS = {"": "latin-1", "8859/1": "latin-1", "UNICODE UTF-8": "utf-8", "ASCII": "ascii"}
+CHARSETS = {"": "latin-1", "8859/1": "latin-1", "8859/15": "iso8859-15", "UNICODE UTF-8": "utf-8",
+            "ASCII": "ascii"}
 _ESCAPE_OUT = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
 _SPECIAL = re.compile(r"[\\|^&~]")
 _COMMAND = re.compile(r"\.(br|sp|in|ti|ce|fi|nf)\s*([+-]?\d+)?\Z")
@@ -107,6 +111,13 @@ class Segments:
         """Mark a segment as put into the document."""
         self.placed.add(id(fields))
 
+    def is_placed(self, fields: list[str]) -> bool:
+        return id(fields) in self.placed
+
+    def position(self, fields: list[str]) -> int:
+        """The 1-based position of a segment in its message (for error locations)."""
+        return next(n for n, found in enumerate(self.ordered, 1) if found is fields)
+
     def unplaced(self) -> tuple[int, str] | None:
         """(1-based position, tag) of the first OBX or NTE with content no decoder placed."""
         for number, fields in enumerate(self.ordered, 1):
@@ -183,7 +194,12 @@ def split_messages(data: bytes) -> list[Segments]:
     if len(set(separators)) != 5 or any(c.isalnum() or c in "\r\n" for c in separators):
         raise DecodeError("MSH-1/MSH-2 do not declare five distinct separators",
                           where="segment 1 (MSH), field 2", code="E-HL7-SYNTAX")
-    charset = _charset(raw, separators[0])
+    charset, declared = _charset(raw, separators)
+    warnings = []
+    if charset != "utf-8" and not raw.isascii() and is_utf8(raw):
+        charset = "utf-8"
+        warnings.append(f"MSH-18 declares {declared or 'no character set (8859/1)'} but the "
+                        "message is UTF-8; read as UTF-8")
     try:
         text = raw.decode(charset)
     except UnicodeDecodeError as exc:
@@ -198,16 +214,31 @@ def split_messages(data: bytes) -> list[Segments]:
             raise DecodeError("segment does not start with a three-character tag and a field "
                               "separator", where=f"segment {number}", code="E-HL7-SYNTAX")
         messages[-1].append(line)
-    return [Segments(lines, separators, charset) for lines in messages]
+    found = [Segments(lines, separators, charset) for lines in messages]
+    for msg in found:
+        msg.warnings += warnings
+    return found
 
 
-def _charset(raw: bytes, fs: str) -> str:
-    msh = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1").split(fs)
-    declared = msh[17].split("^")[0] if len(msh) > 17 else ""
+def _charset(raw: bytes, separators: str) -> tuple[str, str]:
+    """(Python codec, MSH-18 as declared) of the first message."""
+    msh = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1").split(separators[0])
+    declared = re.split(f"[{re.escape(separators[1:3])}]", msh[17])[0].strip() \
+        if len(msh) > 17 else ""
     if declared not in CHARSETS:
-        raise DecodeError(f"unknown character set {declared[:20]!r} (known: 8859/1, UNICODE UTF-8)",
+        raise DecodeError(f"unknown character set {declared[:20]!r} (known: "
+                          f"{', '.join(c for c in CHARSETS if c)})",
                           where="segment 1 (MSH), field 18", code="E-HL7-CHARSET")
-    return CHARSETS[declared]
+    return CHARSETS[declared], declared
+
+
+def is_utf8(raw: bytes) -> bool:
+    """Whether ``raw`` decodes as UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def escape(value: str) -> str:
