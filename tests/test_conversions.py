@@ -1,6 +1,7 @@
 """Across formats: conversions keep what the formats share, and every decoder turns
 random or mutated bytes into DecodeError only."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,13 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import codecs
+from gateway import codecs, routes
 from gateway.cli.render import as_dict
+from gateway.codecs import hl7zd
 from gateway.errors import DecodeError
 from tests.strategies import medvri_documents
 
 ROOT = Path(__file__).parent.parent / "fixtures"
 FIXTURES = sorted(p for p in ROOT.glob("*/*") if p.parent.name != "expected")
+SAMPLE_TABLES = routes.load(ROOT.parent / "gateway" / "routes" / "samples")
 
 
 @given(medvri_documents())
@@ -38,11 +41,18 @@ def test_fixture_matches_golden_json(path):
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_fixture_converts_to_every_format_that_can_carry_it(path):
-    """Every fixture converts to HL7 and XML and back without change."""
-    doc = codecs.get(codecs.sniff(path.read_bytes())).decode(path.read_bytes())[0]
-    for name in ("hl7", "xml"):
-        codec = codecs.get(name)
-        assert codec.decode(codec.encode(doc)) == [doc]
+    """Every fixture (its mailboxes mapped by the sample tables) converts to HL7, XML and,
+    when it is a kind ZorgDomein's ORU^R01 carries, zd-hl7 and back without change (zd-hl7
+    leaves out the receiving institution's own address and phone)."""
+    for doc in codecs.get(codecs.sniff(path.read_bytes())).decode(path.read_bytes()):
+        doc = routes.resolve(doc, SAMPLE_TABLES)
+        for name in ("hl7", "xml"):
+            codec = codecs.get(name)
+            assert codec.decode(codec.encode(doc)) == [doc]
+        if doc.kind in hl7zd.KIND_ORDER:
+            expected = dataclasses.replace(doc, recipient=dataclasses.replace(
+                doc.recipient, address=None, phone=""))
+            assert codecs.get("zd-hl7").decode(codecs.get("zd-hl7").encode(doc)) == [expected]
 
 
 def test_sniff():

@@ -74,7 +74,7 @@ def cmd_init(args, out) -> int:
     (folder / "routes").mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
-    for name in ("institutions.csv", "referrers.csv"):
+    for name in ("institutions.csv", "referrers.csv", "mailboxes.csv"):
         with resources.as_file(samples / name) as source:
             shutil.copyfile(source, folder / "routes" / name)
     settings = config.load(target)

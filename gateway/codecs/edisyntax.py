@@ -100,7 +100,7 @@ def _line_of(text: str, number: int) -> int:
         start = index + 1
     while start < len(text) and text[start] in " \r\n":
         start += 1
-    return text.count("\n", 0, start) + 1
+    return text.count("\n" if "\n" in text else "\r", 0, start) + 1
 
 
 def _terminators(text: str):

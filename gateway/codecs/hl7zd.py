@@ -200,6 +200,8 @@ def _observations(doc: Document) -> list[str]:
         found.append(("FT", write.code(doc.product), "", None))
     found += [("ED", field(*BLOB), write.ed_value(a.media_type, a.data), a.file_name)
               for a in doc.attachments]
+    if not found:       # ORU^R01 needs an observation: an empty letter (it reads as no lines)
+        found.append(("TX", field(*write.LETTER_CODE), "", None))
     lines = []
     for number, (kind, identifier, content, name) in enumerate(found, 1):
         lines.append(segment("OBX", str(number), kind, identifier, str(number) if name else "",
