@@ -13,7 +13,7 @@ from gateway import codecs, routes
 from gateway.cli.render import as_dict
 from gateway.codecs import hl7zd
 from gateway.errors import DecodeError
-from tests.strategies import medvri_documents
+from tests.strategies import documents, medvri_documents
 
 ROOT = Path(__file__).parent.parent / "fixtures"
 FIXTURES = sorted(p for p in ROOT.glob("*/*") if p.parent.name != "expected")
@@ -29,6 +29,21 @@ def test_edifact_hl7_xml_edifact_keeps_every_field(doc):
     via_xml = codecs.get("xml").decode(codecs.get("xml").encode(via_hl7))[0]
     back = codecs.get("edifact").decode(codecs.get("edifact").encode(via_xml))[0]
     assert via_hl7 == via_xml == back == start
+
+
+@given(documents(kinds=tuple(hl7zd.KIND_ORDER)))
+@settings(max_examples=60, deadline=None)
+def test_xml_zd_hl7_hl7_xml_keeps_the_new_fields(doc):
+    """XML -> zd-hl7 -> HL7 -> XML keeps the PDF letter, specialism, product, portal id, a
+    request's kind and gateway numbers (zd-hl7 leaves out the recipient's own address and
+    phone)."""
+    doc = dataclasses.replace(doc, recipient=dataclasses.replace(doc.recipient, address=None,
+                                                                 phone=""))
+    start = codecs.get("xml").decode(codecs.get("xml").encode(doc))[0]
+    via_zd = codecs.get("zd-hl7").decode(codecs.get("zd-hl7").encode(start))[0]
+    via_hl7 = codecs.get("hl7").decode(codecs.get("hl7").encode(via_zd))[0]
+    back = codecs.get("xml").decode(codecs.get("xml").encode(via_hl7))[0]
+    assert via_zd == via_hl7 == back == start == doc
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")

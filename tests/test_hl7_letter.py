@@ -94,3 +94,23 @@ def test_generated_ft_and_nte_letters_lose_no_character(lines, noise, as_nte):
         segments = [b"OBX|1|FT|11488-4^Brief^LN||" + value.encode("utf-8")]
         expected = tuple(lines) if value else ()      # an OBX without a value holds no text
     assert letter(*segments) == expected
+
+
+ANYWHERE = st.sampled_from(["\\.br\\", "\\.sp\\", "\\.sp 2\\", "\\.in 3\\", "\\.ti 1\\", "\\.ce\\",
+                            "\\H\\", "\\N\\", "\\.fi\\", "\\.nf\\"])
+
+
+@given(text=st.text(LATIN1, min_size=1, max_size=120),
+       commands=st.lists(st.tuples(st.integers(0, 120), ANYWHERE), max_size=10))
+@settings(max_examples=150, deadline=None)
+def test_formatting_commands_anywhere_lose_no_character(text, commands):
+    """Formatting commands put anywhere in an FT letter change only its line breaks and
+    indentation: every other character of the text arrives, in order."""
+    cuts = sorted({min(at, len(text)) for at, _ in commands})
+    pieces, start = [], 0
+    for cut, (_, command) in zip(cuts, commands):
+        pieces += [_escaped(text[start:cut]), command]
+        start = cut
+    pieces.append(_escaped(text[start:]))
+    body = letter(b"OBX|1|FT|11488-4^Brief^LN||" + "".join(pieces).encode("utf-8"))
+    assert "".join(body).replace(" ", "") == text.replace(" ", "")
