@@ -34,7 +34,8 @@ class Setting:
 MINUTE, HOUR, DAY = 60, 3600, 86400
 SETTINGS = (
     Setting("paths.spool", Path, "spool", "spool: the SQLite store (rows, audit log, sealed payloads)"),
-    Setting("paths.routes", Path, "routes", "route tables (institutions.csv, referrers.csv)"),
+    Setting("paths.routes", Path, "routes",
+            "route tables (institutions.csv, referrers.csv, optional mailboxes.csv)"),
     Setting("paths.sftp", Path, "sftp", "SFTP account folders (inbox/, outbox/, errors/)"),
     Setting("paths.ssh_host_key", Path, "ssh/host_key", "the SFTP server's host key (0600)"),
     Setting("paths.keys", Path, "keys/gatewayd.keys",

@@ -80,6 +80,7 @@ def _node(element) -> Node:
 _BLOCKS = {"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "thead",
            "tbody", "tfoot", "blockquote", "dl", "dt", "dd", "caption", "pre"}
 _CELLS = {"td", "th"}
+_P = _XHTML_TAG + "p"
 _BREAKS = re.compile(r"[ \t]*[\r\n\t][ \t\r\n]*")
 
 
@@ -119,6 +120,15 @@ class _Narrative:
 
 def narrative_lines(div) -> list[str]:
     """The lines of an XHTML narrative ``div`` (an lxml element)."""
+    if not (div.text or "").strip():          # fast path: only plain <p>s, as we write them
+        lines = []
+        for child in div:
+            text = child.text or ""
+            if child.tag != _P or len(child) or (child.tail or "").strip() or _BREAKS.search(text):
+                break
+            lines.append(text)
+        else:
+            return lines
     narrative = _Narrative()
     narrative.text(div.text)
     for child in div:

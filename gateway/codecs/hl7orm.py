@@ -43,7 +43,7 @@ def read_message(msg: Segments) -> tuple[str, Document]:
         patient=read.patient(msg), body=request_lines(msg),
         attachments=tuple(read.attachment(msg, obx) for obx in msg.all("OBX")
                           if raw(obx, 2) == "ED"),
-        product=hl7zd.code(msg, msg.first("PV2"), 3))
+        product=read.code(msg, msg.first("PV2"), 3))
 
 
 def request_lines(msg: Segments) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import datetime as dt
 import re
 
 from gateway.codecs.hl7syntax import Segments
-from gateway.document import (Address, Attachment, Document, Patient, Sex, bsn_problem,
+from gateway.document import (Address, Attachment, Code, Document, Patient, Sex, bsn_problem,
                               gateway_number, local_time, normalize_bsn, zd_problem)
 from gateway.errors import DecodeError, DocumentError
 
@@ -40,8 +40,27 @@ def raw(fields: list[str] | None, n: int) -> str:
 
 def value(msg: Segments, fields: list[str] | None, n: int, component: int = 0) -> str:
     """Component ``component`` of field ``n`` (first repetition), unescaped and stripped."""
-    parts = msg.repetitions(raw(fields, n))[0].split(msg.cs)
-    return msg.unescape(parts[component]).strip() if component < len(parts) else ""
+    if fields is None or n >= len(fields) or not fields[n]:
+        return ""
+    text = fields[n]
+    if msg.rs in text:
+        text = text[:text.index(msg.rs)]
+    if component == 0 and msg.cs not in text:
+        found = text
+    else:
+        parts = text.split(msg.cs)
+        if component >= len(parts):
+            return ""
+        found = parts[component]
+    return (msg.unescape(found) if msg.esc in found else found).strip()
+
+
+def code(msg: Segments, fields: list[str] | None, n: int) -> Code | None:
+    """A CE field ``code^display^system`` as a Code, or None when it has no code."""
+    if fields is None or n >= len(fields) or not fields[n]:
+        return None
+    parts = [msg.unescape(p).strip() for p in fields[n].split(msg.rs, 1)[0].split(msg.cs)[:3]]
+    return Code(*parts) if parts[0] else None
 
 
 def required(msg: Segments, tag: str) -> list[str]:
@@ -71,8 +90,10 @@ def timestamp(text: str, where: str) -> dt.datetime:
 
 def facility(msg: Segments, msh: list[str], n: int) -> tuple[str, str]:
     """(name, AGB code) of MSH-4 or MSH-6 written as ``name^AGB^VEKTIS`` (or just a name)."""
-    agb = value(msg, msh, n, 1)
-    return value(msg, msh, n, 0), agb if AGB_CODE.fullmatch(agb) else ""
+    parts = raw(msh, n).split(msg.rs, 1)[0].split(msg.cs)
+    name = msg.unescape(parts[0]).strip()
+    agb = parts[1].strip() if len(parts) > 1 else ""
+    return name, agb if AGB_CODE.fullmatch(agb) else ""
 
 
 def id_agb(msg: Segments, text: str) -> str:
@@ -130,8 +151,10 @@ def patient(msg: Segments) -> Patient:
     pid = required(msg, "PID")
     bsn, portal = "", ""
     for identifier in msg.repetitions(raw(pid, 3)):
-        parts = identifier.split(msg.cs) + ["", "", "", "", ""]
-        authority, kind = parts[3].split(msg.ss)[0], parts[4]
+        parts = identifier.split(msg.cs)
+        if len(parts) < 4:
+            continue
+        authority, kind = parts[3].split(msg.ss, 1)[0], parts[4] if len(parts) > 4 else ""
         if authority == BSN_AUTHORITY and parts[0].strip():
             bsn = normalize_bsn(msg.unescape(parts[0]).strip())
             if problem := bsn_problem(bsn):
@@ -170,10 +193,9 @@ def observation_lines(msg: Segments, obx: list[str], answers: bool = False) -> l
     line after 'label: ', as in a request's questions and answers), other values as one
     line 'label: value units'; None for a type that cannot be shown as text (ED, RP, …)."""
     kind, text = raw(obx, 2), raw(obx, 5)
-    name = value(msg, obx, 3, 1) or value(msg, obx, 3, 0)
     if kind in TEXT_TYPES or (not kind and not text):
         lines = msg.text(text)
-        if answers and lines and name:
+        if answers and lines and (name := value(msg, obx, 3, 1) or value(msg, obx, 3, 0)):
             lines[0] = f"{name}: {lines[0]}"
         return lines
     if kind not in CODED_TYPES | VALUE_TYPES:
@@ -187,6 +209,7 @@ def observation_lines(msg: Segments, obx: list[str], answers: bool = False) -> l
             shown.append(parts[1] if len(parts) > 1 and parts[1] else parts[0])
         else:
             shown.append(("" if kind == "SN" else " ").join(p for p in parts if p))
+    name = value(msg, obx, 3, 1) or value(msg, obx, 3, 0)
     units = value(msg, obx, 6, 0)
     line = ", ".join(shown) + (f" {units}" if units else "")
     return [f"{name}: {line}" if name else line]
@@ -197,7 +220,7 @@ def letter(msg: Segments) -> tuple[str, ...]:
     numeric observations as 'label: value units' lines."""
     lines: list[str] = []
     for fields in msg.ordered:
-        if msg.is_placed(fields):
+        if fields[0] not in ("NTE", "OBX") or msg.is_placed(fields):
             continue
         if fields[0] == "NTE":
             lines += msg.text(raw(fields, 3), blank=True)

@@ -45,7 +45,7 @@ from gateway.codecs import hl7read as read
 from gateway.codecs import hl7write as write
 from gateway.codecs.hl7read import raw, value
 from gateway.codecs.hl7syntax import Segments, field, segment
-from gateway.document import (Code, Document, Kind, Letter, Recipient, Sender, answer_number,
+from gateway.document import (Document, Kind, Letter, Recipient, Sender, answer_number,
                               require_agb)
 from gateway.errors import DecodeError
 
@@ -79,19 +79,17 @@ def read_message(msg: Segments) -> tuple[str, Document]:
         if other and in_reply_to is None:
             warnings.append("RF1-11 holds no ZD number; the reference is not kept")
     letter, attachments = _documents(msg)
-    obr_code = value(msg, msg.first("OBR"), 4)
+    obr = msg.first("OBR")
+    service = None if raw(obr, 4).startswith(write.LETTER_CODE[0] + msg.cs) else \
+        read.code(msg, obr, 4)
+    providers = _providers(msg)
     return raw(msh, 10), read.build(
         msg, FIELD_PLACES, kind=_kind(msg, rf1, structure), zd_number=own,
-        sent_at=read.timestamp(raw(msh, 7), "MSH-7"), sender=_sender(msg, structure, msh),
-        recipient=_recipient(msg, structure, msh), patient=read.patient(msg),
+        sent_at=read.timestamp(raw(msh, 7), "MSH-7"), sender=_sender(msg, structure, msh, providers),
+        recipient=_recipient(msg, structure, msh, providers), patient=read.patient(msg),
         body=read.letter(msg), in_reply_to=in_reply_to, attachments=attachments, letter=letter,
-        specialism=_code(msg, msg.first("OBR"), 4) if obr_code not in ("", write.LETTER_CODE[0])
-        else None, product=_code(msg, rf1, 10))
-
-
-def _code(msg: Segments, fields: list[str] | None, n: int) -> Code | None:
-    parts = [value(msg, fields, n, i) for i in range(3)]
-    return Code(*parts) if parts[0] else None
+        specialism=service if service and service.code != write.LETTER_CODE[0] else None,
+        product=read.code(msg, rf1, 10))
 
 
 def _kind(msg: Segments, rf1: list[str], structure: str) -> Kind:
@@ -103,12 +101,17 @@ def _kind(msg: Segments, rf1: list[str], structure: str) -> Kind:
     return TYPE_KIND.get(value(msg, rf1, 3), Kind.REFERRAL)
 
 
-def _provider(msg: Segments, roles: tuple[str, ...]) -> list[str] | None:
-    for role in roles:
-        for prd in msg.all("PRD"):
-            if value(msg, prd, 1) == role:
-                return prd
-    return None
+def _provider(providers: dict[str, list[str]], roles: tuple[str, ...]) -> list[str] | None:
+    """The PRD with the first of ``roles`` any PRD has (``providers``: PRD by role)."""
+    return next((providers[role] for role in roles if role in providers), None)
+
+
+def _providers(msg: Segments) -> dict[str, list[str]]:
+    """The first PRD of each role (PRD-1)."""
+    found: dict[str, list[str]] = {}
+    for prd in msg.all("PRD"):
+        found.setdefault(value(msg, prd, 1), prd)
+    return found
 
 
 def _ordering_provider(msg: Segments) -> tuple[str, str]:
@@ -120,29 +123,30 @@ def _ordering_provider(msg: Segments) -> tuple[str, str]:
     return "", ""
 
 
-def _sender(msg: Segments, structure: str, msh: list[str]) -> Sender:
+def _sender(msg: Segments, structure: str, msh: list[str], providers: dict) -> Sender:
     organisation, organisation_agb = read.facility(msg, msh, 4)
-    prd = _provider(msg, ROLES[structure][0])
-    ordering_agb, ordering_name = _ordering_provider(msg)
+    prd = _provider(providers, ROLES[structure][0])
     if prd is None:
+        ordering_agb, ordering_name = _ordering_provider(msg)
         if not ordering_agb:
             raise DecodeError(f"no sender: no PRD with role {' or '.join(ROLES[structure][0])} and "
                               "no ordering provider with an AGB code", where="PRD-1",
                               code="E-HL7-MISSING")
         return Sender(ordering_agb, ordering_name, "", organisation, organisation_agb)
     location = msg.components(prd, 4) + [""] * 4
-    return Sender(read.id_agb(msg, raw(prd, 7)) or ordering_agb, read.person_name(msg, prd, 2),
+    return Sender(read.id_agb(msg, raw(prd, 7)) or _ordering_provider(msg)[0],
+                  read.person_name(msg, prd, 2),
                   msg.unescape(location[0]).strip(),
                   msg.unescape(location[3].split(msg.ss)[0]).strip() or organisation,
                   organisation_agb, read.address(msg, raw(prd, 3)), read.phone(msg, raw(prd, 5)))
 
 
-def _recipient(msg: Segments, structure: str, msh: list[str]) -> Recipient:
+def _recipient(msg: Segments, structure: str, msh: list[str], providers: dict) -> Recipient:
     name, agb = read.facility(msg, msh, 6)
     if not agb and not name:
         raise DecodeError("no recipient: MSH-6 names no receiving facility", where="MSH-6",
                           code="E-HL7-MISSING")
-    prd = _provider(msg, ROLES[structure][1])
+    prd = _provider(providers, ROLES[structure][1])
     if prd is None:
         return Recipient(agb, name, mailbox="" if agb else name)
     location = msg.components(prd, 4) + [""] * 4

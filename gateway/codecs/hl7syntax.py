@@ -24,6 +24,7 @@ OBX and NTE segments it put into the document with ``place`` so that
 ``unplaced`` can name any content left over.
 """
 
+import functools
 import re
 
 from gateway.codecs.sniff import BOM
@@ -34,7 +35,7 @@ SEPARATORS = "|^~\\&"
 CHARSETS = {"": "latin-1", "8859/1": "latin-1", "8859/15": "iso8859-15", "UNICODE UTF-8": "utf-8",
             "ASCII": "ascii"}
 _ESCAPE_OUT = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
-_SPECIAL = re.compile(r"[\\|^&~]")
+_ESCAPE_TABLE = str.maketrans(_ESCAPE_OUT)
 _COMMAND = re.compile(r"\.(br|sp|in|ti|ce|fi|nf)\s*([+-]?\d+)?\Z")
 
 
@@ -50,13 +51,14 @@ class Segments:
         self.warnings: list[str] = []
         self._by_tag: dict[str, list[list[str]]] = {}
         for line in lines:
-            fields = ["" if value == '""' else value for value in line.split(self.fs)]
+            fields = line.split(self.fs)
+            if '""' in line:
+                fields = ["" if value == '""' else value for value in fields]
             if fields[0] == "MSH":
                 fields.insert(1, self.fs)
             self.ordered.append(fields)
             self._by_tag.setdefault(fields[0], []).append(fields)
-        self._unescape = re.compile(re.escape(self.esc) + r"([^" + re.escape(self.esc) + r"]*)"
-                                    + re.escape(self.esc))
+        self._unescape = _unescaper(self.esc)
 
     def all(self, tag: str) -> list[list[str]]:
         return self._by_tag.get(tag, [])
@@ -102,9 +104,11 @@ class Segments:
         An empty value is no line at all, or one blank line when ``blank``."""
         if not value:
             return [""] if blank else []
+        if self.esc not in value:
+            return value.split(self.rs)
         lines: list[str] = []
         for repetition in value.split(self.rs):
-            lines += _Lines(self).read(repetition)
+            lines += _Lines(self).read(repetition) if self.esc in repetition else [repetition]
         return lines
 
     def place(self, fields: list[str]) -> None:
@@ -120,12 +124,13 @@ class Segments:
 
     def unplaced(self) -> tuple[int, str] | None:
         """(1-based position, tag) of the first OBX or NTE with content no decoder placed."""
-        for number, fields in enumerate(self.ordered, 1):
-            tag = fields[0]
-            if tag in _CONTENT and id(fields) not in self.placed and any(
-                    len(fields) > n and fields[n] for n in _CONTENT[tag]):
-                return number, tag
-        return None
+        left = [fields for tag, places in _CONTENT.items() for fields in self.all(tag)
+                if id(fields) not in self.placed and any(len(fields) > n and fields[n]
+                                                          for n in places)]
+        if not left:
+            return None
+        number = min(self.position(fields) for fields in left)
+        return number, self.ordered[number - 1][0]
 
 
 _CONTENT = {"OBX": (5,), "NTE": (3,)}       # fields holding content that must be placed
@@ -181,6 +186,12 @@ class _Lines:
             self.temporary = number or 0
 
 
+@functools.lru_cache(maxsize=8)
+def _unescaper(esc: str) -> re.Pattern:
+    """The pattern of one escape sequence for escape character ``esc``."""
+    return re.compile(re.escape(esc) + r"([^" + re.escape(esc) + r"]*)" + re.escape(esc))
+
+
 def split_messages(data: bytes) -> list[Segments]:
     """Decode ``data`` (one or more messages, each starting with MSH) into Segments."""
     if len(data) > MAX_BYTES:
@@ -223,8 +234,10 @@ def split_messages(data: bytes) -> list[Segments]:
 def _charset(raw: bytes, separators: str) -> tuple[str, str]:
     """(Python codec, MSH-18 as declared) of the first message."""
     msh = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1").split(separators[0])
-    declared = re.split(f"[{re.escape(separators[1:3])}]", msh[17])[0].strip() \
-        if len(msh) > 17 else ""
+    declared = msh[17] if len(msh) > 17 else ""
+    for separator in separators[1:3]:          # its first component and repetition
+        declared = declared.split(separator, 1)[0]
+    declared = declared.strip()
     if declared not in CHARSETS:
         raise DecodeError(f"unknown character set {declared[:20]!r} (known: "
                           f"{', '.join(c for c in CHARSETS if c)})",
@@ -243,9 +256,9 @@ def is_utf8(raw: bytes) -> bool:
 
 def escape(value: str) -> str:
     """Escape the five separator characters (standard separators) in ``value``."""
-    if not _SPECIAL.search(value):
-        return value
-    return _SPECIAL.sub(lambda m: _ESCAPE_OUT[m[0]], value)
+    if "\\" in value or "|" in value or "^" in value or "&" in value or "~" in value:
+        return value.translate(_ESCAPE_TABLE)
+    return value
 
 
 def join(parts, separator: str) -> str:
@@ -258,8 +271,11 @@ def join(parts, separator: str) -> str:
 
 def field(*components) -> str:
     """One field from components; a component given as a tuple is joined as subcomponents."""
-    return join((join((escape(s) for s in c), "&") if isinstance(c, tuple) else escape(c)
-                 for c in components), "^")
+    parts = [escape(c) if c.__class__ is str else join([escape(s) for s in c], "&")
+             for c in components]
+    while parts and not parts[-1]:
+        parts.pop()
+    return "^".join(parts)
 
 
 def segment(tag: str, *fields: str) -> str:

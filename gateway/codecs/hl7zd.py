@@ -61,7 +61,7 @@ def read_message(msg: Segments) -> tuple[str, Document]:
     kind = ORDER_KINDS.get(value(msg, orc, 1)) or MARKERS.get(marker, Kind.REFERRAL)
     number = read.number(msg, msg.warnings, value(msg, obr, 2), value(msg, orc, 2), raw(msh, 10))
     letter, product = _letter_and_product(msg)
-    service = code(msg, obr, 4)
+    service = read.code(msg, obr, 4)
     if service is not None and service.code == write.LETTER_CODE[0]:
         service = None
     zd_product = kind is Kind.SUPPLEMENT and value(msg, msh, 3) == "ZorgDomein"
@@ -76,12 +76,6 @@ def read_message(msg: Segments) -> tuple[str, Document]:
         attachments=attachments, letter=letter, specialism=None if zd_product else service,
         product=service if zd_product else product)
     return f"{raw(msh, 10)}/{marker or value(msg, orc, 1) or 'ORU'}", doc
-
-
-def code(msg: Segments, fields: list[str] | None, n: int) -> Code | None:
-    """A CE field as a Code, or None when it has no code."""
-    parts = [value(msg, fields, n, i) for i in range(3)]
-    return Code(*parts) if parts[0] else None
 
 
 def sender(msg: Segments, orc: list[str] | None, obr: list[str] | None,
@@ -136,7 +130,7 @@ def _letter_and_product(msg: Segments) -> tuple[Letter | None, Code | None]:
         if raw(obx, 2) == "ED" and value(msg, obx, 3) != BLOB[0] and letter is None:
             letter = Letter(*read.encapsulated(msg, obx))
         elif raw(obx, 2) == "FT" and not raw(obx, 5) and product is None:
-            product = code(msg, obx, 3)
+            product = read.code(msg, obx, 3)
     return letter, product
 
 
