@@ -312,6 +312,7 @@ def cmd_routes_explain(args, out) -> int:
     data = read_input(args.file)
     found = []
     for control_id, doc in codecs.get(codecs.sniff(data)).decode_messages(data):
+        doc = routes.resolve(doc, intake.tables)
         route, _ = intake.route(doc)
         found.append({"zd_number": doc.zd_number, "kind": str(doc.kind),
                       "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,

@@ -71,7 +71,7 @@ def apply(folder: Path, replacements: dict[str, str]) -> Tables:
             if text is None:
                 text = (folder / name).read_text(encoding="utf-8-sig")
             (Path(scratch) / name).write_text(text, encoding="utf-8")
-        if (folder / MAILBOXES).exists():      # checked against the changed tables too
+        if (folder / MAILBOXES).exists():      # the optional mailbox table loads with them
             (Path(scratch) / MAILBOXES).write_bytes((folder / MAILBOXES).read_bytes())
         try:
             tables = load(Path(scratch))
