@@ -275,7 +275,8 @@ def field(*components) -> str:
              for c in components]
     while parts and not parts[-1]:
         parts.pop()
-    return "^".join(parts)
+    joined = "^".join(parts)
+    return joined if joined != '""' else "\\X2222\\"    # two quotes, not HL7's null
 
 
 def segment(tag: str, *fields: str) -> str:
