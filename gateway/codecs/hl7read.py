@@ -13,6 +13,7 @@ Tolerances (what senders do, see fixtures/README.md): an AGB code is written as
 import base64
 import binascii
 import datetime as dt
+import functools
 import re
 
 from gateway.codecs.hl7syntax import Segments
@@ -77,15 +78,18 @@ def timestamp(text: str, where: str) -> dt.datetime:
         if not match:
             raise ValueError
         day, minute, second = match[1], match[2] or "0000", match[3] or "00"
-        stamp = dt.datetime(int(day[:4]), int(day[4:6]), int(day[6:]), int(minute[:2]),
-                            int(minute[2:]), int(second))
-        if match[4]:
-            offset = dt.timedelta(hours=int(match[5]), minutes=int(match[6]))
-            stamp = stamp.replace(tzinfo=dt.timezone(offset if match[4] == "+" else -offset))
-        return local_time(stamp)
+        zone = _zone(match[4], match[5], match[6]) if match[4] else None
+        return local_time(dt.datetime(int(day[:4]), int(day[4:6]), int(day[6:]),
+                                      int(minute[:2]), int(minute[2:]), int(second), tzinfo=zone))
     except ValueError:
         raise DecodeError("not a real timestamp (YYYYMMDDHHMM[SS][+ZZZZ])", where=where,
                           code="E-HL7-DATE") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(sign: str, hours: str, minutes: str) -> dt.timezone:
+    offset = dt.timedelta(hours=int(hours), minutes=int(minutes))
+    return dt.timezone(offset if sign == "+" else -offset)
 
 
 def facility(msg: Segments, msh: list[str], n: int) -> tuple[str, str]:

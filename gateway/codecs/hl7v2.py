@@ -21,7 +21,7 @@ import hashlib
 import re
 
 from gateway.codecs import hl7mdm, hl7orm, hl7ref, hl7syntax, hl7zd
-from gateway.codecs.hl7read import value
+from gateway.codecs.hl7read import raw
 from gateway.codecs.hl7syntax import Segments, field, segment
 from gateway.codecs.hl7write import ts
 from gateway.document import Document, local_time
@@ -44,8 +44,8 @@ def decode_messages(data: bytes) -> list[tuple[str, Document]]:
 
 
 def _dialect(msg: Segments):
-    msh = msg.first("MSH")
-    key = (value(msg, msh, 9, 0), value(msg, msh, 9, 1))
+    parts = [msg.unescape(p).strip() for p in raw(msg.first("MSH"), 9).split(msg.cs)[:2]]
+    key = (parts[0], parts[1] if len(parts) > 1 else "")
     if key not in DIALECTS:
         taken = ", ".join(f"{kind}^{event}" for kind, event in DIALECTS)
         raise DecodeError(f"message type {'^'.join(key)[:20]!r} is not taken (we take {taken})",

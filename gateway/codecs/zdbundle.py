@@ -52,10 +52,14 @@ class _Urls:
     def __init__(self, bundle_id: str):
         self.prefix = f"urn:uuid:{bundle_id[:8]}-{bundle_id[8:12]}-{bundle_id[12:16]}-" \
                       f"{bundle_id[16:20]}-{bundle_id[20:24]}"
+        self.made: dict[str, str] = {}
 
     def __call__(self, key: str) -> str:
-        number = self.KEYS[key] if key in self.KEYS else 1000 + int(key.rsplit("-", 1)[1])
-        return f"{self.prefix}{number:08x}"
+        found = self.made.get(key)
+        if found is None:
+            number = self.KEYS[key] if key in self.KEYS else 1000 + int(key.rsplit("-", 1)[1])
+            found = self.made[key] = f"{self.prefix}{number:08x}"
+        return found
 
 
 def _reference(name: str, url: str, display: str = "") -> str:
