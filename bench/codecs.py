@@ -2,7 +2,10 @@
 
 Prints messages/s per path and the ratio to its baseline (pydifact tokenize,
 python-hl7 parse, lxml parse/serialize), so a noisy shared machine still gives
-comparable figures. Run: ``make bench`` or ``.venv/bin/python bench/codecs.py``.
+comparable figures. The ZorgDomein paths (issue 10) read fixtures/hl7/
+zd-oru-pdf-referral.hl7 (ORU^R01 with a PDF, MSH-2 ``^_\&``) and write it as
+zd-hl7 and XML; "hl7 ft letter decode" reads a REF whose letter is an OBX FT with
+``\.br\`` line breaks and NTEs (the same letter as the 2 KB referral). Run: ``make bench`` or ``.venv/bin/python bench/codecs.py``.
 The machine's speed drifts by up to 2x within seconds, so each path and its
 baseline are measured in turn and the best of several rounds is kept; run it
 twice and read the ratios. Targets (issue 2): EDIFACT decode >= 0.6x bare pydifact; HL7 decode >= 1,000/s
@@ -22,9 +25,10 @@ from pydifact.segments import Segment
 from pydifact.tokenizer import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway.codecs import edifact, fhirxml, hl7v2, zdxml  # noqa: E402
+from gateway.codecs import edifact, fhirxml, hl7v2, zdhl7, zdxml  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "medvri" / "referral-crlf.edi"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURE = FIXTURES / "medvri" / "referral-crlf.edi"
 ROUNDS, SECONDS = 5, 0.5
 
 
@@ -57,8 +61,26 @@ def messages():
     return doc, edifact.encode(doc), hl7v2.encode(doc), zdxml.encode(doc)
 
 
+def zorgdomein(hl7_bytes: bytes):
+    """ZorgDomein's ORU^R01 with a PDF (its facility mapped to an AGB code, as the route
+    tables would), and the 2 KB referral with its letter as OBX FT + NTE."""
+    oru = (FIXTURES / "hl7" / "zd-oru-pdf-referral.hl7").read_bytes()
+    doc = hl7v2.decode(oru)[0]
+    doc = dataclasses.replace(doc, recipient=dataclasses.replace(doc.recipient, agb="06005678",
+                                                                 mailbox=""))
+    head, _, rest = hl7_bytes.partition(b"OBX|1|TX|")
+    letter, _, tail = rest.partition(b"\r")
+    code, _, lines = letter.partition(b"|1|")
+    text = lines.split(b"|")[0].split(b"~")
+    ft = (head + b"NTE|1|P|" + text[0] + b"\rOBX|1|FT|" + code + b"||" + b"\\.br\\".join(text[1:])
+          + b"||||||F\r" + tail)
+    return oru, doc, ft
+
+
 def main() -> None:
     doc, edi, hl7_bytes, xml = messages()
+    oru, zd_doc, ft = zorgdomein(hl7_bytes)
+    oru_text = oru.decode("latin-1")
     edi_text = edi.decode("ascii")
     chars = Characters.from_str(edi_text[3:9])
     body = edi_text[9:]
@@ -71,6 +93,7 @@ def main() -> None:
         "pydifact tokenize": lambda: list(Tokenizer().get_tokens(body, chars)),
         "pydifact serialize": lambda: serializer.serialize(pyd_segments),
         "python-hl7 parse": lambda: hl7.parse(hl7_text),
+        "python-hl7 parse zd": lambda: hl7.parse(oru_text),
         "lxml parse": lambda: etree.fromstring(xml, fhirxml.hardened_parser()),
         "lxml serialize": lambda: etree.tostring(tree),
     }
@@ -84,9 +107,15 @@ def main() -> None:
         ("xml decode+encode", lambda: zdxml.encode(zdxml.decode(xml)[0]), "lxml parse"),
         ("edifact->xml", lambda: zdxml.encode(edifact.decode(edi)[0]), "pydifact tokenize"),
         ("hl7->xml", lambda: zdxml.encode(hl7v2.decode(hl7_bytes)[0]), "python-hl7 parse"),
+        ("hl7 ft letter decode", lambda: hl7v2.decode(ft), "python-hl7 parse"),
+        ("zd oru decode", lambda: hl7v2.decode(oru), "python-hl7 parse zd"),
+        ("zd-hl7 encode", lambda: zdhl7.encode(zd_doc), "python-hl7 parse zd"),
+        ("zd oru->xml", lambda: zdxml.encode(dataclasses.replace(
+            hl7v2.decode(oru)[0], recipient=zd_doc.recipient)), "python-hl7 parse zd"),
     ]
-    print(f"message sizes: edifact {len(edi)} B, hl7 {len(hl7_bytes)} B, xml {len(xml)} B; "
-          f"one core; each path and its baseline measured in turn, best of {ROUNDS} x {SECONDS}s")
+    print(f"message sizes: edifact {len(edi)} B, hl7 {len(hl7_bytes)} B, xml {len(xml)} B, "
+          f"ZorgDomein ORU with PDF {len(oru)} B; one core; each path and its baseline measured "
+          f"in turn, best of {ROUNDS} x {SECONDS}s")
     print(f"{'path':20} {'msg/s':>8}   {'baseline':20} {'msg/s':>8}   ratio")
     for name, func, baseline in paths:
         value, base = paired(func, baselines[baseline])

@@ -39,7 +39,8 @@ SETTINGS = (
     Setting("store.url", str, "", "the store in PostgreSQL, as postgresql://USER@HOST:PORT/DB "
             "(a password from ~/.pgpass or PGPASSWORD); empty: SQLite in paths.spool",
             prefixes=("postgresql://", "postgres://")),
-    Setting("paths.routes", Path, "routes", "route tables (institutions.csv, referrers.csv)"),
+    Setting("paths.routes", Path, "routes",
+            "route tables (institutions.csv, referrers.csv, optional mailboxes.csv)"),
     Setting("paths.sftp", Path, "sftp", "SFTP account folders (inbox/, outbox/, errors/)"),
     Setting("paths.ssh_host_key", Path, "ssh/host_key", "the SFTP server's host key (0600)"),
     Setting("paths.keys", Path, "keys/gatewayd.keys",

@@ -8,12 +8,20 @@ these frozen dataclasses, which also own the identifier rules:
   ``normalize_bsn`` before checking; 000000000 is invalid.
 - ZD number: ``ZD`` + 8 or 9 digits; a teleconsult answer carries the request's
   number with the suffix ``_ANTW`` and answers (``in_reply_to``) that number.
+- Gateway number: what the gateway gives a document that came without a ZD number
+  (MEDVRI, HL7): ``GW`` + 10 digits (``gateway_number``). It can never be taken for a
+  ZorgDomein number, and codecs never write it into ZorgDomein's identifier systems.
+  ``zd_number`` holds either kind; ``_ANTW`` works for both.
+- A party's ``agb`` may be empty only when its ``mailbox`` says how the sender
+  addressed it instead (a network mailbox number, a facility name); the route tables
+  map it to an AGB code (``routes.resolve``).
 
 Conventions: ``sent_at`` is a naive datetime in Dutch local time
 (Europe/Amsterdam), whole seconds. Text fields hold no control characters;
 every field except letter lines is stripped of surrounding blanks. An absent
 text field is ``""``, an absent address is ``None``; a document always has a
-patient, whose fields may all be empty.
+patient, whose fields may all be empty. ``warnings`` are what a reader found odd but
+accepted (without patient data); they are not part of the document's equality.
 """
 
 import dataclasses
@@ -24,11 +32,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from gateway.errors import DocumentError
+from gateway.errors import DocumentError, EncodeError
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
-_ZD = re.compile(r"ZD\d{8,9}")
-_ZD_ANSWER = re.compile(r"ZD\d{8,9}_ANTW")
+_ZD = re.compile(r"ZD\d{8,9}|GW\d{10}")
+_ZD_ANSWER = re.compile(r"(?:ZD\d{8,9}|GW\d{10})_ANTW")
+_GATEWAY = re.compile(r"GW\d{10}(?:_ANTW)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 ANSWER_SUFFIX = "_ANTW"
@@ -40,6 +49,7 @@ class Kind(StrEnum):
     TELECONSULT_ANSWER = "teleconsult-answer"
     SUPPLEMENT = "supplement"
     CANCELLATION = "cancellation"
+    REQUEST = "request"                  # a diagnostic request (ZorgDomein ORM, request form)
 
 
 class Sex(StrEnum):
@@ -72,11 +82,24 @@ def bsn_problem(value: str) -> str | None:
 
 
 def zd_problem(value: str, answer: bool = False) -> str | None:
-    """Return why ``value`` is not a ZD number (with ``_ANTW`` when ``answer``), or None."""
+    """Return why ``value`` is not a ZD or gateway number (with ``_ANTW`` when ``answer``),
+    or None."""
     if (_ZD_ANSWER if answer else _ZD).fullmatch(value):
         return None
-    return "is not a ZD answer number (ZD + 8 or 9 digits + _ANTW)" if answer else \
-        "is not a ZD number (ZD + 8 or 9 digits)"
+    number = "ZD + 8 or 9 digits, or GW + 10 digits"
+    return f"is not an answer number ({number}, then _ANTW)" if answer else \
+        f"is not a ZD number ({number})"
+
+
+def gateway_number(seed: bytes) -> str:
+    """The gateway number for a document without a ZD number: ``GW`` + 10 digits of the
+    SHA-256 of ``seed`` (the same input gives the same number)."""
+    return "GW" + str(int(hashlib.sha256(seed).hexdigest(), 16))[-10:]
+
+
+def is_gateway_number(value: str) -> bool:
+    """Whether ``value`` is a gateway number (or an answer to one), not a ZD number."""
+    return bool(_GATEWAY.fullmatch(value))
 
 
 @dataclass(frozen=True)
@@ -90,7 +113,8 @@ class Address:
 
 @dataclass(frozen=True)
 class Sender:
-    """The responsible sender: for a referral the referrer, with a personal AGB code."""
+    """The responsible sender: for a referral the referrer, with a personal AGB code (or,
+    until the route tables map it, the ``mailbox`` the sender used instead)."""
 
     agb: str
     name: str = ""
@@ -99,11 +123,13 @@ class Sender:
     organisation_agb: str = ""
     address: Address | None = None
     phone: str = ""
+    mailbox: str = ""
 
 
 @dataclass(frozen=True)
 class Recipient:
-    """The receiving party: ``agb`` is the institution's code used for routing."""
+    """The receiving party: ``agb`` is the institution's code used for routing (empty
+    while only the ``mailbox`` or facility name the sender used is known)."""
 
     agb: str
     name: str = ""
@@ -112,6 +138,7 @@ class Recipient:
     practitioner_agb: str = ""
     address: Address | None = None
     phone: str = ""
+    mailbox: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,8 @@ class Patient:
     initials: str = ""
     address: Address | None = None
     phone: str = ""
+    portal_id: str = ""         # the patient's number in the receiving hospital (ZorgDomein's
+                                # "CS-Zorgportaal patient ID", HL7 PID-3 ``^^^ZIS^PI``)
 
 
 @dataclass(frozen=True)
@@ -134,6 +163,24 @@ class Attachment:
     file_name: str
     media_type: str
     data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Letter:
+    """The letter as a document of its own (ZorgDomein sends referral letters and request
+    forms as a PDF); ``body`` may hold text lines besides it."""
+
+    media_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded value as senders write it: HL7 v2 CE (code^display^coding system)."""
+
+    code: str
+    display: str = ""
+    system: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +194,10 @@ class Document:
     body: tuple[str, ...] = ()
     in_reply_to: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    letter: Letter | None = None
+    specialism: Code | None = None         # the specialism referred to (ZorgDomein OBR-4)
+    product: Code | None = None            # ZorgDomein's product ("zorgproduct") code
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         for problem in _problems(self):
@@ -158,6 +209,8 @@ class Document:
         digest = hashlib.sha256(repr(self).encode("utf-8"))
         for attachment in self.attachments:
             digest.update(attachment.data)
+        if self.letter is not None:
+            digest.update(self.letter.data)
         return digest.hexdigest()[:length]
 
 
@@ -173,9 +226,12 @@ def _problems(doc: Document):
         yield "in_reply_to", problem, "E-DOC-ZD"
     if not isinstance(doc.sent_at, dt.datetime) or doc.sent_at.tzinfo or doc.sent_at.microsecond:
         yield "sent_at", "must be a naive local datetime in whole seconds", "E-DOC-DATE"
-    elif local_time(aware(doc.sent_at).astimezone(dt.timezone.utc)) != doc.sent_at:
+    elif (doc.sent_at.hour == 2 or doc.sent_at.year < 1977) and \
+            local_time(aware(doc.sent_at).astimezone(dt.timezone.utc)) != doc.sent_at:
+        # Dutch summer time has begun at 02:00 (skipping to 03:00) since 1977
         yield "sent_at", "is a time skipped by the change to summer time", "E-DOC-DATE"
-    for name, value in (("sender.agb", doc.sender.agb), ("recipient.agb", doc.recipient.agb),
+    for name, value in (("sender.agb", _party_agb(doc.sender)),
+                        ("recipient.agb", _party_agb(doc.recipient)),
                         ("sender.organisation_agb", doc.sender.organisation_agb or None),
                         ("recipient.practitioner_agb", doc.recipient.practitioner_agb or None)):
         if value is not None and (problem := agb_problem(value)):
@@ -186,10 +242,20 @@ def _problems(doc: Document):
             yield f"attachments[{index}].file_name", "must be a plain file name", "E-DOC-ATTACHMENT"
         if not _MEDIA_TYPE.fullmatch(attachment.media_type):
             yield f"attachments[{index}].media_type", "is not a media type", "E-DOC-ATTACHMENT"
+    if doc.letter is not None and not _MEDIA_TYPE.fullmatch(doc.letter.media_type):
+        yield "letter.media_type", "is not a media type", "E-DOC-ATTACHMENT"
+    for name in ("specialism", "product"):
+        if (code := getattr(doc, name)) is not None and not code.code:
+            yield f"{name}.code", "must not be empty", "E-DOC-TEXT"
     for name, value in _addresses(doc):
         if value is not None and not any(vars(value).values()):
             yield name, "an empty address must be None", "E-DOC-TEXT"
     yield from _text_problems(doc)
+
+
+def _party_agb(party: Sender | Recipient) -> str | None:
+    """The AGB code to check: none while only the party's mailbox is known."""
+    return None if party.mailbox and not party.agb else party.agb
 
 
 def _addresses(doc: Document):
@@ -209,8 +275,9 @@ def _patient_problems(patient: Patient, sent_at: dt.datetime):
 
 def _text_problems(doc: Document):
     texts = all_text(doc)
-    fields = texts[:len(texts) - len(doc.body)]
-    if not _CONTROL.search("".join(texts)) and all(v == v.strip() for v in fields):
+    joined = "".join(texts)
+    clean = joined.isprintable() or not _CONTROL.search(joined)       # isprintable: fast path
+    if clean and not [v for v in texts[:len(texts) - len(doc.body)] if v != v.strip()]:
         return
     for name, value in text_fields(doc):
         if _CONTROL.search(value):
@@ -228,6 +295,11 @@ def all_text(doc: Document) -> list[str]:
             values += vars(part.address).values()
     for attachment in doc.attachments:
         values += (attachment.file_name, attachment.media_type)
+    if doc.letter is not None:
+        values.append(doc.letter.media_type)
+    for code in (doc.specialism, doc.product):
+        if code is not None:
+            values += (code.code, code.display, code.system)
     values += doc.body
     return values
 
@@ -263,6 +335,16 @@ def text_fields(obj, prefix: str = ""):
 
 _STRINGS = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.type is str)
             for cls in (Sender, Recipient, Patient)}
+
+
+def require_agb(doc: Document, fmt: str) -> None:
+    """Raise EncodeError when the sender or recipient is known only by a mailbox: ``fmt``
+    identifies parties by AGB code (the route tables' mailboxes.csv maps mailboxes)."""
+    for name, party in (("sender", doc.sender), ("recipient", doc.recipient)):
+        if not party.agb:
+            raise EncodeError(f"{fmt} needs the {name}'s AGB code; mailbox {party.mailbox[:35]!r} "
+                              "is not mapped to one (mailboxes.csv)", where=f"field {name}.agb",
+                              code="E-ENCODE-FIELD")
 
 
 def answer_number(request_zd: str) -> str:

@@ -1,12 +1,14 @@
 """accept(raw, envelope) -> receipts: the one place the intake chain is assembled.
 
-sniff -> decode -> authorise (the identity's mandates) -> dedup -> route ->
-encode -> store. The sealed payloads are committed with their rows in one
-transaction, and ``accept`` returns only after that commit: a transport
-acknowledges a sender only with a receipt in hand. Input that cannot be read is
-stored as ``rejected`` with its reason, then the DecodeError is raised to the
-transport. Input refused whole — over the size cap, not mandated, a reused
-control id — is not stored at all; an audit record notes the refusal.
+sniff -> decode -> resolve mailboxes (route tables) -> authorise (the identity's
+mandates) -> dedup -> route -> encode -> store. What a reader found odd but accepted
+(the document's warnings, never patient data) is the reason of the message's first
+history entry and the detail of its audit "receive" record. The sealed payloads are
+committed with their rows in one transaction, and ``accept`` returns only after that
+commit: a transport acknowledges a sender only with a receipt in hand. Input that
+cannot be read is stored as ``rejected`` with its reason, then the DecodeError is
+raised to the transport. Input refused whole — over the size cap, not mandated, a
+reused control id — is not stored at all; an audit record notes the refusal.
 
 ``accept_many`` is the same for several inputs at once in one transaction (group
 commit): the daemon stores everything that arrived while the previous batch was
@@ -185,7 +187,8 @@ class Intake:
             self._count_segments(name, raw)
             if not envelope.framed and name == "hl7":
                 _check_whole_hl7(raw)
-            decoded = codecs.get(name).decode_messages(raw)
+            decoded = [(control_id, routes.resolve(doc, self.tables))
+                       for control_id, doc in codecs.get(name).decode_messages(raw)]
             for control_id, _ in decoded:
                 _check_control_id(control_id)
         except DecodeError as exc:
@@ -237,6 +240,10 @@ class Intake:
 
     def _authorise(self, doc: Document, envelope: Envelope) -> None:
         mandates = envelope.mandates
+        if mandates is not None and not doc.sender.agb:
+            raise NotMandated(f"identity {envelope.identity!r} sent for mailbox "
+                              f"{doc.sender.mailbox[:70]!r}, which mailboxes.csv does not map to "
+                              "an AGB code", where="sender mailbox")
         if mandates is not None and doc.sender.agb not in mandates:
             raise NotMandated(f"identity {envelope.identity!r} may not send for AGB "
                               f"{doc.sender.agb}", where="sender AGB")
@@ -291,10 +298,9 @@ class Intake:
         moved = []
         for row in self.store.listing("fallback"):
             try:
-                raw = self.store.payload(row, "raw")
+                doc = self.stored_document(row)
             except payloads.PayloadCorrupt:
                 continue
-            doc = codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]]
             route, out = self.route(doc)
             if route.fallback:
                 if route.fallback != row["reason"]:
@@ -306,6 +312,12 @@ class Intake:
                                   delivery=route.delivery)
             moved.append(Receipt(row["id"], row["zd_number"], state, route.destination))
         return moved
+
+    def stored_document(self, row) -> Document:
+        """The document a stored message row holds, decoded again and resolved with the
+        tables in force."""
+        raw = self.store.payload(row, "raw")
+        return routes.resolve(codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]], self.tables)
 
     def _requester(self, doc: Document) -> str | None:
         if doc.kind is not Kind.TELECONSULT_ANSWER or not doc.in_reply_to:
@@ -363,7 +375,8 @@ def _entry(plan: _Plan, new: _New, owner: int, actor: str, patient: str) -> Entr
     doc, route = new.doc, new.route
     about = {"message_id": new.id, "zd_number": doc.zd_number, "patient": patient,
              "behalf": doc.sender.agb}
-    events = [Event(actor, "receive", **about)]
+    warnings = "; ".join(doc.warnings) or None
+    events = [Event(actor, "receive", detail=warnings or "", **about)]
     if new.out is not None:
         events.append(Event(actor, "convert", detail=f"to {route.format}", **about))
     events.append(Event(actor, "route", "fallback" if route.fallback else "ok",
@@ -377,4 +390,4 @@ def _entry(plan: _Plan, new: _New, owner: int, actor: str, patient: str) -> Entr
         "destination": route.destination, "format": route.format, "delivery": route.delivery,
         "state": receipt.state, "reason": route.fallback, "raw_owner": owner},
         path=("received", receipt.state), actor=actor, events=tuple(events),
-        raw=plan.raw if new.id == owner else None, out=new.out)
+        raw=plan.raw if new.id == owner else None, out=new.out, note=warnings)

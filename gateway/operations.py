@@ -102,8 +102,7 @@ def supplement(intake: Intake, zd_number: str, file_name: str, data: bytes,
 
 
 def _document(intake: Intake, row) -> Document:
-    raw = intake.store.payload(row, "raw")
-    return codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]]
+    return intake.stored_document(row)
 
 
 def _follow_up(intake: Intake, original: Document, kind: Kind, body, attachments,

@@ -36,7 +36,7 @@ def test_backup_holds_store_tables_and_config_and_keys_only_apart(tmp_path):
     daemon.ctl(made, "backup", str(tmp_path / "b1"))
     names = {str(p.relative_to(tmp_path / "b1")) for p in (tmp_path / "b1").rglob("*")}
     assert names == {"gateway.db", "gatewayd.toml", "manifest.json", "routes",
-                     "routes/institutions.csv", "routes/referrers.csv"}
+                     "routes/institutions.csv", "routes/referrers.csv", "routes/mailboxes.csv"}
     manifest = json.loads((tmp_path / "b1" / "manifest.json").read_text())
     assert (manifest["messages"], manifest["payloads"], manifest["keys"]) == (1, 2, "not included")
     daemon.ctl(made, "backup", str(tmp_path / "b2"), "--with-keys", str(tmp_path / "apart.keys"))

@@ -53,9 +53,10 @@ def test_convert_from_stdin_to_xml():
 
 
 def test_validate():
-    """validate says ok with the format, kind and ZD number."""
+    """validate says ok with the format, kind and ZD number, and what the reader noted."""
     result = run("validate", str(REFERRAL))
-    assert result.stdout == b"ok: edifact referral ZD100200300\n"
+    assert result.stdout == (b"ok: edifact referral ZD100200300\n"
+                             b"  warning: PID element 4 (the sender's own patient number) is not kept\n")
 
 
 @pytest.mark.parametrize("args, stdin, status, code", [
@@ -76,3 +77,43 @@ def test_errors_are_one_line_with_exit_code(args, stdin, status, code):
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gatewayctl: error ")
     assert code in result.stderr and b"Traceback" not in result.stderr
+
+
+MAILBOX_EDI = ROOT / "fixtures" / "medvri" / "mailbox-unz-reference.edi"
+
+
+def test_inspect_shows_mailboxes_and_warnings_in_text_and_json():
+    """Without tables a mailbox is shown, not refused; the reader's warnings are listed."""
+    text = run("inspect", str(MAILBOX_EDI))
+    assert text.returncode == 0, text.stderr
+    assert b"mailbox 500000101 (no AGB code)" in text.stdout
+    assert b"warning   UNZ control reference '1021' differs" in text.stdout
+    data = json.loads(run("inspect", "--json", str(MAILBOX_EDI)).stdout)
+    assert data["sender"]["mailbox"] == "500000101" and data["sender"]["agb"] == ""
+    assert data["warnings"][0].startswith("UNZ control reference '1021' differs")
+
+
+def test_inspect_with_a_configuration_maps_mailboxes(tmp_path):
+    """With a configuration, mailboxes.csv maps the mailbox and the mapping is a warning."""
+    run("init", str(tmp_path / "setup"))
+    data = json.loads(run("-c", str(tmp_path / "setup" / "gatewayd.toml"), "inspect", "--json",
+                          str(MAILBOX_EDI)).stdout)
+    assert (data["sender"]["agb"], data["recipient"]["agb"]) == ("01765432", "06005678")
+    assert "sender mailbox '500000101' is AGB 01765432 (mailboxes.csv:6)" in data["warnings"]
+
+
+def test_convert_zorgdomein_pdf_referral(tmp_path):
+    """A ZorgDomein ORU^R01 converts to XML, HL7 and zd-hl7 once its facility name is mapped
+    (a configuration's mailboxes.csv); without, the missing AGB code is named; to EDIFACT
+    the PDF is refused."""
+    oru = str(ROOT / "fixtures" / "hl7" / "zd-oru-pdf-referral.hl7")
+    unmapped = run("convert", "--to", "xml", oru)
+    assert unmapped.returncode == 65 and b"E-ENCODE-FIELD" in unmapped.stderr
+    assert b"mailbox 'Ziekenhuis Eemland' is not mapped" in unmapped.stderr
+    run("init", str(tmp_path / "setup"))
+    config = str(tmp_path / "setup" / "gatewayd.toml")
+    for target in ("xml", "hl7", "zd-hl7"):
+        result = run("-c", config, "convert", "--to", target, oru)
+        assert result.returncode == 0, result.stderr
+    refused = run("-c", config, "convert", "--to", "edifact", oru)
+    assert refused.returncode == 65 and b"E-ENCODE-ATTACHMENT" in refused.stderr

@@ -1,6 +1,7 @@
 """Across formats: conversions keep what the formats share, and every decoder turns
 random or mutated bytes into DecodeError only."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,13 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import codecs
+from gateway import codecs, routes
 from gateway.cli.render import as_dict
+from gateway.codecs import hl7zd
 from gateway.errors import DecodeError
-from tests.strategies import medvri_documents
+from tests.strategies import documents, medvri_documents
 
 ROOT = Path(__file__).parent.parent / "fixtures"
 FIXTURES = sorted(p for p in ROOT.glob("*/*") if p.parent.name != "expected")
+SAMPLE_TABLES = routes.load(ROOT.parent / "gateway" / "routes" / "samples")
 
 
 @given(medvri_documents())
@@ -28,6 +31,21 @@ def test_edifact_hl7_xml_edifact_keeps_every_field(doc):
     assert via_hl7 == via_xml == back == start
 
 
+@given(documents(kinds=tuple(hl7zd.KIND_ORDER)))
+@settings(max_examples=60, deadline=None)
+def test_xml_zd_hl7_hl7_xml_keeps_the_new_fields(doc):
+    """XML -> zd-hl7 -> HL7 -> XML keeps the PDF letter, specialism, product, portal id, a
+    request's kind and gateway numbers (zd-hl7 leaves out the recipient's own address and
+    phone)."""
+    doc = dataclasses.replace(doc, recipient=dataclasses.replace(doc.recipient, address=None,
+                                                                 phone=""))
+    start = codecs.get("xml").decode(codecs.get("xml").encode(doc))[0]
+    via_zd = codecs.get("zd-hl7").decode(codecs.get("zd-hl7").encode(start))[0]
+    via_hl7 = codecs.get("hl7").decode(codecs.get("hl7").encode(via_zd))[0]
+    back = codecs.get("xml").decode(codecs.get("xml").encode(via_hl7))[0]
+    assert via_zd == via_hl7 == back == start == doc
+
+
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_fixture_matches_golden_json(path):
     """Each fixture decodes to the reviewed document in fixtures/expected/."""
@@ -38,11 +56,18 @@ def test_fixture_matches_golden_json(path):
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_fixture_converts_to_every_format_that_can_carry_it(path):
-    """Every fixture converts to HL7 and XML and back without change."""
-    doc = codecs.get(codecs.sniff(path.read_bytes())).decode(path.read_bytes())[0]
-    for name in ("hl7", "xml"):
-        codec = codecs.get(name)
-        assert codec.decode(codec.encode(doc)) == [doc]
+    """Every fixture (its mailboxes mapped by the sample tables) converts to HL7, XML and,
+    when it is a kind ZorgDomein's ORU^R01 carries, zd-hl7 and back without change (zd-hl7
+    leaves out the receiving institution's own address and phone)."""
+    for doc in codecs.get(codecs.sniff(path.read_bytes())).decode(path.read_bytes()):
+        doc = routes.resolve(doc, SAMPLE_TABLES)
+        for name in ("hl7", "xml"):
+            codec = codecs.get(name)
+            assert codec.decode(codec.encode(doc)) == [doc]
+        if doc.kind in hl7zd.KIND_ORDER:
+            expected = dataclasses.replace(doc, recipient=dataclasses.replace(
+                doc.recipient, address=None, phone=""))
+            assert codecs.get("zd-hl7").decode(codecs.get("zd-hl7").encode(doc)) == [expected]
 
 
 def test_sniff():

@@ -124,6 +124,21 @@ def test_mandated_sender_gets_aa_and_the_message_is_stored(gateway):
     assert [row["zd_number"] for row in listing] == ["ZD500000001"]
 
 
+def test_zorgdomein_oru_over_mllp_is_stored_with_its_warnings(gateway):
+    """ZorgDomein's own ORU^R01 (MSH-2 ^_\\&, the facility by name) sent over MLLP gets AA
+    with MSA-2 = its MSH-10, is routed through mailboxes.csv, and its history says so."""
+    made, port, _ = gateway
+    brink = identity(made, "his-brink")
+    message = (ROOT / "fixtures" / "hl7" / "zd-oru-pdf-referral.hl7").read_bytes()
+    assert msa(send(port, made, message, brink["cert"], brink["key"])) == \
+        [b"MSA", b"AA", b"ZD200300500"]
+    (row,) = json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "-c", made["config"], "status", "ZD200300500",
+         "--json"], capture_output=True, check=True, cwd=ROOT).stdout)
+    assert (row["kind"], row["state"], row["destination"]) == ("referral", "ready", "06005678")
+    assert "recipient mailbox 'Ziekenhuis Eemland' is AGB 06005678" in row["history"][0]["reason"]
+
+
 def test_unmandated_sender_gets_ar(gateway):
     """Another practice's certificate may not send for this referrer: AR."""
     made, port, _ = gateway

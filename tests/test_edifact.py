@@ -1,6 +1,7 @@
 """The MEDVRI codec: envelope and structure checks, charsets, wrapping, round trips."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -84,11 +85,54 @@ def test_long_lines_are_wrapped_at_70():
     assert " ".join(wrapped.body) == long_line
 
 
-def test_missing_zd_number_is_derived_stably():
-    """Without any ZD number the document gets a derived one, the same for the same interchange."""
+def test_missing_zd_number_gets_a_gateway_number():
+    """Without any ZD number the document gets a gateway number (GW + 10 digits, never a ZD
+    form), the same for the same interchange, with a warning; it is written back as a
+    'Gatewaynummer:' line and never as a ZD number."""
     data = REFERRAL.replace(b"TXT:1+ZD-nummer?: ZD100200300'", b"TXT:1+Zonder nummer'")
     first, second = decode_one(data), decode_one(data)
-    assert first.zd_number == second.zd_number and first.zd_number.startswith("ZD9")
+    assert first.zd_number == second.zd_number and re.fullmatch(r"GW\d{10}", first.zd_number)
+    assert any("gateway number" in warning for warning in first.warnings)
+    out = edifact.encode(first)
+    assert f"Gatewaynummer?: {first.zd_number}".encode() in out and b"ZD-nummer" not in out
+    assert decode_one(out) == first
+
+
+def test_mailbox_addresses_in_unb_are_kept():
+    """UNB addresses that are network mailbox numbers (ZorgMail style, 9 digits) are read as
+    mailboxes, not refused; the AGB codes stay empty until the route tables map them."""
+    doc = decode_one(REFERRAL.replace(b"+01234567+06005678+", b"+500000101+500000201+"))
+    assert (doc.sender.agb, doc.sender.mailbox) == ("", "500000101")
+    assert (doc.recipient.agb, doc.recipient.mailbox) == ("", "500000201")
+    assert b"+500000101+500000201+" in edifact.encode(doc)
+
+
+def test_unz_reference_mismatch_is_accepted_with_a_warning():
+    """A UNZ control reference other than the UNB's is accepted and noted; counts stay strict."""
+    doc = decode_one(REFERRAL.replace(b"UNZ+1+HIS00042", b"UNZ+1+00042"))
+    assert "UNZ control reference '00042' differs from UNB's 'HIS00042' (accepted), segment 19 " \
+        "(UNZ), line 19, element 2" in doc.warnings
+
+
+def test_other_edifact_types_are_refused_before_layout_checks():
+    """A MEDLAB (or MEDSPE, …) is refused as not MEDVRI, not as a MEDVRI with the wrong segments."""
+    medlab = (b"UNB+UNOA:1+500000101+500000201+260831:0930+2601'UNH+2601+MEDLAB:1'"
+              b"ZKH+Streeklab Rijnmond'PID+1975:03:18+V+Dijk'UNT+4+2601'UNZ+1+2601'")
+    assert error_of(medlab).code == "E-EDI-TYPE"
+
+
+def test_missing_det_takes_the_unb_time():
+    """A message without DET is sent at the UNB's date and time, with a warning."""
+    data = REFERRAL.replace(b"DET+26:03:02+10:12'\r\n", b"").replace(b"UNT+16", b"UNT+15")
+    doc = decode_one(data)
+    assert doc.sent_at.isoformat() == "2026-03-02T10:12:00"
+    assert any("DET" in warning for warning in doc.warnings)
+
+
+def test_receiver_reference_is_the_portal_id():
+    """PID element 5 holding the receiver's own patient number (not a BSN) is kept."""
+    doc = decode_one(REFERRAL.replace(b"+HIS-881+BSN123456782'", b"+BSN123456782+ZIS-77'"))
+    assert (doc.patient.bsn, doc.patient.portal_id) == ("123456782", "ZIS-77")
 
 
 BAD_CASES = {
@@ -97,9 +141,11 @@ BAD_CASES = {
     "wrong UNT count": (REFERRAL.replace(b"UNT+16+42", b"UNT+15+42"), "E-EDI-COUNT"),
     "UNT reference": (REFERRAL.replace(b"UNT+16+42", b"UNT+16+43"), "E-EDI-REFERENCE"),
     "UNZ count": (REFERRAL.replace(b"UNZ+1+", b"UNZ+2+"), "E-EDI-COUNT"),
-    "UNB/UNZ mismatch": (REFERRAL.replace(b"UNZ+1+HIS00042", b"UNZ+1+HIS00043"), "E-EDI-REFERENCE"),
+
     "bad BSN": (REFERRAL.replace(b"BSN123456782", b"BSN123456789"), "E-EDI-BSN"),
-    "bad AGB": (REFERRAL.replace(b"+01234567+", b"+0123456+"), "E-EDI-AGB"),
+    "bad UNB address": (REFERRAL.replace(b"+01234567+", b"+0123-456+"), "E-EDI-AGB"),
+    "bad AGB header": (REFERRAL.replace(b"TXT:2+Geachte collega,", b"TXT:2+AGB-organisatie?: 12"),
+                       "E-EDI-AGB"),
     "bad DET date": (REFERRAL.replace(b"DET+26:03:02", b"DET+26:02:30"), "E-EDI-DATE"),
     "bad birth date": (REFERRAL.replace(b"1957:11:30", b"1957:13:30"), "E-EDI-DATE"),
     "bad UNB date": (REFERRAL.replace(b"+260302:1012+", b"+260399:1012+"), "E-EDI-DATE"),
@@ -107,14 +153,18 @@ BAD_CASES = {
     "8-bit byte in UNOA": (REFERRAL.replace(b"Visser+", b"V\xeesser+"), "E-EDI-CHARSET"),
     "syntax 4 in UNB": (REFERRAL.replace(b"UNOA:1", b"UNOA:4"), "E-EDI-SYNTAX4"),
     "syntax 4 repetition": (REFERRAL.replace(b"UNA:+.? '", b"UNA:+.?*'"), "E-EDI-SYNTAX4"),
-    "missing DET": (REFERRAL.replace(b"DET+26:03:02+10:12'\r\n", b"").replace(b"UNT+16", b"UNT+15"),
-                    "E-EDI-STRUCTURE"),
+    "missing GGA": (REFERRAL.replace(b"GGA+M. Visser+Huisartsenpraktijk+Gezondheidscentrum De Brink+"
+                                     b"Brinkstraat:3::Amersfoort:3811AA+033-4567890'\r\n", b"")
+                    .replace(b"UNT+16", b"UNT+15"), "E-EDI-STRUCTURE"),
     "segments out of order": (REFERRAL.replace(b"UNH+42+MEDVRI:1'\r\n", b"").replace(
         b"DET+26:03:02+10:12'", b"DET+26:03:02+10:12'UNH+42+MEDVRI:1'"), "E-EDI-STRUCTURE"),
     "not MEDVRI": (REFERRAL.replace(b"MEDVRI:1", b"MEDRPT:1"), "E-EDI-TYPE"),
-    "bad sex": (REFERRAL.replace(b"+M+::Dijk", b"+X+::Dijk"), "E-EDI-SEX"),
+    "bad sex": (REFERRAL.replace(b"+M+Dijk", b"+X+Dijk"), "E-EDI-SEX"),
     "10 MB single line": (b"UNB+UNOA:1+" + b"A" * 10_000_000, "E-EDI-TOO-LARGE"),
     "long segment": (REFERRAL.replace(b"TXT:2+Geachte", b"TXT:2+" + b"x" * 5000), "E-EDI-TOO-LARGE"),
+    "GGA element 6": (REFERRAL.replace(b"+033-4567890'", b"+033-4567890+extra'"), "E-EDI-UNPLACED"),
+    "PID name component 7": (REFERRAL.replace(b":Pieter:P.J.+", b":Pieter:P.J.:x+"), "E-EDI-UNPLACED"),
+    "PAD element 3": (REFERRAL.replace(b"+06-98765432'", b"+06-98765432+x'"), "E-EDI-UNPLACED"),
 }
 
 
@@ -125,6 +175,18 @@ def test_bad_input_gets_a_coded_error(name):
     error = error_of(data)
     assert error.code == code
     assert error.where
+
+
+def test_unplaced_component_is_named():
+    """Content a MEDVRI segment has no place for is refused with its element and component."""
+    assert error_of(BAD_CASES["PID name component 7"][0]).where == \
+        "segment 6 (PID), line 6, element 3, component 7"
+
+
+def test_unescaped_colon_in_free_text_is_kept():
+    """A ':' the sender forgot to escape in a name or phone stays in the text."""
+    doc = decode_one(REFERRAL.replace(b"GGA+M. Visser+", b"GGA+Dr:M. Visser+"))
+    assert doc.sender.name == "Dr:M. Visser"
 
 
 def test_error_names_segment_and_line():

@@ -150,3 +150,53 @@ def test_encoding_is_deterministic():
     """The same document encodes to the same bytes, so a resend has the same MSH-10."""
     doc = hl7v2.decode(REFERRAL)[0]
     assert hl7v2.encode(doc) == hl7v2.encode(dataclasses.replace(doc))
+
+
+def test_tolerant_ref_reading():
+    """A REF with PRD roles PP/CP, the AGB as ^VEKTIS, an FT letter with NTEs, MSH-18
+    8859/15 and no ZD number is read, and gets a gateway number with a warning."""
+    doc = hl7v2.decode((FIXTURES / "ref-ft-nte-no-zd.hl7").read_bytes())[0]
+    assert (doc.sender.agb, doc.sender.organisation_agb) == ("01765432", "01700002")
+    assert (doc.recipient.agb, doc.recipient.department) == ("06009876", "Neurologie")
+    assert doc.body[0] == "Graag beoordeling op korte termijn." and doc.body[-1] == "Bloeddruk 150/95."
+    assert "Eigen bijdrage 12 €." in doc.body[4]
+    assert doc.zd_number.startswith("GW") and doc.warnings == (
+        f"no ZD number in the message; gateway number {doc.zd_number} given",)
+
+
+def test_recipient_by_facility_name_when_there_is_no_prd_rt():
+    """Without a PRD RT and without an AGB in MSH-6, the facility name is the mailbox."""
+    data = REFERRAL.replace(b"Ziekenhuis Eemland^06005678^VEKTIS", b"Ziekenhuis Eemland")
+    data = b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"PRD|RT"))
+    doc = hl7v2.decode(data)[0]
+    assert (doc.recipient.agb, doc.recipient.mailbox) == ("", "Ziekenhuis Eemland")
+
+
+def test_gateway_numbers_are_never_written_as_zorgdomein_numbers():
+    """A gateway number goes out with assigning authority gatewayd and our own identifier
+    system, never ZorgDomein's."""
+    doc = hl7v2.decode((FIXTURES / "ref-ft-nte-no-zd.hl7").read_bytes())[0]
+    out = hl7v2.encode(doc)
+    assert f"|{doc.zd_number}^gatewayd\r".encode() in out
+    assert f"{doc.zd_number}^^^gatewayd^VN".encode() in out and b"ZorgDomein" not in out
+    from gateway.codecs import zdxml
+    xml = zdxml.encode(doc)
+    assert b"https://gatewayd.nl/fhir/NamingSystem/gateway-number" in xml
+    assert b"zorgdomein.nl/zdnumber" not in xml
+
+
+def test_mdm_t02_letter_as_epic_sends_it():
+    """MDM^T02: TXA-9 is the author, TXA-12 a ZD…_ANTW number makes an answer, OBX TX and
+    FT (with an indent) and the NTE are the letter."""
+    doc = hl7v2.decode((FIXTURES / "mdm-t02-letter.hl7").read_bytes())[0]
+    assert (doc.kind, doc.in_reply_to) == (Kind.TELECONSULT_ANSWER, "ZD200300500")
+    assert (doc.sender.agb, doc.recipient.practitioner_agb) == ("03056789", "01234567")
+    assert doc.body[3:] == ("  Conclusie: gonartrose re.", "  Beleid: fysiotherapie, controle 6 weken.",
+                            "Met collegiale groet, K. de Boer, orthopeed")
+
+
+def test_charset_8859_15_and_unknown():
+    """MSH-18 8859/15 is read as ISO-8859-15; an unknown set names the ones known."""
+    with pytest.raises(DecodeError) as caught:
+        hl7v2.decode(REFERRAL.replace(b"8859/1", b"8859/7"))
+    assert "8859/15" in caught.value.message and caught.value.code == "E-HL7-CHARSET"

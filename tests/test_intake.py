@@ -184,3 +184,39 @@ def test_segment_flood_is_refused_in_every_format(backend, tmp_path, name, data)
         intake.accept(data, ADMIN)
     assert refused.value.code == "E-TOO-MANY-SEGMENTS"
     assert intake.store.listing() == []
+
+
+def test_every_fixture_is_taken_in(backend, tmp_path):
+    """Every fixture shape (ZorgDomein ORU and ORM, MDM, tolerant REF and MEDVRI, XML with a
+    custodian) is stored and routed by intake with the sample tables."""
+    intake = make_intake(backend, tmp_path)
+    for path in sorted(p for p in FIXTURES.glob("*/*") if p.parent.name != "expected"):
+        receipts = intake.accept(path.read_bytes(), ADMIN)
+        assert receipts and all(r.state in ("ready", "fallback", "outbound") for r in receipts), path
+
+
+def test_reader_warnings_are_in_history_and_audit_without_patient_data(backend, tmp_path):
+    """What a reader noted (UNZ reference, mailbox mapping) is the first history entry's
+    reason and the receive record's detail, without names, BSN or letter text."""
+    intake = make_intake(backend, tmp_path)
+    (receipt,) = intake.accept((FIXTURES / "medvri" / "mailbox-unz-reference.edi").read_bytes(),
+                               ADMIN)
+    assert (receipt.state, receipt.destination) == ("ready", "06005678")
+    first = intake.store.history(receipt.id)[0]
+    assert first["state"] == "received"
+    assert "UNZ control reference '1021' differs from UNB's 'SNM1021'" in first["reason"]
+    assert "sender mailbox '500000101' is AGB 01765432" in first["reason"]
+    detail = intake.store.db.execute("SELECT detail FROM audit WHERE action = 'receive'").fetchone()
+    assert first["reason"].startswith(detail[0])          # the audit detail may be shortened
+    for secret in ("111222333", "Groot", "Hek", "bloeddruk"):
+        assert secret not in first["reason"]
+
+
+def test_identity_sending_for_an_unmapped_mailbox_is_not_mandated(backend, tmp_path):
+    """An identity whose message names its sender only by an unmapped mailbox is refused."""
+    intake = make_intake(backend, tmp_path)
+    data = (FIXTURES / "medvri" / "mailbox-unz-reference.edi").read_bytes().replace(
+        b"+500000101+", b"+500000999+")
+    with pytest.raises(NotMandated) as caught:
+        intake.accept(data, Envelope("his-x", "test", frozenset({"01765432"})))
+    assert "mailbox '500000999'" in str(caught.value)

@@ -29,7 +29,7 @@ def test_every_problem_is_reported_with_file_and_line(tmp_path):
         routes.load(tmp_path)
     problems = caught.value.problems
     inst, ref = tmp_path / "institutions.csv", tmp_path / "referrers.csv"
-    assert f"{inst}:2: format 'pdf' is not one of edifact, hl7, xml" in problems
+    assert f"{inst}:2: format 'pdf' is not one of edifact, hl7, zd-hl7, xml" in problems
     assert any(p.startswith(f"{inst}:3: agb '0600567'") for p in problems)
     assert any(p.startswith(f"{inst}:3: delivery") for p in problems)
     assert f"{inst}:3: unknown option(s) fax (known: cancel, supplement, attachments)" in problems
@@ -102,3 +102,47 @@ def test_removing_an_institution_still_named_by_a_referrer_is_refused(tmp_path):
     folder = copy_samples(tmp_path / "routes")
     with pytest.raises(routes.TableError, match="06005678 not in institutions.csv"):
         editing.remove_row(folder, "institution", "06005678")
+
+
+def test_mailboxes_are_validated_with_file_and_line(tmp_path):
+    """mailboxes.csv problems are named file:line like the other tables'; an 8-digit mailbox
+    is refused because such a UNB address is read as an AGB code."""
+    folder = write_tables(tmp_path, "06005678,Eemland,xml,pull,\n", "01234567,Visser,*,\n")
+    (folder / "mailboxes.csv").write_text("mailbox,agb,name\n500000201,06005678,ok\n"
+                                          "50000020,06005678,eight digits\n"
+                                          " ziekenhuis  EEMLAND ,0600567,bad agb\n"
+                                          "500000201,06005678,twice\n")
+    with pytest.raises(routes.TableError) as caught:
+        routes.load(folder)
+    where = tmp_path / "mailboxes.csv"
+    assert any(p.startswith(f"{where}:3: mailbox '50000020' is an AGB code") for p in caught.value.problems)
+    assert any(p.startswith(f"{where}:4: agb '0600567'") for p in caught.value.problems)
+    assert f"{where}:5: mailbox '500000201' appears twice" in caught.value.problems
+
+
+def test_resolve_maps_mailboxes_and_notes_it(tmp_path):
+    """A party addressed by mailbox (any case, any spacing) gets the mapped AGB code, and
+    the document's warnings say which row did it; routing then works as usual."""
+    folder = write_tables(tmp_path, "06005678,Eemland,xml,pull,\n", "01234567,Visser,*,\n")
+    (folder / "mailboxes.csv").write_text("mailbox,agb,name\nZiekenhuis  Eemland,06005678,zis\n")
+    tables = routes.load(folder)
+    doc = dataclasses.replace(REFERRAL, recipient=dataclasses.replace(
+        REFERRAL.recipient, agb="", mailbox="ziekenhuis eemland"))
+    resolved = routes.resolve(doc, tables)
+    assert (resolved.recipient.agb, resolved.recipient.mailbox) == ("06005678", "")
+    assert resolved.warnings[-1] == \
+        "recipient mailbox 'ziekenhuis eemland' is AGB 06005678 (mailboxes.csv:2)"
+    assert routes.match(resolved, tables) == routes.Route("06005678", "xml", "pull", None)
+
+
+def test_unmapped_mailboxes_go_to_fallback_saying_so():
+    """An unmapped recipient or referrer mailbox sends the message to fallback, naming it."""
+    tables = routes.load(SAMPLES)
+    no_recipient = dataclasses.replace(REFERRAL, recipient=dataclasses.replace(
+        REFERRAL.recipient, agb="", mailbox="999999999"))
+    assert routes.match(no_recipient, tables).fallback == \
+        "recipient mailbox '999999999' not in mailboxes.csv"
+    no_sender = dataclasses.replace(REFERRAL, sender=dataclasses.replace(
+        REFERRAL.sender, agb="", mailbox="888888888"))
+    assert routes.match(no_sender, tables).fallback == \
+        "referrer mailbox '888888888' not in mailboxes.csv"

@@ -141,3 +141,62 @@ def test_bad_input(data, code):
     with pytest.raises(DecodeError) as caught:
         zdxml.decode(data)
     assert caught.value.code == code and caught.value.where
+
+
+def _with_sections(sections: bytes) -> bytes:
+    start = REFERRAL.index(b"<section>")
+    end = REFERRAL.index(b"</section>") + len(b"</section>")
+    return REFERRAL[:start] + sections + REFERRAL[end:]
+
+
+def test_any_xhtml_narrative_and_every_section_is_read():
+    """Narrative text outside <p> (lists, tables, line breaks) and the text of every
+    section are kept: other sections follow after a line with their title."""
+    data = _with_sections(
+        b'<section><title value="Brief"/><text><status value="generated"/>'
+        b'<div xmlns="http://www.w3.org/1999/xhtml">Geachte collega,<br/>zie hieronder.'
+        b'<ul><li>knie re</li><li>hydrops</li></ul></div></text></section>'
+        b'<section><title value="Medicatie"/><text><status value="generated"/>'
+        b'<div xmlns="http://www.w3.org/1999/xhtml"><table><tr><td>metformine</td>'
+        b'<td>500 mg</td></tr></table></div></text></section>')
+    (doc,) = zdxml.decode(data)
+    assert doc.body == ("Geachte collega,", "zie hieronder.", "knie re", "hydrops", "Medicatie",
+                        "metformine | 500 mg")
+
+
+def test_section_entry_without_a_place_is_refused():
+    """A section that references a resource the document has no place for is refused."""
+    data = _with_sections(b'<section><title value="Uitslagen"/><entry><reference '
+                          b'value="urn:uuid:70ce05fa-0c32-5e9f-bd63-7270ffe8e107"/></entry></section>')
+    with pytest.raises(DecodeError) as caught:
+        zdxml.decode(data)
+    assert (caught.value.code, caught.value.where) == ("E-XML-UNPLACED",
+                                                       "Composition.section[1].entry[1]")
+
+
+def test_zorgdomein_number_system_custodian_recipient_and_pdf_letter():
+    """ZorgDomein's identifier system http://zorgdomein.nl/zdnumber/ is read, the recipient
+    comes from the custodian Organization's AGB code when our extension is absent, and a
+    Binary in the letter section is the PDF letter."""
+    doc = zdxml.decode((FIXTURES / "zd-custodian-zdnumber.xml").read_bytes())[0]
+    assert doc.zd_number == "ZD200300505"
+    assert (doc.recipient.agb, doc.recipient.name) == ("06005678", "Ziekenhuis Eemland")
+    assert doc.letter.media_type == "application/pdf"
+    assert doc.body[-3:] == ("Medicatie", "middel | dosering", "metformine | 500 mg 2dd")
+
+
+def test_our_former_zd_system_is_still_read_and_zorgdomeins_is_written():
+    """Bundles with the system we wrote before still read; we now write ZorgDomein's own."""
+    doc = zdxml.decode(REFERRAL)[0]                 # written with the former system
+    assert doc.zd_number == "ZD100200300"
+    out = zdxml.encode(doc)
+    assert b'<system value="http://zorgdomein.nl/zdnumber/"/><value value="ZD100200300"/>' in out
+
+
+def test_no_recipient_at_all_is_missing():
+    """Without our extension and without a custodian with an AGB code there is no recipient."""
+    data = REFERRAL.replace(b"https://gatewayd.nl/fhir/StructureDefinition/recipient",
+                            b"https://example.org/other")
+    with pytest.raises(DecodeError) as caught:
+        zdxml.decode(data)
+    assert (caught.value.code, caught.value.where) == ("E-XML-MISSING", "Composition.custodian")

@@ -74,7 +74,7 @@ def cmd_init(args, out) -> int:
     (folder / "routes").mkdir(parents=True, exist_ok=True)
     target.write_text(text, encoding="utf-8")
     samples = resources.files("gateway.routes") / "samples"
-    for name in ("institutions.csv", "referrers.csv"):
+    for name in ("institutions.csv", "referrers.csv", "mailboxes.csv"):
         with resources.as_file(samples / name) as source:
             shutil.copyfile(source, folder / "routes" / name)
     settings = config.load(target)
@@ -312,6 +312,7 @@ def cmd_routes_explain(args, out) -> int:
     data = read_input(args.file)
     found = []
     for control_id, doc in codecs.get(codecs.sniff(data)).decode_messages(data):
+        doc = routes.resolve(doc, intake.tables)
         route, _ = intake.route(doc)
         found.append({"zd_number": doc.zd_number, "kind": str(doc.kind),
                       "sender_agb": doc.sender.agb, "recipient_agb": doc.recipient.agb,

@@ -3,8 +3,20 @@
 Layout (facts, formats.md): UNB UNH GGA DET PID? PAD? TXT+ GGO? UNT UNZ;
 GGA/GGO: 1 person, 2 department, 3 institution, 4 address, 5 phone; address
 composite street:house number:PO box:city:postcode:province:country; PID:
-1 birth date, 2 sex M/V/U, 3 name partner:partner prefix:own:own prefix:given:
-initials, BSN as ``BSN``+9 digits in element 5 (also read from element 4).
+1 birth date, 2 sex M/V/U, 3 name, 4 the sender's and 5 the receiver's patient
+reference, the BSN as ``BSN``+9 digits in element 5 (also read from element 4).
+
+PID element 3 (facts from two published readers and writers: mmerlijn/msg-edifact's
+PID segment and Zato's ``zato.edifact.nl`` PatientName, which cites the Nictiz 3i
+specification): components 1:2 are the family name *in use* and its prefix
+(Zato: "married name"; mmerlijn writes a man's only surname there,
+``Groot:de::::J``), components 3:4 the own (birth) name and prefix when the name in
+use is another (Zato: "maiden name"; mmerlijn reads them as ``own_lastname`` for a
+woman), 5 the given name, 6 the initials. So we read: with components 3:4 present,
+1:2 are the partner's name and 3:4 the own name; without, 1:2 are the own name
+(also an older writer's ``::Groot:de`` reads as the own name). We write the own
+name in 1:2, or, for a patient with a partner name, the partner's name in 1:2 and
+the own name in 3:4; a partner name without an own family name cannot be written.
 
 Our conventions:
 - UNB sender is ``sender.agb``, UNB recipient is ``recipient.agb``.
@@ -28,27 +40,29 @@ Our conventions:
 """
 
 import datetime as dt
-import hashlib
 import re
-import textwrap
 from dataclasses import replace
 
 from gateway.codecs import edisyntax
-from gateway.codecs.edisyntax import Interchange, Message, OutSegment, Segment
+from gateway.codecs.edisyntax import Interchange, Message, Segment
+from gateway.codecs.medvriout import LINE_WIDTH, encode
 from gateway.document import (ANSWER_SUFFIX, Address, Document, Kind, Patient, Recipient,
-                              Sender, Sex, agb_problem, all_text, bsn_problem, fits_latin1,
-                              normalize_bsn, text_fields)
-from gateway.errors import DocumentError, EncodeError
+                              Sender, Sex, agb_problem, bsn_problem, gateway_number,
+                              normalize_bsn, zd_problem)
+from gateway.errors import DocumentError
 
-LINE_WIDTH = 70
-LAYOUT = (("UNH", 1, 1), ("GGA", 1, 1), ("DET", 1, 1), ("PID", 0, 1), ("PAD", 0, 1),
+LAYOUT = (("UNH", 1, 1), ("GGA", 1, 1), ("DET", 0, 1), ("PID", 0, 1), ("PAD", 0, 1),
           ("TXT", 1, None), ("GGO", 0, 1), ("UNT", 1, 1))
-HEADER_LINES = {"ZD-nummer": "zd_number", "AGB-organisatie": "organisation_agb",
-                "AGB-zorgverlener": "practitioner_agb"}
+HEADER_LINES = {"ZD-nummer": "zd_number", "Gatewaynummer": "zd_number",
+                "AGB-organisatie": "organisation_agb", "AGB-zorgverlener": "practitioner_agb"}
+_MAILBOX = re.compile(r"[A-Za-z0-9]{1,35}")
 _HEADER = re.compile(r"\s*(%s):\s*(\S+)\s*" % "|".join(HEADER_LINES))
 _BARE_ZD = re.compile(r"ZD\d{8,9}(?:_ANTW)?(?!\d)")
 SEX_IN = {"M": Sex.MALE, "V": Sex.FEMALE, "U": Sex.UNKNOWN, "": Sex.UNKNOWN}
-SEX_OUT = {Sex.MALE: "M", Sex.FEMALE: "V", Sex.UNKNOWN: "U"}
+# Components per element of each content segment (Nictiz 3i layout, as Zato's models give
+# it); 1 marks free text, whose unescaped ':' is kept. More is E-EDI-UNPLACED.
+WIDTHS = {"GGA": (1, 1, 1, 7, 1), "GGO": (1, 1, 1, 7, 1), "DET": (3, 2), "PID": (3, 1, 6, 1, 1),
+          "PAD": (7, 1)}
 
 
 def decode(data: bytes) -> list[Document]:
@@ -64,15 +78,22 @@ def decode_messages(data: bytes) -> list[tuple[str, Document]]:
 
 
 def _document(interchange: Interchange, message: Message) -> Document:
-    segments = _check_layout(interchange, message)
     unb = message.unb
     unh = message.segments[0]
     if unh.get(2) != "MEDVRI":
-        raise interchange.error(f"message type {unh.get(2)[:10]!r} is not MEDVRI", unh, 2,
-                                code="E-EDI-TYPE")
+        raise interchange.error(f"message type {unh.get(2)[:10]!r} is not MEDVRI (we take MEDVRI "
+                                "only)", unh, 2, code="E-EDI-TYPE")
+    segments = _check_layout(interchange, message)
+    warnings = list(interchange.warnings)
     _check_unb_date(interchange, unb)
     headers, body, bare_zd = _letter(interchange, segments["TXT"])
-    zd = headers.get("zd_number") or bare_zd or _derived_zd(interchange.text, message)
+    zd = headers.get("zd_number") or bare_zd
+    if not zd:
+        zd = gateway_number(f"{unb.get(2)}/{unb.get(5)}/{unh.get(1)}/{interchange.text}"
+                            .encode("latin-1"))
+        warnings.append(f"no ZD number in the letter; gateway number {zd} given")
+    if not segments["DET"]:
+        warnings.append("no DET segment; the UNB date and time are taken as the sending time")
     sender = _party(interchange, segments["GGA"][0], unb, 2, Sender)
     sender = replace(sender, organisation_agb=headers.get("organisation_agb", ""))
     recipient = _party(interchange, (segments["GGO"] or [None])[0], unb, 3, Recipient)
@@ -82,15 +103,34 @@ def _document(interchange: Interchange, message: Message) -> Document:
         return Document(
             kind=Kind.TELECONSULT_ANSWER if answer else Kind.REFERRAL,
             zd_number=zd,
-            sent_at=_sent_at(interchange, segments["DET"][0]),
+            sent_at=_sent_at(interchange, segments["DET"][0]) if segments["DET"] else
+            _unb_time(unb),
             sender=sender,
             recipient=recipient,
-            patient=_patient(interchange, segments["PID"], segments["PAD"]),
+            patient=_patient(interchange, segments["PID"], segments["PAD"], warnings),
             body=tuple(body),
             in_reply_to=zd.removesuffix(ANSWER_SUFFIX) if answer else None,
+            warnings=tuple(warnings),
         )
     except DocumentError as exc:
         raise interchange.error(f"{exc.where} {exc.message}", unh, code=exc.code) from None
+
+
+def _check_placed(interchange: Interchange, segment: Segment) -> None:
+    """Refuse an element or component a MEDVRI segment has no place for (E-EDI-UNPLACED)."""
+    widths = WIDTHS[segment.tag]
+    for number, components in enumerate(segment.elements, 1):
+        width = widths[number - 1] if number <= len(widths) else 0
+        if width != 1 and any(components[width:]):
+            component = next(i for i, c in enumerate(components[width:], width + 1) if c)
+            raise interchange.error(f"{segment.tag} {'component' if width else 'element'} has no "
+                                    "place in the document and would be lost", segment, number,
+                                    component if width else 0, code="E-EDI-UNPLACED")
+
+
+def _text(segment: Segment, element: int) -> str:
+    """A free-text element, an unescaped ':' in it kept as written."""
+    return ":".join(segment.components(element)).strip()
 
 
 def _check_layout(interchange: Interchange, message: Message) -> dict[str, list[Segment]]:
@@ -108,19 +148,28 @@ def _check_layout(interchange: Interchange, message: Message) -> dict[str, list[
         found[tag] = segments[start:index]
     if index < len(segments):
         raise interchange.error(f"unexpected {segments[index].tag} segment here", segments[index])
+    for segment in segments:
+        if segment.tag in WIDTHS:
+            _check_placed(interchange, segment)
     return found
 
 
 def _check_unb_date(interchange: Interchange, unb: Segment) -> None:
-    stamp = unb.get(4, 0) + unb.get(4, 1)
     try:
-        if len(stamp) != 10 or not stamp.isdigit():
-            raise ValueError
-        dt.datetime(2000 + int(stamp[:2]), int(stamp[2:4]), int(stamp[4:6]), int(stamp[6:8]),
-                    int(stamp[8:10]))
+        _unb_time(unb)
     except ValueError:
         raise interchange.error("UNB date/time is not a real YYMMDD:HHMM date", unb, 4,
                                 code="E-EDI-DATE") from None
+
+
+def _unb_time(unb: Segment) -> dt.datetime:
+    """The UNB preparation date and time (YYMMDD:HHMM; years 00-79 are 20xx)."""
+    stamp = unb.get(4, 0) + unb.get(4, 1)
+    if len(stamp) != 10 or not stamp.isdigit():
+        raise ValueError(stamp)
+    year = int(stamp[:2])
+    return dt.datetime(year + (2000 if year < 80 else 1900), int(stamp[2:4]), int(stamp[4:6]),
+                       int(stamp[6:8]), int(stamp[8:10]))
 
 
 def _sent_at(interchange: Interchange, det: Segment) -> dt.datetime:
@@ -160,31 +209,30 @@ def _letter(interchange: Interchange, txts: list[Segment]):
 def _header_value(interchange: Interchange, txt: Segment, header: re.Match) -> str:
     value = header[2]
     name = HEADER_LINES[header[1]]
-    ok = _BARE_ZD.fullmatch(value) if name == "zd_number" else not agb_problem(value)
+    ok = not zd_problem(value.removesuffix(ANSWER_SUFFIX)) if name == "zd_number" \
+        else not agb_problem(value)
     if not ok:
         raise interchange.error(f"{header[1]} line holds no valid value", txt, 1,
                                 code="E-EDI-ZD" if name == "zd_number" else "E-EDI-AGB")
     return value
 
 
-def _derived_zd(text: str, message: Message) -> str:
-    seed = f"{message.unb.get(2)}/{message.unb.get(5)}/{message.segments[0].get(1)}/{text}"
-    return "ZD9" + str(int(hashlib.sha256(seed.encode("latin-1")).hexdigest(), 16))[-8:]
-
-
 def _party(interchange: Interchange, segment: Segment | None, unb: Segment, unb_element: int, cls):
-    """Build a Sender (from GGA) or Recipient (from GGO) with the AGB code from the UNB."""
-    agb = unb.get(unb_element)
-    if problem := agb_problem(agb):
+    """Build a Sender (from GGA) or Recipient (from GGO) addressed by the UNB: an AGB code
+    (8 digits) or a network mailbox (letters and digits, up to 35)."""
+    address = unb.get(unb_element)
+    agb, mailbox = (address, "") if not agb_problem(address) else ("", address)
+    if mailbox and not _MAILBOX.fullmatch(mailbox):
         raise interchange.error(f"UNB {'sender' if unb_element == 2 else 'recipient'} "
-                                f"{agb[:35]!r} {problem}", unb, unb_element, code="E-EDI-AGB")
+                                f"{address[:35]!r} is neither an AGB code (8 digits) nor a mailbox "
+                                "(letters and digits)", unb, unb_element, code="E-EDI-AGB")
     if segment is None:
-        return cls(agb=agb)
-    person, department, institution = (segment.get(i).strip() for i in (1, 2, 3))
-    address, phone = _address(segment.components(4)), segment.get(5).strip()
+        return cls(agb=agb, mailbox=mailbox)
+    person, department, institution = (_text(segment, i) for i in (1, 2, 3))
+    place, phone = _address(segment.components(4)), _text(segment, 5)
     if cls is Sender:
-        return Sender(agb, person, department, institution, "", address, phone)
-    return Recipient(agb, institution, department, person, "", address, phone)
+        return Sender(agb, person, department, institution, "", place, phone, mailbox)
+    return Recipient(agb, institution, department, person, "", place, phone, mailbox)
 
 
 def _address(components: list[str]) -> Address | None:
@@ -196,29 +244,36 @@ def _address(components: list[str]) -> Address | None:
     return address if any((street, number, postcode, city, country)) else None
 
 
-def _patient(interchange: Interchange, pids: list[Segment], pads: list[Segment]) -> Patient:
+def _patient(interchange: Interchange, pids: list[Segment], pads: list[Segment],
+             warnings: list[str]) -> Patient:
     if not pids:
         return Patient()
     pid = pids[0]
-    bsn = ""
+    bsn, portal_id = "", ""
     for element in (5, 4):
-        value = pid.get(element).strip()
+        value = _text(pid, element)
         if value.upper().startswith("BSN"):
             bsn = normalize_bsn(value[3:])
             if problem := bsn_problem(bsn):
                 raise interchange.error(f"BSN {problem}", pid, element, code="E-EDI-BSN")
-            break
+        elif value and element == 5:
+            portal_id = value          # the receiver's own patient number
+        elif value:
+            warnings.append("PID element 4 (the sender's own patient number) is not kept")
     sex = pid.get(2).strip().upper()
     if sex not in SEX_IN:
         raise interchange.error("sex must be M, V or U", pid, 2, code="E-EDI-SEX")
     name = [c.strip() for c in (pid.components(3) + [""] * 6)[:6]]
+    in_use, own = name[0:2], name[2:4]
+    partner = in_use if any(own) else ["", ""]
+    own = own if any(own) else in_use
     pad = pads[0] if pads else None
     return Patient(
         bsn=bsn, birth_date=_birth_date(interchange, pid), sex=SEX_IN[sex],
-        partner_name=name[0], partner_prefix=name[1], family_name=name[2], family_prefix=name[3],
-        given_name=name[4], initials=name[5],
+        partner_name=partner[0], partner_prefix=partner[1], family_name=own[0],
+        family_prefix=own[1], given_name=name[4], initials=name[5],
         address=_address(pad.components(1)) if pad else None,
-        phone=pad.get(2).strip() if pad else "",
+        phone=_text(pad, 2) if pad else "", portal_id=portal_id,
     )
 
 
@@ -235,92 +290,4 @@ def _birth_date(interchange: Interchange, pid: Segment) -> dt.date | None:
                                 code="E-EDI-DATE") from None
 
 
-def encode(doc: Document) -> bytes:
-    """Write ``doc`` as a MEDVRI interchange; raise EncodeError for what MEDVRI cannot carry."""
-    _check_encodable(doc)
-    charset = "UNOA" if "".join(all_text(doc)).isascii() else "UNOC"
-    reference = doc.fingerprint(14).upper()
-    at = doc.sent_at
-    message = [
-        OutSegment("UNH", ["1", ["MEDVRI", "1"]]),
-        OutSegment("GGA", _party_elements(doc.sender.name, doc.sender.department,
-                                          doc.sender.organisation, doc.sender.address, doc.sender.phone)),
-        OutSegment("DET", [[f"{at:%y}", f"{at:%m}", f"{at:%d}"], [f"{at:%H}", f"{at:%M}"]]),
-        *_patient_segments(doc.patient),
-        *(OutSegment(f"TXT:{n}", [line]) for n, line in enumerate(_letter_lines(doc), 1)),
-    ]
-    recipient = doc.recipient
-    if any((recipient.practitioner, recipient.department, recipient.name, recipient.address,
-            recipient.phone)):
-        message.append(OutSegment("GGO", _party_elements(
-            recipient.practitioner, recipient.department, recipient.name, recipient.address,
-            recipient.phone)))
-    message.append(OutSegment("UNT", [str(len(message) + 1), "1"]))
-    segments = [OutSegment("UNB", [[charset, "1"], doc.sender.agb, doc.recipient.agb,
-                                   [f"{at:%y%m%d}", f"{at:%H%M}"], reference]),
-                *message, OutSegment("UNZ", ["1", reference])]
-    return edisyntax.write(segments).encode("ascii" if charset == "UNOA" else "latin-1")
-
-
-def _check_encodable(doc: Document) -> None:
-    if doc.kind not in (Kind.REFERRAL, Kind.TELECONSULT_ANSWER):
-        raise EncodeError(f"MEDVRI cannot carry a {doc.kind} document", where="field kind",
-                          code="E-ENCODE-KIND")
-    if doc.attachments:
-        raise EncodeError(f"MEDVRI cannot carry attachments ({len(doc.attachments)} present)",
-                          where="field attachments", code="E-ENCODE-ATTACHMENT")
-    if doc.kind is Kind.REFERRAL and doc.in_reply_to:
-        raise EncodeError("MEDVRI cannot carry in_reply_to on a referral", where="field in_reply_to",
-                          code="E-ENCODE-FIELD")
-    if fits_latin1(doc):
-        return
-    for name, value in text_fields(doc):
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError as exc:
-            raise EncodeError(f"character U+{ord(value[exc.start]):04X} is outside ISO-8859-1 "
-                              "(UNOC)", where=f"field {name}", code="E-ENCODE-CHARSET") from None
-
-
-def _party_elements(person, department, institution, address, phone) -> list:
-    return [person, department, institution, _address_components(address), phone]
-
-
-def _address_components(address: Address | None) -> list[str]:
-    if address is None:
-        return []
-    return [address.street, address.house_number, "", address.city, address.postcode, "",
-            address.country]
-
-
-def _patient_segments(patient: Patient) -> list[OutSegment]:
-    birth = patient.birth_date
-    pid = OutSegment("PID", [
-        [f"{birth.year:04d}", f"{birth:%m}", f"{birth:%d}"] if birth else "",
-        SEX_OUT[patient.sex],
-        [patient.partner_name, patient.partner_prefix, patient.family_name, patient.family_prefix,
-         patient.given_name, patient.initials],
-        "",
-        f"BSN{patient.bsn}" if patient.bsn else "",
-    ])
-    if patient.address is None and not patient.phone:
-        return [pid]
-    return [pid, OutSegment("PAD", [_address_components(patient.address), patient.phone])]
-
-
-def _letter_lines(doc: Document) -> list[str]:
-    lines = [f"ZD-nummer: {doc.zd_number}"]
-    if doc.sender.organisation_agb:
-        lines.append(f"AGB-organisatie: {doc.sender.organisation_agb}")
-    if doc.recipient.practitioner_agb:
-        lines.append(f"AGB-zorgverlener: {doc.recipient.practitioner_agb}")
-    for line in doc.body:
-        if len(line) <= LINE_WIDTH:
-            lines.append(line)
-        else:
-            lines.extend(textwrap.wrap(line, LINE_WIDTH, expand_tabs=False,
-                                       replace_whitespace=False, break_on_hyphens=False) or [""])
-    return lines
-
-
-__all__ = ["decode", "decode_messages", "encode"]
+__all__ = ["decode", "decode_messages", "encode", "LINE_WIDTH"]

@@ -3,9 +3,10 @@
 pydifact's Tokenizer splits the text (it handles the release character, also a
 value that ends in an escaped ``?``); this module builds segments from its
 tokens, because pydifact's own Parser refuses composite tags such as ``TXT:1``.
-It then checks what pydifact accepts silently: UNB/UNZ control reference and
-message count, UNH/UNT reference and segment count, and the character set the
-UNB declares. pydifact's Serializer writes segments back out.
+It then checks what pydifact accepts silently: the UNZ message count, UNH/UNT
+reference and segment count, and the character set the UNB declares. A UNZ control
+reference that differs from the UNB's (a published library's own fixtures do this)
+is accepted with a warning; the counts stay strict. pydifact's Serializer writes segments back out.
 
 Character sets: UNOA and UNOB are ASCII, UNOC is ISO-8859-1. Syntax version 4
 (repetition separator) is refused. Input is capped at ``MAX_BYTES`` and any
@@ -69,6 +70,7 @@ class Interchange:
     text: str
     messages: list[Message]
     charset: str
+    warnings: list[str] = field(default_factory=list)
 
     def error(self, message: str, segment: Segment | int, element: int = 0,
               component: int = 0, code: str = "E-EDI-STRUCTURE") -> DecodeError:
@@ -98,7 +100,7 @@ def _line_of(text: str, number: int) -> int:
         start = index + 1
     while start < len(text) and text[start] in " \r\n":
         start += 1
-    return text.count("\n", 0, start) + 1
+    return text.count("\n" if "\n" in text else "\r", 0, start) + 1
 
 
 def _terminators(text: str):
@@ -243,9 +245,10 @@ def _envelope(interchange: Interchange, segments: list[Segment]) -> None:
         if unz.get(1) != str(count):
             raise interchange.error(f"UNZ message count is {unz.get(1)[:10]!r}, counted {count}",
                                     unz, 1, code="E-EDI-COUNT")
-        if unz.get(2) != unb.get(5):
-            raise interchange.error(f"UNZ control reference {unz.get(2)[:14]!r} does not match "
-                                    f"UNB {unb.get(5)[:14]!r}", unz, 2, code="E-EDI-REFERENCE")
+        if unz.get(2) != unb.get(5):          # seen in published fixtures: accepted, noted
+            interchange.warnings.append(
+                f"UNZ control reference {unz.get(2)[:14]!r} differs from UNB's {unb.get(5)[:14]!r} "
+                f"(accepted), {locate(interchange.text, unz, 2)}")
         index += 1
 
 

@@ -2,7 +2,10 @@
 
 Reading parses with a hardened lxml parser (no DTD, no entity resolution, no
 network or file access) and turns the tree into light Nodes in one pass, so
-every later lookup is a plain dict read. Input must be UTF-8, as FHIR requires,
+every later lookup is a plain dict read. A narrative ``<div>`` keeps its text as
+lines (``narrative_lines``): every block element (``p``, ``div``, ``li``, ``tr``,
+headings, …) and ``<br/>`` ends a line, table cells are joined with `` | ``, and
+the line breaks and indentation of pretty-printed XHTML become single blanks. Input must be UTF-8, as FHIR requires,
 so that any DOCTYPE or entity declaration is seen and refused before parsing
 (and once more after, from the parsed document's info). Input is capped at
 ``MAX_BYTES``; libxml2's own depth limit holds.
@@ -36,11 +39,12 @@ class Node:
     children by name. Nodes hold no parent link, so a tree is freed without the
     cycle collector."""
 
-    __slots__ = ("name", "value", "url", "text", "children")
+    __slots__ = ("name", "value", "url", "text", "lines", "children")
 
     def __init__(self, name: str, value: str, url: str):
         self.name, self.value, self.url = name, value, url
         self.text = ""
+        self.lines: list[str] = []
         self.children: dict[str, list[Node]] = _LEAF
 
     def all(self, name: str) -> list["Node"]:
@@ -58,8 +62,8 @@ def _node(element) -> Node:
     else:
         name = tag
     node = Node(name, element.get("value", ""), element.get("url", "") if name == "extension" else "")
-    if name == "h:p":
-        node.text = "".join(element.itertext())
+    if name == "h:div":
+        node.lines = narrative_lines(element)
     elif len(element):
         children = node.children = {}
         for child in element:
@@ -71,6 +75,66 @@ def _node(element) -> Node:
                 else:
                     found.append(converted)
     return node
+
+
+_BLOCKS = {"p", "div", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "table", "thead",
+           "tbody", "tfoot", "blockquote", "dl", "dt", "dd", "caption", "pre"}
+_CELLS = {"td", "th"}
+_P = _XHTML_TAG + "p"
+_BREAKS = re.compile(r"[ \t]*[\r\n\t][ \t\r\n]*")
+
+
+class _Narrative:
+    """Collects the lines of an XHTML narrative (see the module docstring)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.line: str | None = None          # None: no line open
+        self.fresh = False                    # the open line was opened by a block, still empty
+
+    def text(self, text: str | None) -> None:
+        if not text or (not text.strip() and ("\n" in text or self.line is None)):
+            return                            # pretty-printing between elements
+        self.line, self.fresh = (self.line or "") + text, False
+
+    def close(self, reopen: bool = False, block: bool = False) -> None:
+        if self.line is not None and not (self.fresh and block and reopen):
+            line = self.line
+            self.lines.append(_BREAKS.sub(" ", line).strip(" ") if _BREAKS.search(line) else line)
+        self.line, self.fresh = ("", block) if reopen else (None, False)
+
+    def walk(self, element) -> None:
+        local = etree.QName(element).localname if isinstance(element.tag, str) else ""
+        if local in _BLOCKS or local == "br":
+            self.close(reopen=True, block=local in _BLOCKS)
+        elif local in _CELLS and self.line:
+            self.line, self.fresh = self.line + " | ", False
+        if local:
+            self.text(element.text)
+            for child in element:
+                self.walk(child)
+        if local in _BLOCKS:
+            self.close()
+        self.text(element.tail)
+
+
+def narrative_lines(div) -> list[str]:
+    """The lines of an XHTML narrative ``div`` (an lxml element)."""
+    if not (div.text or "").strip():          # fast path: only plain <p>s, as we write them
+        lines = []
+        for child in div:
+            text = child.text or ""
+            if child.tag != _P or len(child) or (child.tail or "").strip() or _BREAKS.search(text):
+                break
+            lines.append(text)
+        else:
+            return lines
+    narrative = _Narrative()
+    narrative.text(div.text)
+    for child in div:
+        narrative.walk(child)
+    narrative.close()
+    return narrative.lines
 
 
 def hardened_parser() -> etree.XMLParser:

@@ -1,29 +1,41 @@
-"""ZorgDomein XML: a FHIR STU3 document Bundle in XML <-> Document.
+"""ZorgDomein XML: a FHIR STU3 document Bundle in XML <-> Document (reading here, the
+writer in ``zdbundle``; every URL and code in the tables below, and nowhere else).
 
-Facts (formats.md): Bundle type ``document`` whose first entry is the
-Composition; the Composition's identifier holds the ZD number; its type is
-coded in ZorgDomein's document-type code system; the responsible sender is a
-PractitionerRole named by the ``zd-sender`` extension; BSN and AGB identifier
-systems are the Dutch naming systems.
+Facts (formats.md, ZorgDomein's integrator pages, the open-GUPZ referral API page):
+Bundle type ``document`` whose first entry is the Composition; the Composition's
+identifier holds the ZD number in ZorgDomein's system ``http://zorgdomein.nl/zdnumber/``;
+its type is coded in ZorgDomein's document-type code system (``referral-letter``,
+``request-form``, ``teleconsult-request-form``, ``supplement``, ``cancellation``); the
+responsible sender is a PractitionerRole named by the ``zd-sender`` extension; BSN
+and AGB identifier systems are the Dutch naming systems.
 
-Our conventions (every URL and code that ZorgDomein does not publish is in
-the tables below, and nowhere else):
-- the teleconsult answer's type code, the ZD-number identifier system and the
-  recipient extension (a PractitionerRole of the receiving institution);
-- the answer or follow-up relates to its request through
-  ``Composition.relatesTo`` (code ``appends``, targetIdentifier = ZD number);
-- the letter is the first section's narrative, one XHTML ``<p>`` per line;
-- attachments are Binary entries, referenced from a section titled
-  ``Bijlagen`` whose entry ``display`` carries the file name (STU3 Binary
-  has no field for it);
+Our conventions:
+- the teleconsult answer's type code; the gateway-number identifier system (a
+  gateway number is never written in ZorgDomein's system); the recipient extension
+  (a PractitionerRole of the receiving institution) — without it, the recipient is
+  the Composition's ``custodian``, an Organization with an AGB identifier;
+- the answer or follow-up relates to its request through ``Composition.relatesTo``
+  (code ``appends``, targetIdentifier = ZD number);
+- the letter is the narrative of the section titled ``Brief``, one XHTML ``<p>``
+  per line; read from any XHTML (see ``fhirxml.narrative_lines``), and the narrative
+  of every other section follows, after a line with its title, so no section text is
+  lost. A letter sent as a document (a PDF) is a Binary entry of that section;
+- attachments are Binary entries, referenced from a section titled ``Bijlagen``
+  whose entry ``display`` carries the file name (STU3 Binary has no field for it);
+  a Binary referenced from another section is the letter (the first) or an
+  attachment; any other section entry is refused (E-XML-UNPLACED);
+- the specialism is a coding of the recipient PractitionerRole's ``specialty`` (its
+  text the department), ZorgDomein's product an extension of the Composition; an HL7
+  v2 coding system name ``X`` becomes the system ``https://gatewayd.nl/fhir/CodeSystem/hl7v2/X``;
+- the portal patient id is a Patient identifier in our system ``zis-patient-id``;
 - Dutch name parts use the core humanname-own-prefix/-own-name/-partner-prefix/
   -partner-name extensions on ``family``; initials are a ``given`` with the
   iso21090 qualifier ``IN``; street and house number use the ADXP extensions;
 - person names are ``HumanName.text``; a department is the PractitionerRole's
   specialty text; ``sent_at`` is ``Composition.date`` with the Dutch offset.
 
-Parsing and writing are in ``fhirxml`` (a hardened parser, no DOCTYPE, no
-entities, no network or file access).
+Parsing is in ``fhirxml`` (a hardened parser, no DOCTYPE, no entities, no network
+or file access).
 """
 
 import base64
@@ -31,23 +43,29 @@ import binascii
 import datetime as dt
 
 from gateway.codecs import fhirxml
-from gateway.codecs.fhirxml import Node, element, extension, get, optional, primitive, val
-from gateway.document import (Address, Attachment, Document, Kind, Patient, Recipient, Sender, Sex,
-                              aware, local_time)
+from gateway.codecs.fhirxml import Node, extension, get, val
+from gateway.document import (Address, Attachment, Code, Document, Kind, Letter, Patient, Recipient,
+                              Sender, Sex, is_gateway_number, local_time)
 from gateway.errors import DecodeError, DocumentError
 
 BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"
 AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
 DOCTYPE_SYSTEM = "http://zorgdomein.nl/terminology/code-system/document-type"
-ZD_SYSTEM = "http://zorgdomein.nl/fhir/NamingSystem/zd-number"          # our convention
+ZD_SYSTEM = "http://zorgdomein.nl/zdnumber/"
+OLD_ZD_SYSTEM = "http://zorgdomein.nl/fhir/NamingSystem/zd-number"      # ours before; still read
+GATEWAY_SYSTEM = "https://gatewayd.nl/fhir/NamingSystem/gateway-number"  # our convention
+PORTAL_SYSTEM = "https://gatewayd.nl/fhir/NamingSystem/zis-patient-id"   # our convention
 SENDER_EXT = "http://zorgdomein.nl/fhir/StructureDefinition/zd-sender"
 RECIPIENT_EXT = "https://gatewayd.nl/fhir/StructureDefinition/recipient"  # our convention
+PRODUCT_EXT = "https://gatewayd.nl/fhir/StructureDefinition/product"      # our convention
 GATEWAY_TYPES = "https://gatewayd.nl/fhir/CodeSystem/document-type"     # our convention
+HL7V2_SYSTEMS = "https://gatewayd.nl/fhir/CodeSystem/hl7v2/"              # our convention
 HL7_EXT = "http://hl7.org/fhir/StructureDefinition/"
 NAME_PARTS = (("family_prefix", "humanname-own-prefix"), ("family_name", "humanname-own-name"),
               ("partner_prefix", "humanname-partner-prefix"), ("partner_name", "humanname-partner-name"))
 KINDS = {
     Kind.REFERRAL: (DOCTYPE_SYSTEM, "referral-letter", "Verwijsbrief"),
+    Kind.REQUEST: (DOCTYPE_SYSTEM, "request-form", "Aanvraagformulier"),
     Kind.TELECONSULT_REQUEST: (DOCTYPE_SYSTEM, "teleconsult-request-form", "Teleconsultaanvraag"),
     Kind.SUPPLEMENT: (DOCTYPE_SYSTEM, "supplement", "Nazending"),
     Kind.CANCELLATION: (DOCTYPE_SYSTEM, "cancellation", "Annuleringsbericht"),
@@ -62,6 +80,19 @@ GENDER_OUT = {Sex.MALE: "male", Sex.FEMALE: "female", Sex.UNKNOWN: "unknown"}
 GENDER_IN = {"male": Sex.MALE, "female": Sex.FEMALE, "unknown": Sex.UNKNOWN, "other": Sex.UNKNOWN,
              "": Sex.UNKNOWN}
 LETTER_TITLE, ATTACHMENT_TITLE = "Brief", "Bijlagen"
+
+
+def number_system(number: str) -> str:
+    """The identifier system a document number is written in: ZorgDomein's for a ZD
+    number, ours for a gateway number."""
+    return GATEWAY_SYSTEM if is_gateway_number(number) else ZD_SYSTEM
+
+
+def coding_system(hl7_system: str) -> str:
+    """The FHIR coding system URI for an HL7 v2 coding system name (kept when it is a URI)."""
+    if not hl7_system or ":" in hl7_system:
+        return hl7_system
+    return HL7V2_SYSTEMS + hl7_system
 
 
 def decode(data: bytes) -> list[Document]:
@@ -98,9 +129,9 @@ def _ref(node: Node | None, path: str, resources: dict) -> Node | None:
     return resources.get(target) if target else None
 
 
-def _identifier(node: Node | None, system: str) -> str:
+def _identifier(node: Node | None, *systems: str) -> str:
     for identifier in node.all("identifier") if node is not None else ():
-        if val(identifier, "system") == system:
+        if val(identifier, "system") in systems:
             return val(identifier, "value")
     return ""
 
@@ -110,17 +141,27 @@ def _document(composition: Node, resources: dict) -> Document:
     kind = CODE_KINDS.get((val(coding, "system"), val(coding, "code")))
     if kind is None:
         raise _error("not a known document type", "Composition.type", "E-XML-TYPE")
+    body, letter, attachments = _content(composition, resources)
+    recipient, specialism = _recipient(composition, resources)
     try:
         return Document(
-            kind=kind, zd_number=_identifier(composition, ZD_SYSTEM),
+            kind=kind,
+            zd_number=_identifier(composition, ZD_SYSTEM, OLD_ZD_SYSTEM, GATEWAY_SYSTEM),
             sent_at=_datetime(val(composition, "date")),
-            sender=_sender(composition, resources), recipient=_recipient(composition, resources),
+            sender=_sender(composition, resources), recipient=recipient,
             patient=_patient(_ref(composition, "subject/reference", resources)),
-            body=_letter(composition),
-            in_reply_to=val(composition, "relatesTo/targetIdentifier/value") or None,
-            attachments=_attachments(composition, resources))
+            body=body, in_reply_to=val(composition, "relatesTo/targetIdentifier/value") or None,
+            attachments=attachments, letter=letter, specialism=specialism,
+            product=_code(get(extension(composition, PRODUCT_EXT), "valueCoding")))
     except DocumentError as exc:
         raise _error(exc.message, _FHIR_PATHS.get(exc.where, exc.where), exc.code) from None
+
+
+def _code(coding: Node | None) -> Code | None:
+    if coding is None or not val(coding, "code"):
+        return None
+    system = val(coding, "system")
+    return Code(val(coding, "code"), val(coding, "display"), system.removeprefix(HL7V2_SYSTEMS))
 
 
 def _datetime(value: str) -> dt.datetime:
@@ -135,26 +176,44 @@ def _datetime(value: str) -> dt.datetime:
 def _role(composition: Node, url: str, resources: dict):
     role = _ref(extension(composition, url), "valueReference/reference", resources)
     if role is None:
-        raise _error(f"no extension {url} naming a PractitionerRole in the Bundle",
-                     "Composition.extension", "E-XML-MISSING")
+        return None
     return (role, _ref(role, "practitioner/reference", resources),
             _ref(role, "organization/reference", resources))
 
 
+def _missing(url: str) -> DecodeError:
+    return _error(f"no extension {url} naming a PractitionerRole in the Bundle",
+                  "Composition.extension", "E-XML-MISSING")
+
+
 def _sender(composition: Node, resources: dict) -> Sender:
-    role, person, org = _role(composition, SENDER_EXT, resources)
+    found = _role(composition, SENDER_EXT, resources)
+    if found is None:
+        raise _missing(SENDER_EXT)
+    role, person, org = found
     return Sender(agb=_identifier(person, AGB_SYSTEM), name=val(person, "name/text"),
                   department=val(role, "specialty/text"), organisation=val(org, "name"),
                   organisation_agb=_identifier(org, AGB_SYSTEM), address=_address(org),
                   phone=val(org, "telecom/value"))
 
 
-def _recipient(composition: Node, resources: dict) -> Recipient:
-    role, person, org = _role(composition, RECIPIENT_EXT, resources)
-    return Recipient(agb=_identifier(org, AGB_SYSTEM), name=val(org, "name"),
-                     department=val(role, "specialty/text"), practitioner=val(person, "name/text"),
-                     practitioner_agb=_identifier(person, AGB_SYSTEM), address=_address(org),
-                     phone=val(org, "telecom/value"))
+def _recipient(composition: Node, resources: dict) -> tuple[Recipient, Code | None]:
+    """The recipient from our extension, else from the custodian Organization; and the
+    specialism coded on the recipient's role."""
+    found = _role(composition, RECIPIENT_EXT, resources)
+    if found is None:
+        org = _ref(composition, "custodian/reference", resources)
+        if org is None or not _identifier(org, AGB_SYSTEM):
+            raise _error(f"no extension {RECIPIENT_EXT} and no custodian Organization with an "
+                         "AGB code", "Composition.custodian", "E-XML-MISSING")
+        found = (None, None, org)
+    role, person, org = found
+    recipient = Recipient(
+        agb=_identifier(org, AGB_SYSTEM), name=val(org, "name"),
+        department=val(role, "specialty/text"), practitioner=val(person, "name/text"),
+        practitioner_agb=_identifier(person, AGB_SYSTEM), address=_address(org),
+        phone=val(org, "telecom/value"))
+    return recipient, _code(get(role, "specialty/coding"))
 
 
 def _address(node: Node | None) -> Address | None:
@@ -197,178 +256,54 @@ def _patient(patient: Node | None) -> Patient:
         raise _error("not a real date", "Patient.birthDate", "E-XML-DATE") from None
     return Patient(bsn=_identifier(patient, BSN_SYSTEM), birth_date=birth_date,
                    sex=GENDER_IN[gender], given_name=given, initials=initials,
-                   address=_address(patient), phone=val(patient, "telecom/value"), **parts)
+                   address=_address(patient), phone=val(patient, "telecom/value"),
+                   portal_id=_identifier(patient, PORTAL_SYSTEM), **parts)
 
 
-def _letter(composition: Node) -> tuple[str, ...]:
-    for section in composition.all("section"):
-        if val(section, "title") == LETTER_TITLE:
-            div = get(section, "text/h:div")
-            return tuple(p.text for p in div.all("h:p")) if div is not None else ()
-    return ()
+def _sections(node: Node, path: str = "Composition"):
+    """Yield (FHIR path, section) for every section, nested ones after their parent."""
+    for index, section in enumerate(node.all("section"), 1):
+        where = f"{path}.section[{index}]"
+        yield where, section
+        yield from _sections(section, where)
 
 
-def _attachments(composition: Node, resources: dict) -> tuple[Attachment, ...]:
-    found = []
-    for section in composition.all("section"):
-        if val(section, "title") != ATTACHMENT_TITLE:
-            continue
-        for entry in section.all("entry"):
+def _content(composition: Node, resources: dict):
+    """(letter lines, letter document, attachments) from every section in document order:
+    the letter section's lines as they are, any other section's after a line with its
+    title; Binary entries of the attachment section are attachments, of any other the
+    letter (the first) or attachments; other entries: E-XML-UNPLACED."""
+    lines: list[str] = []
+    letter, attachments = None, []
+    for where, section in _sections(composition):
+        title = val(section, "title")
+        div = get(section, "text/h:div")
+        narrative = div.lines if div is not None else []
+        if title != LETTER_TITLE and narrative and title:
+            lines.append(title)
+        lines += narrative
+        for index, entry in enumerate(section.all("entry"), 1):
             binary = _ref(entry, "reference", resources)
+            place = f"{where}.entry[{index}]"
             if binary is None or binary.name != "Binary":
-                raise _error("does not reference a Binary in the Bundle",
-                             "Composition.section.entry", "E-XML-ATTACHMENT")
-            try:
-                data = base64.b64decode(val(binary, "content"), validate=True)
-            except (binascii.Error, ValueError):
-                raise _error("not valid Base64", "Binary.content", "E-XML-ATTACHMENT") from None
-            found.append(Attachment(val(entry, "display"), val(binary, "contentType"), data))
-    return tuple(found)
+                raise _error("section entries other than Binary documents have no place in the "
+                             "document", place, "E-XML-UNPLACED")
+            data = _binary_data(binary)
+            if title != ATTACHMENT_TITLE and letter is None:
+                letter = Letter(val(binary, "contentType"), data)
+            else:
+                name = val(entry, "display") or f"bijlage-{len(attachments) + 1}"
+                attachments.append(Attachment(name, val(binary, "contentType"), data))
+    return tuple(lines), letter, tuple(attachments)
 
 
-def encode(doc: Document) -> bytes:
-    """Write ``doc`` as a FHIR STU3 document Bundle (UTF-8 XML)."""
-    bundle_id = doc.fingerprint(32)
-    urls = _Urls(bundle_id)
-    s, r = doc.sender, doc.recipient
-    entries = [("composition", _composition(doc, urls))]
-    entries += _party(urls, "sender", s.name, s.agb, s.organisation, s.organisation_agb,
-                      s.department, s.address, s.phone, True)
-    entries += _party(urls, "recipient", r.practitioner, r.practitioner_agb, r.name, r.agb,
-                      r.department, r.address, r.phone, False)
-    entries.append(("patient", _patient_resource(doc.patient)))
-    for index, attachment in enumerate(doc.attachments, 1):
-        entries.append((f"attachment-{index}", element(
-            "Binary", primitive("contentType", attachment.media_type),
-            primitive("content", base64.b64encode(attachment.data).decode("ascii")))))
-    bundle = element(
-        "Bundle", primitive("id", bundle_id), _identifier_element("urn:ietf:rfc:3986", urls("bundle")),
-        primitive("type", "document"),
-        *(element("entry", primitive("fullUrl", urls(key)), element("resource", resource))
-          for key, resource in entries),
-        attrs=f' xmlns="{fhirxml.FHIR}"')
-    return ("<?xml version='1.0' encoding='UTF-8'?>\n" + bundle).encode("utf-8")
+def _binary_data(binary: Node) -> bytes:
+    try:
+        return base64.b64decode(val(binary, "content"), validate=True)
+    except (binascii.Error, ValueError):
+        raise _error("not valid Base64", "Binary.content", "E-XML-ATTACHMENT") from None
 
 
-class _Urls:
-    """Stable ``urn:uuid:`` full URLs for the resources of one Bundle: the bundle id's
-    first 24 hex digits, then 8 numbering the resource."""
+from gateway.codecs.zdbundle import encode  # noqa: E402  (the writer uses the tables above)
 
-    KEYS = {"bundle": 0, "composition": 1, "patient": 2, "sender-role": 3, "sender-person": 4,
-            "sender-organisation": 5, "recipient-role": 6, "recipient-person": 7,
-            "recipient-organisation": 8}
-
-    def __init__(self, bundle_id: str):
-        self.prefix = f"urn:uuid:{bundle_id[:8]}-{bundle_id[8:12]}-{bundle_id[12:16]}-" \
-                      f"{bundle_id[16:20]}-{bundle_id[20:24]}"
-
-    def __call__(self, key: str) -> str:
-        number = self.KEYS[key] if key in self.KEYS else 1000 + int(key.rsplit("-", 1)[1])
-        return f"{self.prefix}{number:08x}"
-
-
-def _reference(name: str, url: str, display: str = "") -> str:
-    return element(name, primitive("reference", url), optional("display", display))
-
-
-def _identifier_element(system: str, value: str) -> str:
-    if not value:
-        return ""
-    return element("identifier", primitive("system", system), primitive("value", value))
-
-
-def _composition(doc: Document, urls: _Urls) -> str:
-    system, code, title = KINDS[doc.kind]
-    parts = [element("extension", _reference("valueReference", urls(key)), attrs=f' url="{url}"')
-             for url, key in ((SENDER_EXT, "sender-role"), (RECIPIENT_EXT, "recipient-role"))]
-    parts += [
-        _identifier_element(ZD_SYSTEM, doc.zd_number),
-        primitive("status", "final"),
-        element("type", element("coding", primitive("system", system), primitive("code", code),
-                                primitive("display", title))),
-        _reference("subject", urls("patient")),
-        primitive("date", aware(doc.sent_at).isoformat()),
-        _reference("author", urls("sender-person")),
-        primitive("title", title),
-    ]
-    if doc.in_reply_to:
-        parts.append(element("relatesTo", primitive("code", "appends"), element(
-            "targetIdentifier", primitive("system", ZD_SYSTEM), primitive("value", doc.in_reply_to))))
-    if doc.body:
-        paragraphs = "".join(f"<p>{fhirxml.escape(line)}</p>" for line in doc.body)
-        parts.append(element("section", primitive("title", LETTER_TITLE), element(
-            "text", primitive("status", "additional"),
-            element("div", paragraphs, attrs=f' xmlns="{fhirxml.XHTML}"'))))
-    if doc.attachments:
-        parts.append(element("section", primitive("title", ATTACHMENT_TITLE), *(
-            _reference("entry", urls(f"attachment-{index}"), attachment.file_name)
-            for index, attachment in enumerate(doc.attachments, 1))))
-    return element("Composition", *parts)
-
-
-def _party(urls: _Urls, prefix: str, person: str, person_agb: str, organisation: str,
-           organisation_agb: str, department: str, address: Address | None, phone: str,
-           always_person: bool) -> list[tuple[str, str]]:
-    """PractitionerRole, Practitioner and Organization entries for one party."""
-    role, resources = [], []
-    if always_person or person or person_agb:
-        role.append(_reference("practitioner", urls(f"{prefix}-person")))
-        resources.append((f"{prefix}-person", element(
-            "Practitioner", _identifier_element(AGB_SYSTEM, person_agb),
-            element("name", primitive("text", person)) if person else "")))
-    if organisation or organisation_agb or address or phone:
-        role.append(_reference("organization", urls(f"{prefix}-organisation")))
-        resources.append((f"{prefix}-organisation", element(
-            "Organization", _identifier_element(AGB_SYSTEM, organisation_agb),
-            optional("name", organisation), _telecom(phone), _address_element(address))))
-    if department:
-        role.append(element("specialty", primitive("text", department)))
-    return [(f"{prefix}-role", element("PractitionerRole", *role))] + resources
-
-
-def _telecom(phone: str) -> str:
-    if not phone:
-        return ""
-    return element("telecom", primitive("system", "phone"), primitive("value", phone))
-
-
-def _string_extension(url: str, value: str, value_type: str = "valueString") -> str:
-    if not value:
-        return ""
-    return element("extension", primitive(value_type, value), attrs=f' url="{HL7_EXT}{url}"')
-
-
-def _address_element(address: Address | None) -> str:
-    if address is None:
-        return ""
-    line_text = " ".join(p for p in (address.street, address.house_number) if p)
-    line = primitive("line", line_text,
-                     _string_extension("iso21090-ADXP-streetName", address.street),
-                     _string_extension("iso21090-ADXP-houseNumber", address.house_number)) \
-        if line_text else ""
-    return element("address", line, optional("city", address.city),
-                   optional("postalCode", address.postcode), optional("country", address.country))
-
-
-def _patient_resource(patient: Patient) -> str:
-    full = " ".join(p for p in (patient.family_prefix, patient.family_name) if p)
-    if patient.partner_name or patient.partner_prefix:
-        partner = " ".join(p for p in (patient.partner_prefix, patient.partner_name) if p)
-        full = f"{partner}-{full}" if full else partner
-    detailed = patient.family_prefix or patient.partner_name or patient.partner_prefix
-    name = ""
-    if full or patient.given_name or patient.initials:
-        family = primitive("family", full, *(
-            _string_extension(url, getattr(patient, key)) for key, url in NAME_PARTS)) \
-            if detailed else optional("family", full)
-        initials = primitive("given", patient.initials,
-                             _string_extension("iso21090-EN-qualifier", "IN", "valueCode")) \
-            if patient.initials else ""
-        name = element("name", primitive("use", "official"), family,
-                       optional("given", patient.given_name), initials)
-    birth = patient.birth_date
-    return element(
-        "Patient", _identifier_element(BSN_SYSTEM, patient.bsn), name, _telecom(patient.phone),
-        primitive("gender", GENDER_OUT[patient.sex]),
-        optional("birthDate", f"{birth.year:04d}-{birth:%m-%d}" if birth else ""),
-        _address_element(patient.address))
+__all__ = ["decode", "decode_messages", "encode"]

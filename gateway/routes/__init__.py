@@ -6,14 +6,21 @@ known to that institution, else the message goes to that institution's fallback
 queue ("referrer AGB … not in the table", or "… is not linked to institution …" when
 the referrer is known but not to this institution). A teleconsult answer goes back to the
 requesting referrer's answer address, as MEDVRI (what GP systems read).
+
+``resolve`` first maps a party the sender addressed by mailbox (a UNB mailbox
+number, an HL7 facility name) to its AGB code through mailboxes.csv, leaving a
+note in the document's warnings; an unmapped recipient or referrer sends the
+message to fallback, saying which mailbox is missing.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.document import Document, Kind
-from gateway.routes.tables import Institution, Referrer, TableError, Tables, load
+from gateway.routes.tables import (Institution, Mailbox, Referrer, TableError, Tables, load,
+                                   mailbox_key)
 
-__all__ = ["Route", "match", "load", "Tables", "Institution", "Referrer", "TableError"]
+__all__ = ["Route", "match", "resolve", "load", "Tables", "Institution", "Referrer", "Mailbox",
+           "TableError"]
 
 ANSWER_FORMAT = "edifact"
 REQUIRED_OPTION = {Kind.CANCELLATION: ("cancel", "cancellations"),
@@ -30,15 +37,36 @@ class Route:
     fallback: str | None = None
 
 
+def resolve(doc: Document, tables: Tables) -> Document:
+    """``doc`` with every party known only by a mailbox that mailboxes.csv maps given its
+    AGB code instead (the mapping is noted in the warnings); unmapped parties stay."""
+    changes, notes = {}, []
+    for role in ("sender", "recipient"):
+        party = getattr(doc, role)
+        found = tables.mailboxes.get(mailbox_key(party.mailbox)) if party.mailbox else None
+        if found is not None and not party.agb:
+            changes[role] = replace(party, agb=found.agb, mailbox="")
+            notes.append(f"{role} mailbox {party.mailbox[:70]!r} is AGB {found.agb} ({found.line})")
+    if not changes:
+        return doc
+    return replace(doc, **changes, warnings=doc.warnings + tuple(notes))
+
+
 def match(doc: Document, tables: Tables, requester_agb: str | None = None) -> Route:
-    """Route ``doc``. For an answer, ``requester_agb`` is the sender of the request it
-    answers (when the gateway still has it); else the answer's recipient is used."""
+    """Route ``doc`` (resolved). For an answer, ``requester_agb`` is the sender of the
+    request it answers (when the gateway still has it); else the answer's recipient is used."""
     if doc.kind is Kind.TELECONSULT_ANSWER:
         return _answer_route(doc, tables, requester_agb)
+    if not doc.recipient.agb:
+        return Route(f"mailbox:{doc.recipient.mailbox[:70]}", "", "",
+                     f"recipient mailbox {doc.recipient.mailbox[:70]!r} not in mailboxes.csv")
     institution = tables.institutions.get(doc.recipient.agb)
     if institution is None:
         return Route(doc.recipient.agb, "", "", f"recipient AGB {doc.recipient.agb} not in the table")
     route = Route(institution.agb, institution.format, institution.delivery)
+    if not doc.sender.agb:
+        return _fallback(route, f"referrer mailbox {doc.sender.mailbox[:70]!r} not in "
+                                "mailboxes.csv")
     referrer = tables.referrers.get(doc.sender.agb)
     if referrer is None:
         return _fallback(route, f"referrer AGB {doc.sender.agb} not in the table")
@@ -57,6 +85,9 @@ def match(doc: Document, tables: Tables, requester_agb: str | None = None) -> Ro
 def _answer_route(doc: Document, tables: Tables, requester_agb: str | None) -> Route:
     candidates = [a for a in (requester_agb, doc.recipient.practitioner_agb, doc.recipient.agb) if a]
     referrer = next((tables.referrers[a] for a in candidates if a in tables.referrers), None)
+    if not candidates:
+        return Route(f"answers:mailbox:{doc.recipient.mailbox[:70]}", ANSWER_FORMAT, "",
+                     f"recipient mailbox {doc.recipient.mailbox[:70]!r} not in mailboxes.csv")
     if referrer is None:
         return Route(f"answers:{candidates[0]}", ANSWER_FORMAT, "",
                      f"referrer AGB {candidates[0]} for the answer not in the table")

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from gateway.files import write_durably
-from gateway.routes.tables import INSTITUTION_COLUMNS, REFERRER_COLUMNS, TableError, Tables, load
+from gateway.routes.tables import (INSTITUTION_COLUMNS, MAILBOXES, REFERRER_COLUMNS, TableError,
+                                   Tables, load)
 
 FILES = {"institution": ("institutions.csv", INSTITUTION_COLUMNS),
          "referrer": ("referrers.csv", REFERRER_COLUMNS)}
@@ -70,6 +71,8 @@ def apply(folder: Path, replacements: dict[str, str]) -> Tables:
             if text is None:
                 text = (folder / name).read_text(encoding="utf-8-sig")
             (Path(scratch) / name).write_text(text, encoding="utf-8")
+        if (folder / MAILBOXES).exists():      # the optional mailbox table loads with them
+            (Path(scratch) / MAILBOXES).write_bytes((folder / MAILBOXES).read_bytes())
         try:
             tables = load(Path(scratch))
         except TableError as exc:

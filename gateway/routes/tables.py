@@ -1,7 +1,8 @@
 """AGB route tables: load and validate the administrators' CSV files.
 
 ``institutions.csv``: ``agb,name,format,delivery,options`` — the receiving
-institution's AGB code; output format ``xml``, ``hl7`` or ``edifact``; delivery
+institution's AGB code; output format ``xml``, ``hl7`` (REF^I12/RRI^I12), ``zd-hl7``
+(ZorgDomein's ORU^R01, for hospital systems that take ZorgDomein's HL7) or ``edifact``; delivery
 ``pull``, ``mllp://host:port`` or ``sftp:ACCOUNT``; options, ``;``-separated,
 from ``cancel``, ``supplement``, ``attachments``.
 
@@ -10,6 +11,15 @@ personal AGB code; the institutions that know this referrer (``;``-separated
 AGB codes, or ``*``); where answers for this referrer go (``sftp:ACCOUNT``, or
 empty when answers are not delivered automatically).
 
+``mailboxes.csv`` (optional): ``mailbox,agb,name`` — how a sender addressed a party
+instead of by AGB code, and the AGB code it stands for: a network mailbox number in
+an EDIFACT UNB (ZorgMail/Medicom style, e.g. ``500000101``), or a receiving facility
+name in HL7 MSH-6 (as ZorgDomein writes it, e.g. ``Ziekenhuis Eemland``); ``name``
+says what it is. The AGB code is routed like any other (an institution or referrer
+not in the tables sends the message to fallback, naming the code).
+Names match without regard to case or repeated blanks. An 8-digit mailbox is
+refused: an 8-digit UNB address is read as an AGB code.
+
 Blank lines and lines starting with ``#`` are ignored; the header row is
 required. Every problem is reported as ``file:line: problem``; a table with any
 problem is refused as a whole.
@@ -17,16 +27,19 @@ problem is refused as a whole.
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.document import agb_problem
 from gateway.errors import ConfigError
 
-FORMATS = ("edifact", "hl7", "xml")
+FORMATS = ("edifact", "hl7", "zd-hl7", "xml")
 OPTIONS = ("cancel", "supplement", "attachments")
 INSTITUTION_COLUMNS = ("agb", "name", "format", "delivery", "options")
 REFERRER_COLUMNS = ("agb", "name", "institutions", "answer_address")
+MAILBOX_COLUMNS = ("mailbox", "agb", "name")
+MAILBOXES = "mailboxes.csv"
+MAILBOX_LENGTH = 70
 _DELIVERY = re.compile(r"pull|mllp://[A-Za-z0-9.-]+:\d{1,5}|sftp:[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ANSWER = re.compile(r"sftp:[a-z_][a-z0-9_-]{0,31}")
@@ -53,9 +66,23 @@ class Referrer:
 
 
 @dataclass(frozen=True)
+class Mailbox:
+    mailbox: str
+    agb: str
+    name: str
+    line: str          # mailboxes.csv:line, for the note a mapping leaves
+
+
+@dataclass(frozen=True)
 class Tables:
     institutions: dict[str, Institution]
     referrers: dict[str, Referrer]
+    mailboxes: dict[str, Mailbox] = field(default_factory=dict)   # by mailbox_key()
+
+
+def mailbox_key(mailbox: str) -> str:
+    """How mailboxes are compared: case and repeated blanks do not count."""
+    return " ".join(mailbox.split()).casefold()
 
 
 class TableError(ConfigError):
@@ -74,9 +101,11 @@ def load(folder: Path) -> Tables:
     problems: list[str] = []
     institutions = _load_institutions(Path(folder) / "institutions.csv", problems)
     referrers = _load_referrers(Path(folder) / "referrers.csv", set(institutions), problems)
+    path = Path(folder) / MAILBOXES
+    mailboxes = _load_mailboxes(path, problems) if path.exists() else {}
     if problems:
         raise TableError(problems)
-    return Tables(institutions, referrers)
+    return Tables(institutions, referrers, mailboxes)
 
 
 def _rows(path: Path, columns: tuple[str, ...], problems: list[str]):
@@ -120,8 +149,8 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
              f"delivery {row['delivery']!r} is not pull, mllp://host:port or sftp:ACCOUNT"),
             (bool(_DELIVERY.fullmatch(row["delivery"])) and bool(_address_problem(row["delivery"])),
              f"delivery {row['delivery']!r}: {_address_problem(row['delivery'])}"),
-            (row["delivery"].startswith("mllp://") and row["format"] != "hl7",
-             "delivery over mllp:// needs format hl7"),
+            (row["delivery"].startswith("mllp://") and row["format"] not in ("hl7", "zd-hl7"),
+             "delivery over mllp:// needs format hl7 or zd-hl7"),
             (bool(options - set(OPTIONS)),
              f"unknown option(s) {', '.join(sorted(options - set(OPTIONS)))} (known: {', '.join(OPTIONS)})"),
         ]
@@ -169,4 +198,24 @@ def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> 
         seen.add(row["agb"])
         if not bad:
             found[row["agb"]] = Referrer(row["agb"], row["name"], known, row["answer_address"])
+    return found
+
+
+def _load_mailboxes(path: Path, problems: list[str]) -> dict[str, Mailbox]:
+    found: dict[str, Mailbox] = {}
+    for number, row in _rows(path, MAILBOX_COLUMNS, problems):
+        where = f"{path}:{number}"
+        key = mailbox_key(row["mailbox"])
+        checks = [
+            (not key, "mailbox is empty"),
+            (len(row["mailbox"]) > MAILBOX_LENGTH, f"mailbox is longer than {MAILBOX_LENGTH}"),
+            (not agb_problem(row["mailbox"]),
+             f"mailbox {row['mailbox']!r} is an AGB code (an 8-digit UNB address is read as one)"),
+            (key in found, f"mailbox {row['mailbox']!r} appears twice"),
+            (bool(agb_problem(row["agb"])), f"agb {row['agb']!r} {agb_problem(row['agb'])}"),
+        ]
+        bad = [f"{where}: {text}" for failed, text in checks if failed]
+        problems += bad
+        if not bad:
+            found[key] = Mailbox(row["mailbox"], row["agb"], row["name"], f"{path.name}:{number}")
     return found

@@ -56,9 +56,9 @@ class StateError(GatewayError):
 @dataclass(frozen=True)
 class Entry:
     """A message to store under ``id``: its metadata (see COLUMNS), the states it passed
-    through on the way in (recorded as history in the same transaction), who brought it,
-    its audit events, and its payloads: the raw input (only on the message that owns it,
-    ``raw_owner``) and the converted output."""
+    through on the way in (recorded as history in the same transaction; ``note`` is the
+    first entry's reason), who brought it, its audit events, and its payloads: the raw
+    input (only on the message that owns it, ``raw_owner``) and the converted output."""
 
     id: int
     values: dict
@@ -67,6 +67,7 @@ class Entry:
     events: tuple = ()
     raw: bytes | None = None
     out: bytes | None = None
+    note: str | None = None
 
 
 class Store:
@@ -191,8 +192,9 @@ class Store:
                  for e in entries], key=lambda row: (row[1], row[2] or "", row[0])))
             self.db.executemany(INSERT_HISTORY, [
                 (e.id, now, state, e.actor,
-                 e.values.get("reason") if state == e.values["state"] else None)
-                for e in entries for state in e.path])
+                 e.values.get("reason") if state == e.values["state"] else
+                 (e.note if index == 0 else None))
+                for e in entries for index, state in enumerate(e.path)])
             payloads.put(self.db, self.ring, [
                 (e.id, which, data) for e in entries
                 for which, data in (("raw", e.raw), ("out", e.out)) if data is not None])

@@ -44,6 +44,7 @@ from gateway.transports import tls
 from gateway.transports.guard import Budget
 
 CONTENT_TYPES = {"xml": b"application/fhir+xml", "hl7": b"x-application/hl7-v2+er7",
+                 "zd-hl7": b"x-application/hl7-v2+er7",
                  "edifact": b"application/EDIFACT"}
 
 STREAM_FROM = 64 * 1024      # answers larger than this are written as the client reads them

@@ -50,7 +50,7 @@ class MLLPDeliverer:
 
     def deliver(self, row, payload: bytes) -> defer.Deferred:
         found = _DELIVERY.fullmatch(row["delivery"])
-        if not found or row["format"] != "hl7":
+        if not found or row["format"] not in ("hl7", "zd-hl7"):
             return defer.fail(DeliveryError(f"cannot push {row['format']} to {row['delivery']}",
                                             code="E-DELIVERY-CONFIG"))
         control_id = _control_id(payload)

@@ -336,7 +336,7 @@ class _ByteNames(Mapping):
         return len(self.authorized)
 
 
-EXTENSIONS = {"edifact": "edi", "hl7": "hl7", "xml": "xml"}
+EXTENSIONS = {"edifact": "edi", "hl7": "hl7", "zd-hl7": "hl7", "xml": "xml"}
 
 
 def _write(target: Path, data: bytes) -> None:
