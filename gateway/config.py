@@ -83,7 +83,7 @@ SETTINGS = (
             "renamed within this long is discarded", 1, 7 * DAY),
     Setting("limits.sftp_handles_per_session", int, 64, "files and folders one SFTP session "
             "may have open at once", 1, 10000),
-    Setting("limits.sftp_channels_per_connection", int, 10, "SSH session channels (each an "
+    Setting("limits.sftp_channels_per_connection", int, 4, "SSH session channels (each an "
             "SFTP session) open at once on one connection", 1, 1000),
     Setting("limits.sftp_error_files", int, 1000, ".err files kept in an SFTP account's "
             "errors/ folder; past it the oldest go", 10, 1000000),

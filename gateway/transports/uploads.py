@@ -46,7 +46,7 @@ class Limits:
     total_bytes: int                 # held in memory, all accounts
     staged_seconds: float            # a staged file not renamed by then is discarded
     handles: int = 64                # files and folders open, per SFTP session
-    channels: int = 10               # SSH session channels, per connection
+    channels: int = 4                # SSH session channels, per connection
     error_files: int = 1000          # .err files kept, per account
 
     @classmethod
