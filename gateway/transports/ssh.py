@@ -13,7 +13,8 @@ keepalives (``keepalive@openssh.com``) are answered as OpenSSH's own server does
 
 A connection may hold one partial SSH packet of at most ``MAX_PACKET`` bytes, before
 login and after (RFC 4253 §6.1 asks for 35,000); one that announces a longer packet
-is closed with one line. While the client does not read what it is sent (the TCP
+is closed with one line (a few a minute per address: the listener's throttle).
+While the client does not read what it is sent (the TCP
 connection's send buffer is full), nothing more is read from it.
 
 ``Server`` is the SFTP subsystem of one session: requests of at most
@@ -90,12 +91,22 @@ class Transport(transport.SSHServerTransport):
         if packet is None and first is not None and not self._closing():
             (length,) = struct.unpack(">L", first[:4])
             if length > MAX_PACKET:
-                log.warn("{who} from {peer} closed: an SSH packet of {length} bytes (at most "
-                         "{limit}) {when}", who=_who(self), peer=self.transport.getPeer().host,
-                         length=length, limit=MAX_PACKET,
-                         when="after login" if logged_in(self) else "before login")
+                self._warn("{who} from {peer} closed: an SSH packet of {length} bytes (at most "
+                           "{limit}) {when}", length=length, limit=MAX_PACKET,
+                           when="after login" if logged_in(self) else "before login")
                 self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"packet too long")
         return packet
+
+    def _warn(self, format: str, **fields) -> None:
+        """One line about this connection, through its listener's throttle when it has one
+        (a flood of connections from one address cannot flood the log)."""
+        peer = self.transport.getPeer().host
+        throttle = getattr(getattr(self.transport, "factory", None), "throttle", None)
+        fields.update(who=_who(self), peer=peer)
+        if throttle is None:
+            log.warn(format, **fields)
+        else:
+            throttle.warn(log, peer, format, **fields)
 
     def _closing(self) -> bool:
         return bool(getattr(self.transport, "disconnecting", False))
@@ -104,8 +115,8 @@ class Transport(transport.SSHServerTransport):
         try:
             super().dispatchMessage(messageNum, payload)
         except _MALFORMED:
-            log.warn("{who} from {peer} closed: malformed SSH message {number}",
-                     who=_who(self), peer=self.transport.getPeer().host, number=messageNum)
+            self._warn("{who} from {peer} closed: malformed SSH message {number}",
+                       number=messageNum)
             self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"malformed message")
 
 
