@@ -87,6 +87,12 @@ SETTINGS = (
             "uploads held in memory, all accounts together", 1024, 16 * 1024 * 1024 * 1024),
     Setting("limits.sftp_staged_seconds", int, HOUR, "a staged upload (.part/.tmp) not "
             "renamed within this long is discarded", 1, 7 * DAY),
+    Setting("limits.sftp_handles_per_session", int, 64, "files and folders one SFTP session "
+            "may have open at once", 1, 10000),
+    Setting("limits.sftp_channels_per_connection", int, 4, "SSH session channels (each an "
+            "SFTP session) open at once on one connection", 1, 1000),
+    Setting("limits.sftp_error_files", int, 1000, ".err files kept in an SFTP account's "
+            "errors/ folder; past it the oldest go", 10, 1000000),
     Setting("limits.min_free_mb", int, 64, "below this much free space on the spool's file "
             "system, /healthz answers 503 (the store is about to fail)", 0, 1024 * 1024),
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
@@ -97,6 +103,8 @@ SETTINGS = (
             "purged this long after the last one (548 days: 18 months)", 1, 36500),
     Setting("retention.audit_days", int, 1827, "audit records are kept this long (5 years)",
             1, 36500),
+    Setting("retention.sftp_error_days", int, 30, ".err files in SFTP errors/ folders are "
+            "removed this long after they were written", 1, 36500),
     Setting("notify.email_to", str, "", "comma-separated addresses for notifications "
             "(empty: no e-mail)"),
     Setting("notify.email_from", str, "gatewayd@localhost", "sender address of notifications"),

@@ -14,7 +14,8 @@ messages were purged. Audit records older than ``retention.audit_days`` go too.
 Then SQLite gives the space back (incremental vacuum, WAL truncated), so the
 purged ciphertexts leave the database file (PostgreSQL: autovacuum reuses it). SFTP outbox files of purged
 messages and quarantined outbox files are removed once they are older than a
-day or the rule.
+day or the rule; ``.err`` files in SFTP ``errors/`` folders once they are older
+than ``retention.sftp_error_days``.
 """
 
 import datetime as dt
@@ -85,11 +86,15 @@ def purge(store: Store, settings, now: float, dry_run: bool = False) -> Report:
 
 
 def _sweep_files(store: Store, settings, now: float) -> int:
-    """Remove outbox files of messages that are gone and quarantined outbox files past
-    the referral rule."""
+    """Remove outbox files of messages that are gone, quarantined outbox files past
+    the referral rule and SFTP .err files past retention.sftp_error_days."""
     removed = 0
     for path in Path(settings.paths_sftp).glob("*/outbox/*"):
         if _older(path, now, DAY) and store.get(_sealed_for(path)) is None:
+            path.unlink(missing_ok=True)
+            removed += 1
+    for path in Path(settings.paths_sftp).glob("*/errors/*.err"):
+        if _older(path, now, settings.retention_sftp_error_days * DAY):
             path.unlink(missing_ok=True)
             removed += 1
     for path in (store.root / "quarantine").glob("*"):

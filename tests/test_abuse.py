@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import pki
+from gateway import keys, pki
+from gateway.transports import uploads
 from tests.helpers import daemon
 from tests.helpers.fakes import free_port, numbered_referral
 from tests.test_daemon_e2e import identity, load_authority, msa, read_frame, send
@@ -124,6 +125,12 @@ def long_referral(index: int, size: int) -> bytes:
         b"|1|Geachte collega,", b"|1|" + line * (size // len(line)) + b"Geachte collega,")
 
 
+def name_tag(made, name: str) -> str:
+    """The tag gatewayd's log lines use for the SFTP file ``name``."""
+    ring = keys.load(Path(made["config"]).parent / "keys" / "gatewayd.keys")
+    return uploads.name_tag(ring.audit_key, name)
+
+
 def tls_socket(made, name: str = "his-brink", port: str = "https", cert=None,
                alpn: list[str] | None = None) -> ssl.SSLSocket:
     """A TLS connection from the hostile address with ``name``'s certificate (or ``cert``,
@@ -178,7 +185,8 @@ def test_sftp_upload_cut_off_by_a_dropped_connection_is_not_stored(gateway, tmp_
         time.sleep(2.0)                       # 64 kbit/s: about 16 kB of 200 kB are up
         os.killpg(client.pid, signal.SIGKILL)
         client.wait()
-        assert logged_since(made, mark, f"upload '{name}' cut off after"), made["log"].read_text()[mark:]
+        assert logged_since(made, mark, f"upload {name_tag(made, name)} cut off after"), \
+            made["log"].read_text()[mark:]
         assert len(stored(made)) == before
         account = Path(made["config"]).parent / "sftp" / "his-brink"
         assert not (account / "errors" / f"{name}.err").exists()
@@ -299,7 +307,8 @@ def test_oversize_sftp_upload_stores_nothing(gateway, tmp_path):
     assert result.returncode != 0 and "Permission denied" in result.stderr
     assert len(stored(made)) == before
     err = Path(made["config"]).parent / "sftp" / "his-brink" / "errors" / "huge.edi.err"
-    assert err.read_text() == f"E-TOO-LARGE: upload larger than {CAP} bytes\n"
+    assert err.read_text() == f"E-TOO-LARGE: upload larger than {CAP} bytes\n" \
+                              f"logged as {name_tag(made, 'huge.edi')}\n"
 
 
 def test_oversize_mllp_message_stores_nothing(gateway):

@@ -231,3 +231,16 @@ def test_a_message_arriving_during_the_purge_stays(setup):
     setup.at(181, (HL7 / "cancellation.hl7").read_bytes().replace(b"ZD100200300", b"ZD500000001"))
     setup.store.purge([(group.key, group.rule, group.last_received)], "retention", T0 + 181 * DAY)
     assert setup.zd_numbers() == {"ZD100200302"}
+
+
+def test_sftp_error_files_expire(setup):
+    """.err files in SFTP errors/ folders go once older than retention.sftp_error_days (30);
+    a younger one stays."""
+    errors = setup.settings.paths_sftp / "his-brink" / "errors"
+    errors.mkdir(parents=True)
+    for name, age in (("old.hl7.err", 31), ("new.hl7.err", 29)):
+        (errors / name).write_text("E-FORMAT-UNKNOWN\n")
+        stamp = time.time() - age * DAY
+        os.utime(errors / name, (stamp, stamp))
+    assert setup.purge(0).files == 1
+    assert [p.name for p in errors.iterdir()] == ["new.hl7.err"]

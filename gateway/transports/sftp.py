@@ -2,46 +2,59 @@
 
 An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
-upload); deleting a file from ``outbox/`` confirms its pickup. An upload is
-ingested when the client closes its file — or renames it from a ``.part`` or
-``.tmp`` name; until then it is held in memory within bounds (see
+upload, at most ``limits.sftp_error_files`` of them: the oldest go, and the
+retention purge removes those older than ``retention.sftp_error_days``);
+deleting a file from ``outbox/`` confirms its pickup. An upload is ingested when
+the client closes its file — or renames it from a ``.part`` or ``.tmp`` name;
+until then it is held in memory within bounds (see
 ``gateway.transports.uploads``), so no patient data reaches ``inbox/`` in plain
 text, and a session that ends with files still open discards them (a cut-off
 upload is never taken for a whole one). Outbox files are sealed
-(``gateway.keys``) and opened as the client reads them, sizes shown as opened.
+(``gateway.transports.outbox``) and opened as the client reads them, within the
+same memory bounds (``gateway.transports.downloads``), sizes shown as opened.
 Paths are resolved and compared component by component; ``..``, absolute paths
-outside the account, links, names that are not UTF-8, hold a NUL or are over-long
-are refused and logged; there is no shell, no exec and no forwarding (see
-``gateway.transports.ssh``). A file-system error is one log line and an SFTP
-status, never a traceback.
+outside the account, links, names that are not UTF-8, hold a character that is
+not printable (a NUL, a line break, an escape, U+2028) or are over-long are
+refused and logged; a client's file name is never written to a log line or an
+audit record, only its tag (``uploads.name_tag``). There is no shell, no exec and
+no forwarding (see ``gateway.transports.ssh``). A file-system error is one log
+line and an SFTP status, never a traceback.
 """
 
 import errno
 import functools
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from twisted.conch import avatar
 from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
-from twisted.conch.interfaces import IConchUser, ISFTPFile, ISFTPServer
+from twisted.conch.interfaces import IConchUser, ISFTPServer
 from twisted.conch.ssh import factory, filetransfer
 from twisted.conch.ssh.keys import Key as SSHKey
 from twisted.cred import portal
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway import audit, keys
 from gateway.errors import DecodeError, StoreError
 from gateway.intake import REFUSALS, Envelope
 from gateway.transports import ssh
-from gateway.transports.uploads import STAGING_SUFFIXES, Refused, Shelf, Upload, shown
+from gateway.transports.downloads import Listing, attrs, download, staged_attrs
+from gateway.transports.outbox import Outbox
+from gateway.transports.uploads import STAGING_SUFFIXES, Refused, Shelf, Upload, name_tag
 
+__all__ = ["Account", "Listing", "Outbox", "server_factory"]
 FOLDERS = ("inbox", "outbox", "errors")
 MAX_NAME, MAX_PATH = 255, 1024          # bytes in one path component, in a whole path
+ERR = ".err"                            # an upload's name plus this must be a file name too
 log = Logger(namespace="gatewayd.sftp")
+
+
+class NotStored(filetransfer.SFTPError):
+    """The store failed (a full disk): nothing was judged, the client may send again."""
 
 
 def _clean(method):
@@ -66,14 +79,19 @@ class Account(avatar.ConchUser):
     """One SFTP account: the folder it is confined to and how uploads are ingested."""
 
     def __init__(self, name: str, root: Path, mandates: frozenset[str], accept,
-                 outbox: "Outbox", shelf: Shelf):
+                 outbox: Outbox, shelf: Shelf):
         super().__init__()
         self.name, self.root, self.mandates = name, root.resolve(), mandates
         self.accept, self.outbox, self.shelf = accept, outbox, shelf
+        self.limits = shelf.holdings.limits
         self.channelLookup[b"session"] = ssh.Session
         self.subsystemLookup[b"sftp"] = ssh.Server
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def tag(self, name: str) -> str:
+        """What stands for the client's file (or path) ``name`` in logs and audit records."""
+        return name_tag(self.outbox.store.ring.audit_key, name)
 
     def resolve(self, path: bytes | str) -> Path:
         """The real path for a client path, refused unless it stays inside the account."""
@@ -81,26 +99,37 @@ class Account(avatar.ConchUser):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            self.refuse(f"file name not UTF-8: {shown(raw.decode('utf-8', 'replace'))}")
-        if "\0" in text or len(raw) > MAX_PATH:
-            self.refuse(f"file name with a NUL or over {MAX_PATH} bytes: {shown(text)}")
+            self.refuse(f"file name not UTF-8: {self.tag(raw.decode('utf-8', 'replace'))}")
+        if not text.isprintable() or len(raw) > MAX_PATH:
+            self.refuse(f"file name with a character that is not printable (a NUL, a line "
+                        f"break, an escape) or over {MAX_PATH} bytes: {self.tag(text)}")
         parts: list[str] = []
         for part in PurePosixPath("/", text).parts[1:]:
             if len(part.encode()) > MAX_NAME:
-                self.refuse(f"file name over {MAX_NAME} bytes: {shown(part)}")
+                self.refuse(f"file name over {MAX_NAME} bytes: {self.tag(part)}")
             if part == "..":
                 if not parts:
-                    self.refuse(f"'..' above the account folder: {shown(text)}")
+                    self.refuse(f"'..' above the account folder: {self.tag(text)}")
                 parts.pop()
             elif part != ".":
                 parts.append(part)
         real = self.root.joinpath(*parts)
         if real.is_symlink():
-            self.refuse(f"link: {shown(text)}")
+            self.refuse(f"link: {self.tag(text)}")
         resolved = real.resolve()
         if resolved.parts[:len(self.root.parts)] != self.root.parts:
-            self.refuse(f"outside the account: {shown(text)}")
+            self.refuse(f"outside the account: {self.tag(text)}")
         return resolved
+
+    def upload_path(self, path: bytes | str, what: str = "upload") -> Path:
+        """The real path of a file to be written into inbox/, or refused."""
+        target = self.resolve(path)
+        if target.parent != self.root / "inbox":
+            self.refuse(f"{what} outside inbox/: {self.tag(target.name)}")
+        if len(target.name.encode()) > MAX_NAME - len(ERR):
+            self.refuse(f"{what} name over {MAX_NAME - len(ERR)} bytes: {self.tag(target.name)}",
+                        f"file name over {MAX_NAME - len(ERR)} bytes")
+        return target
 
     def refuse(self, what: str, told: str = "permission denied"):
         log.warn("SFTP {account} refused: {what}", account=self.name, what=what)
@@ -111,30 +140,70 @@ class Account(avatar.ConchUser):
         self.outbox.store.record([audit.Event(f"sftp:{self.name}", "receive", result,
                                               detail=detail)])
 
+    def leave_error(self, name: str, why: str) -> None:
+        """Write errors/<name>.err saying ``why`` (and the tag the log lines use), then
+        remove the oldest .err files past limits.sftp_error_files."""
+        folder = self.root / "errors"
+        try:
+            (folder / f"{name}{ERR}").write_text(f"{why}\nlogged as {self.tag(name)}\n")
+            with os.scandir(folder) as entries:
+                found = sorted((entry.stat().st_mtime_ns, entry.name) for entry in entries
+                               if entry.name.endswith(ERR))
+            for _, old in found[:max(0, len(found) - self.limits.error_files)]:
+                (folder / old).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warn("SFTP {account} .err file for {tag} not written: {error}",
+                     account=self.name, tag=self.tag(name), error=exc.strerror)
+
     def gotVersion(self, otherVersion, extData):
-        return {}
+        return {ssh.LIMITS_EXTENSION: b"1"}
 
     @_clean
-    def openFile(self, filename, flags, attrs):
-        path = self.resolve(filename)
+    def openFile(self, filename, flags, attrs_):
         writing = flags & (filetransfer.FXF_WRITE | filetransfer.FXF_CREAT | filetransfer.FXF_APPEND)
-        if writing and path.parent != self.root / "inbox":
-            self.refuse(f"upload outside inbox/: {shown(path.name)}")
         if writing:
-            files = self.shelf.holdings.limits.files
-            if len(self.shelf.open) + len(self.shelf.staged) >= files:
-                self.refuse(f"E-UPLOAD-LIMIT: {files} uploads open or staged: {shown(path.name)}",
-                            f"E-UPLOAD-LIMIT: {files} uploads open or staged; rename or remove "
-                            "staged files first")
+            path = self.upload_path(filename)
+            if self.shelf.uploads() >= self.limits.files:
+                why = f"E-UPLOAD-LIMIT: {self.limits.files} uploads open or staged"
+                self.refuse(f"{why}: {self.tag(path.name)}",
+                            f"{why}; rename or remove staged files first")
             return Upload(self, path)
+        path = self.resolve(filename)
         if path.parent == self.root / "errors":
-            return Download(path.read_bytes())
+            return self._download(path, path.stat().st_size, path.read_bytes)
         if path.parent != self.root / "outbox":
-            self.refuse(f"read outside outbox/ and errors/: {shown(path.name)}")
-        try:
-            return Download(self.outbox.open(self.name, path))
-        except keys.SealBroken:
-            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable") from None
+            self.refuse(f"read outside outbox/ and errors/: {self.tag(path.name)}")
+        return self._download(path, self._plain_size(path), *self._opener(path))
+
+    def _plain_size(self, path: Path) -> int:
+        found = keys.file_header(path)
+        if found is None:
+            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable")
+        return keys.plain_size(path.stat().st_size, found[0])
+
+    def _opener(self, path: Path):
+        """(load, pulled) for an outbox file: open its seal; audit a session's read."""
+        def load():
+            try:
+                return self.outbox.plain(self.name, path)[0]
+            except keys.SealBroken:
+                raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable") \
+                    from None
+
+        def pulled():
+            row = self.outbox.store.get(keys.file_header(path)[1])
+            if row is not None:
+                self.outbox.pulled(self.name, row, path.name)
+        return load, pulled
+
+    def _download(self, path: Path, size: int, load, pulled=None):
+        info = path.stat()
+        key = (str(path), info.st_ino, info.st_mtime_ns, info.st_size)
+        handle = download(self.shelf, key, size, load, pulled)
+        if isinstance(handle, str):
+            log.warn("SFTP {account} refused: {why}", account=self.name, why=handle)
+            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, handle)
+        return handle
 
     @_clean
     def removeFile(self, filename):
@@ -142,33 +211,36 @@ class Account(avatar.ConchUser):
         if path.parent == self.root / "inbox" and self.shelf.unstage(path.name) is not None:
             return
         if path.parent not in (self.root / "outbox", self.root / "errors"):
-            self.refuse(f"delete outside outbox/ and errors/: {shown(path.name)}")
+            self.refuse(f"delete outside outbox/ and errors/: {self.tag(path.name)}")
         path.unlink()
         if path.parent == self.root / "outbox":
             self.outbox.picked_up(self.name, path.name)   # reading and deleting confirms pickup
 
     @_clean
     def renameFile(self, oldpath, newpath):
-        old, new = self.resolve(oldpath), self.resolve(newpath)
-        if old.parent != self.root / "inbox" or new.parent != self.root / "inbox":
-            self.refuse("rename outside inbox/")
-        data = self.shelf.unstage(old.name)
-        if data is None:
+        old, new = self.upload_path(oldpath, "rename"), self.upload_path(newpath, "rename")
+        staged = self.shelf.take(old.name)
+        if staged is None:
             raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file")
-        if new.suffix in STAGING_SUFFIXES:
-            self.shelf.stage(new.name, data, self.expire)
+        if new.suffix in STAGING_SUFFIXES:         # still staged: its first deadline holds
+            self.shelf.settle(staged, new.name, self.expire)
             return None
-        return self.ingest(new, data)
+
+        def settled(result):       # not stored (a full disk): staged again, to be retried
+            again = isinstance(result, Failure) and result.check(NotStored)
+            self.shelf.settle(staged, old.name if again else None, self.expire)
+            return result
+        return self.ingest(new, staged.data).addBoth(settled)
 
     def expire(self, name: str) -> None:
         """A staged upload was not renamed in time: discard it."""
         data = self.shelf.unstage(name)
         if data is not None:
-            seconds = self.shelf.holdings.limits.staged_seconds
-            log.warn("SFTP {account} staged upload {name} not renamed within {seconds} s: "
-                     "discarded", account=self.name, name=shown(name), seconds=seconds)
-            self.audit("discarded", f"staged upload of {len(data)} bytes not renamed within "
-                                    f"{seconds} s")
+            seconds = self.limits.staged_seconds
+            what = f"staged upload {self.tag(name)} of {len(data)} bytes not renamed within " \
+                   f"{seconds} s"
+            log.warn("SFTP {account} {what}: discarded", account=self.name, what=what)
+            self.audit("discarded", what)
 
     def ingest(self, path: Path, data: bytes) -> defer.Deferred:
         """Hand a closed upload to the intake, or leave a .err file saying why not."""
@@ -183,15 +255,15 @@ class Account(avatar.ConchUser):
 
         def refused(failure):
             if failure.check(StoreError):        # not judged, just not stored: no .err file
-                raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "not stored; send again")
+                raise NotStored(filetransfer.FX_FAILURE, "not stored; send again")
             failure.trap(DecodeError, *REFUSALS)
-            (self.root / "errors" / f"{path.name}.err").write_text(f"{failure.value}\n")
-            log.warn("upload from sftp:{account} refused: {error}", account=self.name,
-                     error=str(failure.value))
+            self.leave_error(path.name, str(failure.value))
+            log.warn("upload {tag} from sftp:{account} refused: {error}", tag=self.tag(path.name),
+                     account=self.name, error=str(failure.value))
 
         return result.addCallbacks(stored, refused)
 
-    def makeDirectory(self, path, attrs):
+    def makeDirectory(self, path, attrs_):
         self.refuse("making folders")
 
     def removeDirectory(self, path):
@@ -209,10 +281,15 @@ class Account(avatar.ConchUser):
     def getAttrs(self, path, followLinks):
         path = self.resolve(path)
         if path.parent == self.root / "inbox" and path.name in self.shelf.staged:
-            return _staged_attrs(len(self.shelf.staged[path.name].data))
-        return _attrs(os.lstat(path))
+            return staged_attrs(len(self.shelf.staged[path.name].data))
+        return attrs(os.lstat(path))
 
-    def setAttrs(self, path, attrs):
+    def setAttrs(self, path, attrs_):
+        """Permissions and times are ignored; a size (truncate) is refused: only an open
+        upload's own handle may shorten it."""
+        if "size" in attrs_:
+            self.refuse(f"size change of {self.tag(self.resolve(path).name)}",
+                        "size cannot be changed but on an open upload")
         return None
 
     def readLink(self, path):
@@ -225,75 +302,12 @@ class Account(avatar.ConchUser):
         return "/" + "/".join(self.resolve(path).parts[len(self.root.parts):])
 
     def extendedRequest(self, extendedName, extendedData):
+        if extendedName == ssh.LIMITS_EXTENSION:
+            return ssh.limits_reply(self.limits.handles)
         raise NotImplementedError
 
     def logout(self):
         pass
-
-
-@implementer(ISFTPFile)
-class Download:
-    """A file read from outbox/ (opened from its seal) or errors/."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def readChunk(self, offset, length):
-        if offset >= len(self.data):
-            raise EOFError()
-        return self.data[offset:offset + length]
-
-    def writeChunk(self, offset, data):
-        raise Refused("read-only")
-
-    def getAttrs(self):
-        return {"size": len(self.data), "permissions": 0o100400}
-
-    def setAttrs(self, attrs):
-        return None
-
-    def close(self):
-        return None
-
-
-class Listing:
-    """A folder's entries; in inbox/, the staged uploads (held in memory) too."""
-
-    def __init__(self, path: Path, staged: dict[str, int]):
-        entries = [(entry.name, entry) for entry in path.iterdir()]
-        entries += [(name, size) for name, size in staged.items()]
-        self.entries = iter(sorted(entries, key=lambda pair: pair[0]))
-        self.outbox = path.name == "outbox"
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        name, entry = next(self.entries)
-        if isinstance(entry, int):
-            return name, name, _staged_attrs(entry)
-        info = _attrs(os.lstat(entry))
-        if self.outbox and entry.suffix != ".tmp":
-            info["size"] = sealed_size(entry)
-        return name, name, info
-
-    def close(self):
-        pass
-
-
-def sealed_size(path: Path) -> int:
-    """The size a sealed outbox file opens to."""
-    found = keys.file_header(path)
-    return keys.plain_size(path.stat().st_size, found[0]) if found else 0
-
-
-def _staged_attrs(size: int) -> dict:
-    return {"size": size, "permissions": stat.S_IFREG | 0o600}
-
-
-def _attrs(info: os.stat_result) -> dict:
-    return {"size": info.st_size, "uid": 0, "gid": 0, "permissions": stat.S_IMODE(info.st_mode)
-            | stat.S_IFMT(info.st_mode), "atime": int(info.st_atime), "mtime": int(info.st_mtime)}
 
 
 @implementer(portal.IRealm)
@@ -334,81 +348,3 @@ class _ByteNames(Mapping):
 
     def __len__(self):
         return len(self.authorized)
-
-
-EXTENSIONS = {"edifact": "edi", "hl7": "hl7", "zd-hl7": "hl7", "xml": "xml"}
-
-
-def _write(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` durably (temporary name, fsync, rename)."""
-    temporary = target.with_suffix(target.suffix + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(temporary, target)
-
-
-class Outbox:
-    """The SFTP outboxes. Push delivery to ``sftp:ACCOUNT`` writes the payload sealed and
-    durably (temporary name, fsync, rename) as ``outbox/<ZD number>.<format>``; a read
-    opens it for that account only, and is audited. A file that fails its seal (altered,
-    or not this account's message) is moved to ``<spool>/quarantine/``, reported with an
-    ALERT line, never served, and its message written out again from the store."""
-
-    def __init__(self, root: Path, store):
-        self.root, self.store = root, store
-
-    def deliver(self, row, payload: bytes) -> defer.Deferred:
-        account = row["delivery"].removeprefix("sftp:")
-        outbox = self.root / account / "outbox"
-        outbox.mkdir(parents=True, exist_ok=True)
-        target = outbox / f"{row['zd_number'] or row['id']}.{EXTENSIONS.get(row['format'], 'dat')}"
-        self.store.check_current()
-        _write(target, self.store.ring.seal(payload, row["id"]))
-        return defer.succeed(None)
-
-    def reseal(self, path: Path) -> int:
-        """Seal an outbox file again under the current key (1), or leave it (0: current
-        already, or unreadable — a read quarantines that)."""
-        blob = path.read_bytes()
-        try:
-            key_id, message_id, _ = keys.header(blob)
-            if key_id == self.store.ring.current:
-                return 0
-            _write(path, self.store.ring.seal(self.store.ring.open(blob, message_id), message_id))
-        except keys.SealBroken:
-            return 0
-        return 1
-
-    def open(self, account: str, path: Path) -> bytes:
-        """The plain content of an outbox file read by ``account``; raise SealBroken."""
-        blob, row = path.read_bytes(), None
-        try:
-            row = self.store.get(keys.header(blob)[1])
-            if row is None or row["delivery"] != f"sftp:{account}":
-                raise keys.SealBroken("not a message for this account")
-            plain = self.store.ring.open(blob, row["id"])
-        except keys.SealBroken as exc:
-            self._quarantine(account, path, row, exc)
-            raise
-        self.store.record([audit.about(row, f"sftp:{account}", "pull", detail=path.name)])
-        return plain
-
-    def _quarantine(self, account: str, path: Path, row, problem: Exception) -> None:
-        folder = self.store.root / "quarantine"
-        folder.mkdir(exist_ok=True)
-        os.replace(path, folder / f"{account}-{path.name}")
-        log.critical("ALERT outbox file {name} of sftp:{account} failed its seal ({problem}): "
-                     "quarantined, not served", name=path.name, account=account, problem=problem)
-        if row is not None and row["delivery"] == f"sftp:{account}" and row["state"] == "delivered":
-            self.store.transition(row["id"], "outbound", f"sftp:{account}",
-                                  "outbox file failed its seal; written again", action="quarantine")
-
-    def picked_up(self, account: str, file_name: str) -> None:
-        """Record that ``account`` fetched and removed a file from its outbox."""
-        zd_number = file_name.rsplit(".", 1)[0]
-        for row in self.store.by_zd(zd_number):
-            if row["delivery"] == f"sftp:{account}" and row["state"] == "delivered":
-                self.store.note(row["id"], f"sftp:{account}", "pickup confirmed", "pickup")
-                log.info("pickup confirmed id={id} by sftp:{account}", id=row["id"], account=account)
