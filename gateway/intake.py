@@ -18,51 +18,18 @@ batch's control ids first, the store refuses the transaction (Conflict) and the
 batch is planned again: that input is a duplicate now and gets the first receipt.
 """
 
-import hashlib
 from dataclasses import dataclass, field
 
-from gateway import codecs, routes
+from gateway import codecs, reading, routes
 from gateway.audit import Event
 from gateway.document import ANSWER_SUFFIX, Document, Kind
-from gateway.errors import DecodeError, EncodeError, GatewayError
+from gateway.errors import DecodeError, GatewayError
+from gateway.reading import (REFUSALS, DuplicateConflict, Envelope, NotMandated, Read,  # noqa: F401
+                             TooLarge)
 from gateway.spool import payloads
 from gateway.spool.store import Conflict, Entry, Store
 
 ADMIN = "admin"
-
-
-class NotMandated(GatewayError):
-    """The sending identity may not send for this AGB code (HL7 AR, HTTP 403)."""
-
-    code = "E-NOT-MANDATED"
-
-
-class DuplicateConflict(GatewayError):
-    """A control id already used by this identity arrives with different content."""
-
-    code = "E-DUPLICATE-CONFLICT"
-
-
-class TooLarge(GatewayError):
-    """Input over ``limits.max_message_bytes``: refused unread and not stored (HTTP 413)."""
-
-    code = "E-TOO-LARGE"
-
-
-REFUSALS = (NotMandated, DuplicateConflict, TooLarge)   # refused whole: nothing stored
-SEGMENT_ENDS = {"hl7": (b"\r", b"\n"), "xml": (b"<",)}   # upper bounds of segments, elements
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """Who sent the bytes, and for which AGB codes they may send (None: any, the local admin)."""
-
-    identity: str
-    channel: str
-    mandates: frozenset[str] | None = None
-    who: str = ""           # for the audit log, when not ``channel:identity`` (cli:<user>)
-    framed: bool = True     # the transport vouches the input is whole (MLLP frame, HTTP
-                            # length); False for files (SFTP): a cut-off HL7 file is refused
 
 
 @dataclass(frozen=True)
@@ -98,12 +65,25 @@ class _Plan:
 
     index: int
     raw: bytes
-    envelope: Envelope
-    content: str
-    error: DecodeError | None = None
-    decoded: list = field(default_factory=list)     # ((identity, control id), Document)
+    read: Read
     slots: list = field(default_factory=list)
     id: int = -1            # of the rejected message, when ``error``
+
+    @property
+    def envelope(self) -> Envelope:
+        return self.read.envelope
+
+    @property
+    def content(self) -> str:
+        return self.read.content
+
+    @property
+    def error(self) -> DecodeError | None:
+        return self.read.error
+
+    @property
+    def decoded(self) -> list:
+        return self.read.decoded
 
 
 class Intake:
@@ -111,8 +91,12 @@ class Intake:
 
     def __init__(self, store: Store, tables: routes.Tables, max_bytes: int,
                  max_segments: int = 10_000):
-        self.store, self.tables, self.max_bytes = store, tables, max_bytes
-        self.max_segments = max_segments
+        self.store, self.tables = store, tables
+        self.limits = reading.Limits(max_bytes, max_segments)
+
+    def read(self, raw: bytes, envelope: Envelope) -> Read:
+        """The reading stage (``gateway.reading``) with the tables in force."""
+        return reading.read(raw, envelope, self.tables, self.limits)
 
     def accept(self, raw: bytes, envelope: Envelope) -> list[Receipt]:
         """Store ``raw`` durably and return a receipt per document in it.
@@ -126,22 +110,20 @@ class Intake:
 
     def accept_many(self, items: list[tuple[bytes, Envelope]], events: list[Event] = ()) -> list:
         """Store several inputs in one transaction, with audit ``events`` besides (reads
-        of patient data the transports record). Each item's outcome is its receipts or its
-        GatewayError (as ``accept`` would raise it). If storing itself fails, that
+        of patient data the transports record). Each item's outcome is its receipts or
+        its GatewayError (as ``accept`` would raise it). If storing itself fails, that
         exception is raised and nothing is stored."""
         outcomes: list = [None] * len(items)
         plans: list[_Plan] = []
         refused: list[Event] = list(events)
-
-        def refuse(plan_index: int, envelope: Envelope, exc: GatewayError) -> None:
-            outcomes[plan_index] = exc
-            refused.append(Event(_actor(envelope), "receive", "refused", detail=str(exc)))
-
         for index, (raw, envelope) in enumerate(items):
-            try:
-                plans.append(self._read(index, raw, envelope))
-            except REFUSALS as exc:
-                refuse(index, envelope, exc)
+            found = self.read(raw, envelope)
+            if found.refusal is not None:
+                outcomes[index] = found.refusal
+                refused.append(Event(_actor(found.envelope), "receive", "refused",
+                                     detail=str(found.refusal)))
+            else:
+                plans.append(_Plan(index, raw, found))
         for attempt in range(len(plans) + 1):     # each Conflict turns a key into a duplicate
             accepted, conflicts = self._plan(plans)
             try:
@@ -176,54 +158,17 @@ class Intake:
                                                          "refused", detail=str(exc))))
         return accepted, conflicts
 
-    def _read(self, index: int, raw: bytes, envelope: Envelope) -> _Plan:
-        """Decode and authorise an input; its documents keyed by (identity, control id).
-        Raise TooLarge or NotMandated (refused whole)."""
-        if len(raw) > self.max_bytes:
-            raise TooLarge(f"message is larger than {self.max_bytes} bytes", where="byte 1")
-        plan = _Plan(index, raw, envelope, hashlib.sha256(raw).hexdigest())
-        try:
-            name = codecs.sniff(raw)
-            self._count_segments(name, raw)
-            if not envelope.framed and name == "hl7":
-                _check_whole_hl7(raw)
-            decoded = [(control_id, routes.resolve(doc, self.tables))
-                       for control_id, doc in codecs.get(name).decode_messages(raw)]
-            for control_id, _ in decoded:
-                _check_control_id(control_id)
-        except DecodeError as exc:
-            plan.error = exc
-            return plan
-        for _, doc in decoded:
-            self._authorise(doc, envelope)
-        plan.decoded = [((envelope.identity, control_id or f"sha256:{plan.content}/{part}"), doc)
-                        for part, (control_id, doc) in enumerate(decoded)]  # without ids: content
-        return plan
-
-    def _count_segments(self, name: str, raw: bytes) -> None:
-        """Refuse (unread, unstored) an input with more segments (HL7, EDIFACT — with the
-        terminator its UNA declares) or elements (XML, counted as '<') than
-        ``limits.max_segments``: decoding millions of them would hold up every sender."""
-        if name == "edifact":
-            head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
-            ends = (head[8:9],) if head.startswith(b"UNA") and len(head) > 8 else (b"'",)
-        else:
-            ends = SEGMENT_ENDS.get(name, ())
-        count = max((raw.count(end) for end in ends), default=0)
-        if count > self.max_segments:
-            raise TooLarge(f"more than {self.max_segments} segments ({count})",
-                           where="limits.max_segments", code="E-TOO-MANY-SEGMENTS")
-
     def _place(self, plan: _Plan, batch: dict, stored: dict) -> None:
         """Each document of ``plan`` as a slot: new (routed and encoded), a duplicate in
         this batch, or the receipt of the stored one; raise DuplicateConflict."""
         added = {}
         for part, (key, doc) in enumerate(plan.decoded):
-            plan.slots.append(self._slot(key, plan.content, part, doc, batch, added, stored))
+            plan.slots.append(self._slot(key, plan, part, doc, batch, added, stored))
         batch.update(added)          # only once the whole input is accepted
 
-    def _slot(self, key, content: str, part: int, doc: Document, batch: dict, added: dict,
+    def _slot(self, key, plan: _Plan, part: int, doc: Document, batch: dict, added: dict,
               stored: dict):
+        content = plan.content
         if key in batch or key in added:
             earlier_content, earlier = batch.get(key) or added[key]
             if earlier_content != content:
@@ -237,16 +182,6 @@ class Intake:
         new = _New(part, key[1], doc, *self.route(doc))
         added[key] = (content, new)
         return new
-
-    def _authorise(self, doc: Document, envelope: Envelope) -> None:
-        mandates = envelope.mandates
-        if mandates is not None and not doc.sender.agb:
-            raise NotMandated(f"identity {envelope.identity!r} sent for mailbox "
-                              f"{doc.sender.mailbox[:70]!r}, which mailboxes.csv does not map to "
-                              "an AGB code", where="sender mailbox")
-        if mandates is not None and doc.sender.agb not in mandates:
-            raise NotMandated(f"identity {envelope.identity!r} may not send for AGB "
-                              f"{doc.sender.agb}", where="sender AGB")
 
     def _commit(self, plans: list[_Plan], refused: list[Event]) -> None:
         """One transaction: ids, then the rows, sealed payloads and audit records, with
@@ -280,16 +215,9 @@ class Intake:
                 for new in _news(plan)]
 
     def route(self, doc: Document) -> tuple[routes.Route, bytes | None]:
-        """The route for ``doc`` and its payload in the destination's format (None in
-        fallback; a document the format cannot carry goes to fallback with the reason)."""
-        route = routes.match(doc, self.tables, self._requester(doc))
-        if route.fallback:
-            return route, None
-        try:
-            return route, codecs.get(route.format).encode(doc)
-        except EncodeError as exc:
-            return routes.Route(route.destination, route.format, route.delivery,
-                                f"cannot be written as {route.format}: {exc}"), None
+        """The route for ``doc`` with the tables in force, and its payload in the
+        destination's format (see ``reading.route``)."""
+        return reading.route(doc, self.tables, self._requester(doc))
 
     def reroute_fallback(self, actor: str) -> list[Receipt]:
         """Route every message in fallback again (after the tables changed); those that
@@ -325,29 +253,6 @@ class Intake:
         requests = [row for row in self.store.by_zd(doc.in_reply_to)
                     if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
         return requests[0]["sender_agb"] if requests else None
-
-MAX_CONTROL_ID = 199      # HL7 v2.5's MSH-10 length: longer than any format's control id
-
-
-def _check_control_id(control_id: str | None) -> None:
-    """Refuse a control id (MSH-10, UNB/UNH reference, Bundle.id) that is over-long or holds
-    control characters: it is stored, logged and echoed."""
-    if control_id and (len(control_id) > MAX_CONTROL_ID or not control_id.isprintable()):
-        raise DecodeError(f"control id longer than {MAX_CONTROL_ID} characters or with control "
-                          "characters", where="control id (MSH-10, UNB/UNH reference, Bundle.id)",
-                          code="E-CONTROL-ID")
-
-
-def _check_whole_hl7(raw: bytes) -> None:
-    """An HL7 file must end with its last segment's terminator: a file cut off mid-segment
-    (an interrupted upload that the client closed) decodes to a shorter message, so it is
-    refused (kept as rejected). A cut exactly between segments cannot be seen: senders
-    should upload as .part and rename (README)."""
-    if not raw.rstrip(b" \t\x1a").endswith((b"\r", b"\n", b"\x1c")):
-        raise DecodeError("the file does not end with a segment terminator (CR or LF): cut "
-                          "off? upload as NAME.part and rename when complete",
-                          where="end of file", code="E-HL7-TRUNCATED")
-
 
 def _actor(envelope: Envelope) -> str:
     """Who the audit log names for an input."""
