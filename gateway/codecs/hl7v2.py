@@ -83,7 +83,8 @@ ECHO_LENGTH = 199      # MSH-10's length from HL7 v2.5 on; the cap for every fie
 
 def _echoed(value: str) -> str:
     """A sender's MSH field as the ACK repeats it: control characters dropped, capped."""
-    return "".join(c for c in value[:ECHO_LENGTH] if c.isprintable())
+    value = value[:ECHO_LENGTH]
+    return value if value.isprintable() else "".join(c for c in value if c.isprintable())
 
 
 def _error_text(error: GatewayError | str) -> str:
