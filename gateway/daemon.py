@@ -40,13 +40,14 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
 from gateway.errors import ConfigError, DecodeError, GatewayError
-from gateway.intake import REFUSALS, Envelope, Intake
+from gateway.intake import Intake
+from gateway.reading import REFUSALS, Envelope
 from gateway.logs import Throttle
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
-from gateway.transports import http, sftp, ssh, tls, uploads
+from gateway.transports import http, sftp, ssh, tls, uploads, webbounds
 from gateway.transports.batch import GroupCommit
 from gateway.transports.guard import Budget, Guard
 from gateway.transports.hl7handler import AckingHandler
@@ -149,7 +150,7 @@ class Gateway:
         sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._guard(
             self._sftp_factory(), "SFTP", settings.limits_idle_timeout_seconds, ssh.logged_in),
             **listening).getHost()
-        status = http.bounded_site(LocalStatus(self.metrics), 0, settings.limits_idle_timeout_seconds,
+        status = webbounds.bounded_site(LocalStatus(self.metrics), 0, settings.limits_idle_timeout_seconds,
                                    settings.limits_frame_seconds, budget)
         metrics = reactor.listenTCP(settings.listen_metrics_port, Guard(
             status, "metrics", reactor, LOCAL_CONNECTIONS, LOCAL_CONNECTIONS,

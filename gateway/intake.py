@@ -24,8 +24,7 @@ from gateway import codecs, reading, routes
 from gateway.audit import Event
 from gateway.document import ANSWER_SUFFIX, Document, Kind
 from gateway.errors import DecodeError, GatewayError
-from gateway.reading import (REFUSALS, DuplicateConflict, Envelope, NotMandated, Read,  # noqa: F401
-                             TooLarge)
+from gateway.reading import DuplicateConflict, Envelope, Read
 from gateway.spool import payloads
 from gateway.spool.store import Conflict, Entry, Store
 

@@ -26,7 +26,7 @@ from twisted.web import resource
 
 from gateway import __version__, operations, pki
 from gateway.errors import DecodeError, GatewayError
-from gateway.intake import REFUSALS
+from gateway.reading import REFUSALS
 from gateway.spool import queries
 from gateway.spool.db import StoreUnavailable
 

@@ -4,7 +4,6 @@ itself once space returns. The spool lives on a small tmpfs mounted for the test
 only: elsewhere the test is skipped, saying so)."""
 
 import subprocess
-import time
 
 import pytest
 

@@ -10,7 +10,8 @@ import pytest
 from gateway import routes
 from gateway.codecs import edifact, hl7v2, zdxml
 from gateway.errors import DecodeError
-from gateway.intake import DuplicateConflict, Envelope, Intake, NotMandated
+from gateway.intake import Intake
+from gateway.reading import DuplicateConflict, Envelope, NotMandated
 from tests.helpers.fakes import RING, write_tables
 
 ROOT = Path(__file__).parent.parent
@@ -178,7 +179,7 @@ def test_an_hl7_file_cut_mid_segment_is_refused_when_no_frame_vouches_for_it(bac
 def test_segment_flood_is_refused_in_every_format(backend, tmp_path, name, data):
     """XML elements count as segments, and an EDIFACT UNA's own terminator is counted:
     past limits.max_segments the input is refused unread and unstored."""
-    from gateway.intake import TooLarge
+    from gateway.reading import TooLarge
     intake = make_intake(backend, tmp_path)
     with pytest.raises(TooLarge) as refused:
         intake.accept(data, ADMIN)

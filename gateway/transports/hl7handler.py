@@ -15,7 +15,8 @@ from twisted.logger import Logger
 
 from gateway.codecs import hl7v2
 from gateway.errors import DecodeError
-from gateway.intake import REFUSALS, Envelope, NotMandated, Receipt
+from gateway.intake import Receipt
+from gateway.reading import REFUSALS, Envelope, NotMandated
 
 log = Logger(namespace="gatewayd.mllp")   # module level: as a class attribute Twisted renames it
 

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from gateway import audit, keys
 from gateway.errors import DecodeError, StoreError
-from gateway.intake import REFUSALS, Envelope
+from gateway.reading import REFUSALS, Envelope
 from gateway.transports import ssh
 from gateway.transports.downloads import Listing, attrs, download, staged_attrs
 from gateway.transports.outbox import Outbox
