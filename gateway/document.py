@@ -35,9 +35,9 @@ from zoneinfo import ZoneInfo
 from gateway.errors import DocumentError, EncodeError
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
-_ZD = re.compile(r"ZD\d{8,9}|GW\d{10}")
-_ZD_ANSWER = re.compile(r"(?:ZD\d{8,9}|GW\d{10})_ANTW")
-_GATEWAY = re.compile(r"GW\d{10}(?:_ANTW)?")
+_ZD = re.compile(r"ZD[0-9]{8,9}|GW[0-9]{10}")
+_ZD_ANSWER = re.compile(r"(?:ZD[0-9]{8,9}|GW[0-9]{10})_ANTW")
+_GATEWAY = re.compile(r"GW[0-9]{10}(?:_ANTW)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 ANSWER_SUFFIX = "_ANTW"
@@ -67,7 +67,7 @@ def agb_problem(value: str) -> str | None:
 
 def normalize_bsn(value: str) -> str:
     """Left-pad an 8-digit BSN with a zero; other values are returned unchanged."""
-    return "0" + value if len(value) == 8 and value.isdigit() else value
+    return "0" + value if len(value) == 8 and value.isascii() and value.isdigit() else value
 
 
 def bsn_problem(value: str) -> str | None:

@@ -87,9 +87,10 @@ def read(raw: bytes, envelope: Envelope, tables: routes.Tables, limits: Limits) 
         if not envelope.framed and name == "hl7":
             _check_whole_hl7(raw)
         decoded = [(control_id, routes.resolve(doc, tables))
-                   for control_id, doc in codecs.get(name).decode_messages(raw)]
-        for control_id, _ in decoded:
+                   for control_id, doc in _decode(name, raw)]
+        for control_id, doc in decoded:
             _check_control_id(control_id)
+            _check_letter(doc, limits)
         for _, doc in decoded:
             _authorise(doc, envelope)
     except DecodeError as exc:
@@ -117,16 +118,42 @@ def route(doc: Document, tables: routes.Tables, requester: str | None = None
                             f"cannot be written as {found.format}: {exc}"), None
 
 
+def _decode(name: str, raw: bytes) -> list:
+    """The codec's documents; an error a codec did not foresee (a bug, not the sender's
+    fault alone) is a DecodeError too, so the input is kept as rejected and no other
+    input of its batch is held up — its text, which may quote the input, is not kept."""
+    try:
+        return codecs.get(name).decode_messages(raw)
+    except (DecodeError, GatewayError):
+        raise
+    except Exception as exc:
+        raise DecodeError(f"the {name} reader failed on this input ({type(exc).__name__})",
+                          where="input", code="E-READ") from None
+
+
+def _check_letter(doc: Document, limits: Limits) -> None:
+    """A letter may not outgrow the limits its input had to keep (formatting commands and
+    repetitions make lines)."""
+    if len(doc.body) > limits.max_segments or \
+            sum(map(len, doc.body)) > limits.max_bytes:
+        raise TooLarge(f"the letter has more than {limits.max_segments} lines or "
+                       f"{limits.max_bytes} characters", where="letter",
+                       code="E-TOO-MANY-SEGMENTS")
+
+
 def _count_segments(name: str, raw: bytes, limit: int) -> None:
-    """Refuse (unread, unstored) an input with more segments (HL7, EDIFACT — with the
-    terminator its UNA declares) or elements (XML, counted as '<') than
-    ``limits.max_segments``: decoding millions of them would hold up every sender."""
+    """Refuse (unread, unstored) an input with more segments (HL7, with its repetitions
+    and escapes, which make letter lines; EDIFACT, with the terminator its UNA declares)
+    or elements (XML, counted as '<') than ``limits.max_segments``: decoding millions of
+    them would hold up every sender."""
+    head = raw.lstrip(b"\xef\xbb\xbf \t\r\n\x0b")
     if name == "edifact":
-        head = raw.lstrip(b"\xef\xbb\xbf \t\r\n")
         ends = (head[8:9],) if head.startswith(b"UNA") and len(head) > 8 else (b"'",)
     else:
         ends = SEGMENT_ENDS.get(name, ())
     count = max((raw.count(end) for end in ends), default=0)
+    if name == "hl7" and head.startswith(b"MSH") and len(head) > 7:
+        count += raw.count(head[5:6]) + raw.count(head[6:7]) // 2   # repetitions, escapes
     if count > limit:
         raise TooLarge(f"more than {limit} segments ({count})", where="limits.max_segments",
                        code="E-TOO-MANY-SEGMENTS")

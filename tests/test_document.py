@@ -37,9 +37,11 @@ def test_agb(value, ok):
 
 @pytest.mark.parametrize("value, answer, ok", [
     ("ZD12345678", False, True), ("ZD123456789", False, True), ("ZD1234567", False, False),
-    ("ZD123456789_ANTW", False, False), ("ZD123456789_ANTW", True, True), ("ZD123456789", True, False)])
+    ("ZD123456789_ANTW", False, False), ("ZD123456789_ANTW", True, True), ("ZD123456789", True, False),
+    ("ZD１００２００３００", False, False), ("ZD١٠٠٢٠٠٣٠٠", False, False)])
 def test_zd_numbers(value, answer, ok):
-    """ZD numbers are ZD + 8 or 9 digits; answers add _ANTW."""
+    """ZD numbers are ZD + 8 or 9 ASCII digits (no fullwidth or other scripts'); answers
+    add _ANTW."""
     assert (zd_problem(value, answer) is None) is ok
 
 

@@ -221,3 +221,47 @@ def test_identity_sending_for_an_unmapped_mailbox_is_not_mandated(backend, tmp_p
     with pytest.raises(NotMandated) as caught:
         intake.accept(data, Envelope("his-x", "test", frozenset({"01765432"})))
     assert "mailbox '500000999'" in str(caught.value)
+
+
+@pytest.mark.parametrize("command, code", [(b"\\.sp 999999\\", "E-HL7-FORMAT"),
+                                           (b"\\.in 100000\\", "E-HL7-FORMAT")])
+def test_formatting_commands_cannot_blow_a_small_message_up(backend, tmp_path, command, code):
+    """A .sp or .in asking for more than 100 lines or columns is refused (kept as
+    rejected); a number too long to be one is kept as the sender wrote it."""
+    intake = make_intake(backend, tmp_path)
+    referral = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes()
+    with pytest.raises(DecodeError) as refused:
+        intake.accept(referral.replace(b"|1|Geachte collega,", b"|1|" + command + b"Geachte"), ADMIN)
+    assert refused.value.code == code
+    (receipt,) = intake.accept(referral.replace(b"|1|Geachte collega,", b"|1|\\.sp 20000000\\x"),
+                               ADMIN)
+    document = intake.stored_document(intake.store.get(receipt.id))
+    assert document.body[0] == "\\.sp 20000000\\x"
+
+
+def test_repetitions_count_as_letter_lines(backend, tmp_path):
+    """An OBX-5 of 20,000 repetitions (empty lines) is refused unread like 20,000 segments."""
+    from gateway.reading import TooLarge
+    intake = make_intake(backend, tmp_path)
+    referral = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes()
+    with pytest.raises(TooLarge) as refused:
+        intake.accept(referral.replace(b"|1|Geachte collega,", b"|1|" + b"~" * 20_000), ADMIN)
+    assert refused.value.code == "E-TOO-MANY-SEGMENTS"
+
+
+def test_a_reader_failing_unforeseen_keeps_the_input_as_rejected(backend, tmp_path, monkeypatch):
+    """If a codec fails in a way it did not foresee (a bug), the input is kept as rejected
+    with E-READ and the other inputs of its batch are stored."""
+    from gateway import codecs
+
+    class Broken:
+        def decode_messages(self, raw):
+            raise OverflowError("a number in the input")
+    real = codecs.get
+    monkeypatch.setattr(codecs, "get", lambda name: Broken() if name == "edifact" else real(name))
+    intake = make_intake(backend, tmp_path)
+    hl7 = (FIXTURES / "hl7" / "referral-lf.hl7").read_bytes()
+    bad, good = intake.accept_many([(REFERRAL, ADMIN), (hl7, ADMIN)])
+    assert bad.code == "E-READ" and "number in the input" not in str(bad)
+    assert good[0].state == "ready"
+    assert [row["state"] for row in intake.store.listing()] == ["ready", "rejected"]

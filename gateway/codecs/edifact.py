@@ -57,7 +57,7 @@ HEADER_LINES = {"ZD-nummer": "zd_number", "Gatewaynummer": "zd_number",
                 "AGB-organisatie": "organisation_agb", "AGB-zorgverlener": "practitioner_agb"}
 _MAILBOX = re.compile(r"[A-Za-z0-9]{1,35}")
 _HEADER = re.compile(r"\s*(%s):\s*(\S+)\s*" % "|".join(HEADER_LINES))
-_BARE_ZD = re.compile(r"ZD\d{8,9}(?:_ANTW)?(?!\d)")
+_BARE_ZD = re.compile(r"ZD[0-9]{8,9}(?:_ANTW)?(?![0-9])")
 SEX_IN = {"M": Sex.MALE, "V": Sex.FEMALE, "U": Sex.UNKNOWN, "": Sex.UNKNOWN}
 # Components per element of each content segment (Nictiz 3i layout, as Zato's models give
 # it); 1 marks free text, whose unescaped ':' is kept. More is E-EDI-UNPLACED.
@@ -165,7 +165,7 @@ def _check_unb_date(interchange: Interchange, unb: Segment) -> None:
 def _unb_time(unb: Segment) -> dt.datetime:
     """The UNB preparation date and time (YYMMDD:HHMM; years 00-79 are 20xx)."""
     stamp = unb.get(4, 0) + unb.get(4, 1)
-    if len(stamp) != 10 or not stamp.isdigit():
+    if len(stamp) != 10 or not (stamp.isascii() and stamp.isdigit()):
         raise ValueError(stamp)
     year = int(stamp[:2])
     return dt.datetime(year + (2000 if year < 80 else 1900), int(stamp[2:4]), int(stamp[4:6]),
@@ -175,7 +175,7 @@ def _unb_time(unb: Segment) -> dt.datetime:
 def _sent_at(interchange: Interchange, det: Segment) -> dt.datetime:
     parts = det.components(1) + [""] * 3
     time = det.components(2) + [""] * 2
-    if not all(p.isdigit() and len(p) == 2 for p in parts[:3] + time[:2]):
+    if not all(p.isascii() and p.isdigit() and len(p) == 2 for p in parts[:3] + time[:2]):
         raise interchange.error("DET date must be YY:MM:DD and time HH:MM", det, 1, code="E-EDI-DATE")
     year = int(parts[0])
     try:
@@ -191,7 +191,7 @@ def _letter(interchange: Interchange, txts: list[Segment]):
     body: list[str] = []
     bare_zd = ""
     for txt in txts:
-        if any(not q.isdigit() for q in txt.qualifier):
+        if any(not (q.isascii() and q.isdigit()) for q in txt.qualifier):
             raise interchange.error("TXT line number must be digits", txt, 0)
         line = "+".join(":".join(components) for components in txt.elements)
         header = _HEADER.fullmatch(line)
@@ -282,7 +282,8 @@ def _birth_date(interchange: Interchange, pid: Segment) -> dt.date | None:
     if not any(parts):
         return None
     try:
-        if len(parts) != 3 or len(parts[0]) != 4 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or len(parts[0]) != 4 or not all(
+                p.isascii() and p.isdigit() and len(p) <= 4 for p in parts):
             raise ValueError
         return dt.date(int(parts[0]), int(parts[1]), int(parts[2]))
     except ValueError:

@@ -30,8 +30,8 @@ TEXT_TYPES = {"TX", "FT", "ST", "TN"}
 CODED_TYPES = {"CE", "CWE", "CNE", "CF"}
 VALUE_TYPES = {"NM", "SN", "DT", "TM", "TS", "DTM", "ID", "IS", "MO", "CP", "NA", "CX", "XCN", "XPN",
                "XAD", "XTN", "XON"}
-_TS = re.compile(r"(\d{8})(\d{4})?(\d{2})?(?:\.\d{1,4})?(?:([+-])(\d{2})(\d{2}))?")
-AGB_CODE = re.compile(r"\d{8}")
+_TS = re.compile(r"([0-9]{8})([0-9]{4})?([0-9]{2})?(?:\.[0-9]{1,4})?(?:([+-])([0-9]{2})([0-9]{2}))?")
+AGB_CODE = re.compile(r"[0-9]{8}")
 
 
 def raw(fields: list[str] | None, n: int) -> str:
@@ -184,7 +184,7 @@ def _birth_date(text: str) -> dt.date | None:
     if not text:
         return None
     try:
-        if len(text) < 8 or not text[:8].isdigit():
+        if len(text) < 8 or not (text[:8].isascii() and text[:8].isdigit()):
             raise ValueError
         return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
     except ValueError:

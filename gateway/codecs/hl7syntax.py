@@ -17,7 +17,9 @@ N blank ones (one without N), ``\\.in N\\`` indents the lines that follow by N
 spaces, ``\\.ti N\\`` the current line only, ``\\.ce\\`` ends the line,
 ``\\.fi\\``, ``\\.nf\\``, ``\\H\\`` and ``\\N\\`` (fill and highlighting) leave nothing,
 ``\\Xhh…\\`` are bytes in the message's character set. Escapes we do not know
-(``\\Z…\\``, character-set switches) are kept as written, so no text is lost.
+(``\\Z…\\``, character-set switches) are kept as written, so no text is lost. A
+``.sp``/``.in``/``.ti`` asking for more than 100 lines or columns is refused
+(E-HL7-FORMAT): a 1 kB message must not turn into a 100 MB letter.
 
 Every segment knows its position (``Segments.ordered``); a decoder marks the
 OBX and NTE segments it put into the document with ``place`` so that
@@ -36,7 +38,8 @@ CHARSETS = {"": "latin-1", "8859/1": "latin-1", "8859/15": "iso8859-15", "UNICOD
             "ASCII": "ascii"}
 _ESCAPE_OUT = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
 _ESCAPE_TABLE = str.maketrans(_ESCAPE_OUT)
-_COMMAND = re.compile(r"\.(br|sp|in|ti|ce|fi|nf)\s*([+-]?\d+)?\Z")
+_COMMAND = re.compile(r"\.(br|sp|in|ti|ce|fi|nf)\s*([+-]?[0-9]{1,6})?\Z")
+MAX_SPACING = 100      # blank lines one .sp may add, columns one .in/.ti may indent
 
 
 class Segments:
@@ -174,6 +177,10 @@ class _Lines:
                 self.add(written if resolved is None else resolved)
             return
         name, number = command[1], int(command[2]) if command[2] else None
+        if number is not None and abs(number) > MAX_SPACING:
+            raise DecodeError(f"formatting command .{name} {number} asks for more than "
+                              f"{MAX_SPACING} lines or columns", where="text value",
+                              code="E-HL7-FORMAT")
         if name in ("br", "ce"):
             self.end()
         elif name == "sp":

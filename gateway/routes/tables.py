@@ -40,7 +40,7 @@ REFERRER_COLUMNS = ("agb", "name", "institutions", "answer_address")
 MAILBOX_COLUMNS = ("mailbox", "agb", "name")
 MAILBOXES = "mailboxes.csv"
 MAILBOX_LENGTH = 70
-_DELIVERY = re.compile(r"pull|mllp://[A-Za-z0-9.-]+:\d{1,5}|sftp:[a-z_][a-z0-9_-]{0,31}")
+_DELIVERY = re.compile(r"pull|mllp://[A-Za-z0-9.-]+:[0-9]{1,5}|sftp:[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ANSWER = re.compile(r"sftp:[a-z_][a-z0-9_-]{0,31}")
 
