@@ -120,7 +120,7 @@ def audited(made, who: str) -> list[tuple[str, str]]:
 def long_referral(index: int, size: int) -> bytes:
     """A numbered HL7 referral whose letter is ``size`` bytes or so: any cut of it still
     reads as a referral, only shorter."""
-    line = b"Regel met synthetische brieftekst om de upload lang te maken.~"
+    line = b"Regel met synthetische brieftekst om de upload lang te maken. " * 10 + b"~"
     return numbered_referral(index, "ABUSE").replace(
         b"|1|Geachte collega,", b"|1|" + line * (size // len(line)) + b"Geachte collega,")
 

@@ -113,7 +113,7 @@ class Api(resource.Resource):
         if method == "GET" and parts == ["v1", "spool"]:
             return self._spool(identity, request.args)
         if len(parts) == 3 and parts[:2] == ["v1", "messages"] and method == "GET":
-            return self._pull(identity, parts[2], peer)
+            return self._pull(identity, parts[2], peer, request)
         if len(parts) == 4 and parts[:2] == ["v1", "messages"] and parts[3] == "ack" \
                 and method == "POST":
             return self._ack(identity, parts[2], peer)
@@ -162,7 +162,10 @@ class Api(resource.Resource):
         recorded = self.record([audit.about(row, f"https:{peer}", action, "refused", detail)])
         return recorded.addCallback(lambda _: defer.fail(missing))
 
-    def _pull(self, identity, message_id: str, peer: str) -> defer.Deferred:
+    def _pull(self, identity, message_id: str, peer: str, request) -> defer.Deferred:
+        if request.channel.site.answers.over():        # unread answers hold enough already
+            raise GatewayError("the gateway holds more than limits.max_buffered_bytes of "
+                               "answers not yet read; pull again later", code="E-BUSY")
         return self._own(identity, message_id, peer, "pull").addCallback(self._opened, peer)
 
     def _opened(self, row, peer: str):

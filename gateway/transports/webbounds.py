@@ -5,7 +5,8 @@ bodies over 100 kB to one, in plain text), capped at the site's ``max_body``: a
 declared ``Content-Length`` over it is answered 413 before any of the body is read,
 a chunked body is cut off with 413 the moment it passes it. A body counts in the
 shared ``Budget`` while it arrives (the largest holders are evicted with 503 when the
-daemon holds too much) and an answer while it is written. A request line or headers
+daemon holds too much); answers count in a budget of their own while they are written,
+and a pull that would pass it is answered 503 before its message is opened. A request line or headers
 over 16 kB are answered 431, a request not whole within ``request_seconds`` of its
 first byte 408, and a connection silent for ``idle_seconds`` is closed; each of these
 answers closes the connection. No traceback is ever shown to a client.
@@ -75,8 +76,10 @@ class BoundedRequest(server.Request):
         super().connectionLost(reason)
 
     def hold(self, size: int) -> None:
-        """Count an answer of ``size`` bytes being written (not evictable)."""
-        self.held = size
+        """Count an answer of ``size`` bytes being written, in the site's ``answers``
+        budget (apart from incoming messages: unread answers cannot shut senders out)."""
+        self.budget.set(self, 0)
+        self.held, self.budget = size, self.channel.site.answers
         self.budget.set(self, size)
 
     def _release(self) -> None:
@@ -96,10 +99,13 @@ class BoundedRequest(server.Request):
 
 
 class Channel(http.HTTPChannel):
-    """HTTP/1.1 with answers for oversize headers (431) and slow requests (408)."""
+    """HTTP/1.1 with answers for oversize headers (431) and slow requests (408), and
+    pipelined requests taken one a reactor turn and none while the client leaves our
+    answers unread (Twisted would answer every request it has read at once, whatever
+    the client reads)."""
 
     header_bytes = 0
-    deadline = None
+    deadline = replay = None
 
     def dataReceived(self, data):
         if self.deadline is None:             # a request's first byte starts its clock
@@ -140,8 +146,42 @@ class Channel(http.HTTPChannel):
             self.deadline.cancel()
         self.deadline = None
 
+    def requestDone(self, request):
+        waiting = b"".join(self._dataBuffer)       # read while the request was handled
+        self._dataBuffer = []                      # (Twisted would replay it at once)
+        super().requestDone(request)
+        if self.persistent and self.transport is not None:
+            self._buffer = waiting + self._buffer   # unparsed, in the order it came
+            if self._buffer:                        # the next request waits for a turn
+                self.paused = True
+                self._networkProducer.pauseProducing()
+                self._replay_soon()
+
+    def resumeProducing(self):
+        """The client read our answers: go on with what it pipelined, if anything."""
+        if not self.paused:
+            return super().resumeProducing()
+        self._waitingForTransport = False
+        if self._requestProducer is not None:
+            self._requestProducer.resumeProducing()
+        self._replay_soon()
+
+    def _replay_soon(self) -> None:
+        if self.paused and not self._waitingForTransport and self.replay is None:
+            self.replay = self.callLater(0, self._replay_now)
+
+    def _replay_now(self) -> None:
+        self.replay = None
+        if self._waitingForTransport:               # resumeProducing comes back here
+            return
+        self.paused = False
+        self._networkProducer.resumeProducing()
+        self.dataReceived(b"")
+
     def connectionLost(self, reason):
         self._stop_clock()
+        if self.replay is not None and self.replay.active():
+            self.replay.cancel()
         super().connectionLost(reason)
 
 
@@ -162,6 +202,7 @@ def bounded_site(root: resource.Resource, max_body: int, idle_seconds: float,
     built.protocol = Channel
     built.displayTracebacks = False
     built.budget, built.max_body, built.refused = budget, max_body, refused
+    built.answers = Budget(budget.limit)      # answers being written, apart
     built.request_seconds = request_seconds
     return built
 
