@@ -393,3 +393,28 @@ def test_audit_records_ride_along_with_the_next_batch(tmp_path):
     clock.advance(0)
     assert runs == [(1, 1)] and fired(read) is None and fired(stored)
     assert [r["detail"] for r in audit.query(intake.store.db, who="https:zis")] == ["one"]
+
+
+def test_a_push_without_an_answer_in_time_is_closed_not_left_open():
+    """The institution accepts the connection and never answers: after the timeout the push
+    fails with E-DELIVERY-TIMEOUT and the connection is aborted; an over-long answer and a
+    real ACK also end the connection."""
+    from gateway.errors import DeliveryError
+    from gateway.transports.mllp_client import MAX_ACK, _OneShot
+    for answer, expected in ((None, "E-DELIVERY-TIMEOUT"), (b"x" * (MAX_ACK + 1), "E-DELIVERY-ACK"),
+                             (frame(b"MSH|ack"), b"MSH|ack")):
+        clock, done = task.Clock(), defer.Deferred()
+        shot = _OneShot(b"MSH|x", done, 30)
+        shot.callLater = clock.callLater
+        transport = StringTransport()
+        shot.makeConnection(transport)
+        if answer is None:
+            clock.advance(31)
+        else:
+            shot.dataReceived(answer)
+        outcome = fired(done)
+        assert transport.disconnecting
+        if isinstance(expected, str):
+            assert outcome.check(DeliveryError) and outcome.value.code == expected
+        else:
+            assert outcome == expected

@@ -3,37 +3,58 @@
 One connection per message: send the frame, wait for one ACK frame. The push
 counts only when MSA-1 is AA and MSA-2 equals the message's MSH-10; AE, AR, a
 wrong MSA-2, a closed connection or no answer within the timeout is a
-DeliveryError, and the message goes to the retry queue.
+DeliveryError, and the message goes to the retry queue. However it ends, the
+connection is closed (one whose answer does not come in time is aborted, never left
+open), and an answer may be at most 64 kB.
 """
 
 import re
 
 from twisted.internet import defer, protocol, ssl
 from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.protocols.policies import TimeoutMixin
 
 from gateway.codecs import hl7syntax
 from gateway.errors import DeliveryError
 from gateway.transports.mllp import END, START
 
-_DELIVERY = re.compile(r"mllp://([A-Za-z0-9.-]+):(\d{1,5})")
+_DELIVERY = re.compile(r"mllp://([A-Za-z0-9.-]+):([0-9]{1,5})")
 
 
-class _OneShot(protocol.Protocol):
-    def __init__(self, frame: bytes, done: defer.Deferred):
-        self.frame, self.done, self.buffer = frame, done, b""
+MAX_ACK = 64 * 1024
+
+
+class _OneShot(protocol.Protocol, TimeoutMixin):
+    """Sends one frame, waits ``timeout`` seconds (the TLS handshake included) for one
+    ACK frame; ``done`` fires with the ACK or fails, and the connection goes."""
+
+    def __init__(self, frame: bytes, done: defer.Deferred, timeout: float):
+        self.frame, self.done, self.buffer, self.timeout = frame, done, b"", timeout
 
     def connectionMade(self):
+        self.setTimeout(self.timeout)
         self.transport.write(START + self.frame + END)
 
     def dataReceived(self, data: bytes):
         self.buffer += data
         end = self.buffer.find(END)
-        if end >= 0 and not self.done.called:
+        if end >= 0:
             start = self.buffer.find(START)
-            self.done.callback(self.buffer[start + 1:end] if 0 <= start < end else b"")
-            self.transport.loseConnection()
+            self._end(self.buffer[start + 1:end] if 0 <= start < end else b"")
+        elif len(self.buffer) > MAX_ACK:
+            self._end(DeliveryError(f"answer longer than {MAX_ACK} bytes", code="E-DELIVERY-ACK"))
+
+    def timeoutConnection(self):
+        self._end(DeliveryError(f"no ACK within {self.timeout:g} s", code="E-DELIVERY-TIMEOUT"))
+
+    def _end(self, outcome) -> None:
+        self.setTimeout(None)
+        self.transport.abortConnection()
+        if not self.done.called:
+            (self.done.errback if isinstance(outcome, Exception) else self.done.callback)(outcome)
 
     def connectionLost(self, reason=protocol.connectionDone):
+        self.setTimeout(None)
         if not self.done.called:
             self.done.errback(DeliveryError("connection closed before an ACK",
                                             code="E-DELIVERY-NO-ACK"))
@@ -59,12 +80,11 @@ class MLLPDeliverer:
                                           clientCertificate=self.certificate)
         endpoint = SSL4ClientEndpoint(self.reactor, found[1], int(found[2]), options,
                                       timeout=self.timeout)
-        factory = protocol.Factory.forProtocol(lambda: _OneShot(payload, done))
+        factory = protocol.Factory.forProtocol(lambda: _OneShot(payload, done, self.timeout))
         factory.noisy = False
         connecting = endpoint.connect(factory)
         connecting.addErrback(lambda failure: done.called or done.errback(DeliveryError(
             f"cannot connect: {failure.getErrorMessage()}"[:200], code="E-DELIVERY-CONNECT")))
-        done.addTimeout(self.timeout, self.reactor)
         done.addCallback(_check_ack, control_id)
         return done
 
