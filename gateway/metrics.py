@@ -16,6 +16,7 @@ channels, destinations (AGB codes), states and identity names — never patient 
 
 import os
 import platform
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -181,8 +182,14 @@ class Metrics:
         return lines
 
     def _queues(self) -> list[str]:
-        stats = {(s["destination"] or "unrouted", s["state"]): s
-                 for s in operations.stats(self.intake, self.clock())}
+        stats: dict = {}
+        for found in operations.stats(self.intake, self.clock()):
+            key = (_destination(found["destination"]), found["state"])
+            if key in stats:             # several mailboxes nobody mapped: one "unrouted"
+                depth = stats[key]["depth"] + found["depth"]
+                oldest = max(stats[key]["oldest_age_seconds"], found["oldest_age_seconds"])
+                found = {**found, "depth": depth, "oldest_age_seconds": oldest}
+            stats[key] = found
         for destination in self.intake.tables.institutions:
             for state in QUEUE_STATES:
                 stats.setdefault((destination, state), {"depth": 0, "oldest_age_seconds": 0})
@@ -226,7 +233,22 @@ def _expiries(path: Path) -> list[tuple[str, float]]:
 
 def _common_name(certificate) -> str:
     names = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(names[0].value).replace('"', "'").replace("\\", "/") if names else "?"
+    return _label(str(names[0].value)) if names else "?"
+
+
+_DESTINATION = re.compile(r"(?:answers:)?[0-9]{8}")
+
+
+def _destination(destination: str) -> str:
+    """A destination as a label: an AGB code (or answers:AGB); anything else a sender may
+    have written (an unmapped mailbox name) is "unrouted" — no sender text in labels, and
+    no series per made-up name."""
+    return destination if destination and _DESTINATION.fullmatch(destination) else "unrouted"
+
+
+def _label(value: str) -> str:
+    """A label value as the exposition format writes it (backslash, quote, newline escaped)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _gauge(name: str, text: str, samples: list[tuple[str, object]]) -> list[str]:
