@@ -167,9 +167,19 @@ class Guard(WrappingFactory):
         self.identities: Counter = Counter()
 
     def admit(self, connection: Guarded) -> str | None:
-        """Count a new connection in, or say why not."""
+        """Count a new connection in, or say why not. A full listener makes room by closing
+        its oldest connection that has not finished its handshake (a flood of bare
+        connections cannot keep clients that would authenticate out)."""
         if len(self.protocols) >= self.max_connections:
-            return f"listener full ({self.max_connections} connections)"
+            waiting = next((c for c in self.protocols if c.deadline is not None), None)
+            if waiting is None:
+                return f"listener full ({self.max_connections} connections)"
+            self.throttle.warn(log, waiting.address, "{listener} connection from {peer} closed "
+                               "to make room: listener full and its handshake not done",
+                               listener=self.name, peer=waiting.address)
+            waiting.deadline.cancel()
+            waiting.deadline = None
+            waiting.transport.abortConnection()
         if self.addresses[connection.address] >= self.per_client:
             return f"more than {self.per_client} open from this address"
         self.addresses[connection.address] += 1
