@@ -23,6 +23,7 @@ callers log carries identifiers, never patient data.
 import datetime as dt
 import json
 import os
+import time
 
 from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel, PredicateResult,
                             formatEvent)
@@ -36,6 +37,7 @@ NAMES = {LogLevel.debug: "DEBUG", LogLevel.info: "INFO", LogLevel.warn: "WARNING
 PRIORITIES = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3,
               LogLevel.critical: 2}        # syslog priorities, as sd-daemon(3) prefixes
 OURS = "gatewayd"
+WARNINGS_PER_MINUTE = 100     # lines of one kind of warning a minute
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -73,6 +75,8 @@ def message(event: dict) -> str:
     failure = event.get("log_failure")
     if failure is not None:
         text = f"{text}: {failure.type.__name__}: {failure.getErrorMessage()}"
+    if event.get("log_held"):
+        text += f" ({event['log_held']} more like this held back in the last minute)"
     return escape(text)
 
 
@@ -112,14 +116,28 @@ class LineObserver:
         self.stream.flush()
 
 
-def observer(stream, format: str = "text", level: str = "info",
-             environ=os.environ) -> ILogObserver:
+def observer(stream, format: str = "text", level: str = "info", environ=os.environ,
+             clock=time.monotonic) -> ILogObserver:
     """The daemon's observer: ``format`` text or json, nothing below ``level``, journald
-    priority prefixes when ``$JOURNAL_STREAM`` says stdout is the journal."""
+    priority prefixes when ``$JOURNAL_STREAM`` says stdout is the journal. WARNING lines
+    of one kind (one format) are kept to ``WARNINGS_PER_MINUTE`` a minute, so clients
+    that cause refusals from many addresses cannot flood the log (and make journald's
+    rate limit drop the lines that matter); the next one written says how many were held
+    back. ERROR and CRITICAL lines are never held back."""
     threshold = LEVELS[level]
+    warnings = Throttle(clock, burst=WARNINGS_PER_MINUTE)
 
     def wanted(event: dict) -> PredicateResult:
-        return PredicateResult.yes if level_of(event) >= threshold else PredicateResult.no
+        level = level_of(event)
+        if level < threshold:
+            return PredicateResult.no
+        if level == LogLevel.warn:
+            held = warnings.allow(event.get("log_format"))
+            if held is None:
+                return PredicateResult.no
+            if held:
+                event["log_held"] = held
+        return PredicateResult.yes
     return FilteringLogObserver(LineObserver(stream, format, bool(environ.get("JOURNAL_STREAM"))),
                                 [wanted])
 

@@ -108,3 +108,28 @@ def test_a_flood_of_refusals_is_kept_to_a_few_lines_a_minute():
     clock.advance(60)
     throttle.warn(lines, "10.0.0.1", "refused {peer}", peer="10.0.0.1")
     assert lines.written[-1] == "refused 10.0.0.1 (490 similar line(s) held back before this one)"
+
+
+def test_a_flood_of_one_kind_of_warning_is_held_back_errors_never():
+    """Past 100 a minute, warnings of one kind are held back (counted in the next one
+    written); another kind has its own count; errors are always written."""
+    import io
+
+    from twisted.internet import task
+    from twisted.logger import Logger, LogPublisher
+
+    from gateway import logs
+    clock, out = task.Clock(), io.StringIO()
+    log = Logger(namespace="gatewayd.test",
+                 observer=LogPublisher(logs.observer(out, clock=clock.seconds)))
+    for number in range(300):
+        log.warn("refused {peer}", peer=f"10.0.{number // 256}.{number % 256}")
+        log.error("store failed {number}", number=number)
+    log.warn("another kind")
+    clock.advance(60)
+    log.warn("refused {peer}", peer="10.9.9.9")
+    lines = out.getvalue().splitlines()
+    assert sum("refused" in line for line in lines) == 101
+    assert sum("store failed" in line for line in lines) == 300
+    assert any("another kind" in line for line in lines)
+    assert lines[-1].endswith("refused 10.9.9.9 (200 more like this held back in the last minute)")

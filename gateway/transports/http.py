@@ -205,10 +205,14 @@ class Api(resource.Resource):
 
 def site(api: Api, idle_seconds: float, request_seconds: float, budget: Budget) -> server.Site:
     """The HTTPS site for ``api``: bodies in memory, capped at its ``max_bytes`` and counted
-    in ``budget``; idle connections and slow requests closed; refusals audited."""
-    return bounded_site(api, api.max_bytes, idle_seconds, request_seconds, budget,
-                        lambda peer, error: api.intake.store.record([audit.Event(
-                            f"https:{peer}", "receive", "refused", detail=str(error))]))
+    in ``budget``; idle connections and slow requests closed; refused bodies on record (with
+    the next group commit; ten a minute per identity, then a count)."""
+    def refused(peer: str, error: GatewayError) -> None:
+        held = api.refusals.allow(("body", peer))
+        if held is not None:
+            detail = f"{error}; {held} more refused before this one" if held else str(error)
+            api.record([audit.Event(f"https:{peer}", "receive", "refused", detail=detail)])
+    return bounded_site(api, api.max_bytes, idle_seconds, request_seconds, budget, refused)
 
 
 def _number(args: dict, name: bytes, default: int, low: int) -> int:
