@@ -135,7 +135,7 @@ def big_answer(made, size: int) -> str:
     """A teleconsult answer of about ``size`` bytes posted by the hospital; the name of
     the file it becomes in his-brink's outbox, once it is there."""
     answer = (ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes()
-    line = b"Synthetische regel van de brief die lang wordt gemaakt.~"
+    line = b"Synthetische regel van de brief die lang wordt gemaakt. " * 12 + b"~"  # < 10,000 lines
     answer = answer.replace(b"Beste collega,~", b"Beste collega,~" + line * (size // len(line)))
     assert curl(made, "/v1/messages", "zis-eemland", data=answer)[0] == 202
     target = made["account"] / "outbox" / "ZD100200301_ANTW.edi"
