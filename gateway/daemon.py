@@ -45,6 +45,7 @@ from gateway.reading import REFUSALS, Envelope
 from gateway.logs import Throttle
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
+from gateway.spool import jobs
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, sftp, ssh, tls, uploads, webbounds
@@ -240,11 +241,16 @@ class Gateway:
         self.writer.store.close()
 
     def maintain(self) -> None:
-        """Notifications every 5 s (when configured); the retention purge a minute after
-        start, then once a day."""
+        """Notifications every 5 s (when configured); the retention purge once a day (looked
+        at a minute after start, then every 5 minutes). Each runs on one node of the store at
+        a time (``gateway.spool.jobs``); a clean stop lets them go at once."""
+        self.jobs = jobs.Jobs(self.store, self.dispatcher.node, reactor.seconds,
+                              self.settings.node_job_lease_seconds)
+        _every(5.0, self.jobs.renew, "job leases")
         if self.notifier.enabled:
-            _every(5.0, self.notifier.tick, "notifications")
-        reactor.callLater(60, _every, DAY, self.purge, "purge")
+            _every(5.0, self.jobs.only("notifications", self.notifier.tick), "notifications")
+        reactor.callLater(60, _every, 300, self.jobs.daily("purge", DAY, self.purge), "purge")
+        reactor.addSystemEventTrigger("before", "shutdown", self.jobs.stop)
 
     def purge(self):
         """Run the retention purge in a thread, on its own connection, then log the audit head
