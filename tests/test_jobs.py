@@ -54,11 +54,14 @@ def test_a_clean_stop_hands_the_job_over_at_once(backend, tmp_path, clock):
 
 def test_on_sqlite_a_job_is_always_this_nodes(backend, tmp_path, clock):
     """On SQLite (one node) a process started again under a new name (host:pid) has the
-    job at once; on PostgreSQL it waits for the old lease to run out."""
+    jobs at once, and does a purge its earlier life left cut off; on PostgreSQL it waits
+    for the old leases to run out."""
     (old,) = nodes(backend, tmp_path, clock, "host:100")
-    assert old.hold("notifications")
+    assert old.hold("notifications") and old.begin("purge", DAY) is not None
     (new,) = nodes(backend, tmp_path, clock, "host:200")
-    assert new.hold("notifications") == (backend.name == "sqlite")
+    alone = backend.name == "sqlite"
+    assert new.hold("notifications") == alone
+    assert (new.begin("purge", DAY) is not None) == alone
 
 
 def test_the_daily_job_runs_once_a_day_over_all_nodes(backend, tmp_path, clock):
@@ -94,10 +97,11 @@ def test_the_daily_job_runs_once_a_day_over_all_nodes(backend, tmp_path, clock):
     assert a.holders()["purge"][2] == clock.seconds()
 
 
-def test_a_daily_run_cut_off_is_done_by_another_node(backend, tmp_path, clock):
+def test_a_daily_run_cut_off_is_done_by_another_node(postgres, tmp_path, clock):
     """A node that dies while its purge runs leaves no last run: another node purges once
     the lease ran out (not before, and not while the first one renews)."""
-    a, b = nodes(backend, tmp_path, clock, "a", "b")
+    from tests.conftest import Backend
+    a, b = nodes(Backend("postgresql", postgres), tmp_path, clock, "a", "b")
     running = defer.Deferred()
     assert a.daily("purge", DAY, lambda: running)() is not None
     runs = []
@@ -106,9 +110,8 @@ def test_a_daily_run_cut_off_is_done_by_another_node(backend, tmp_path, clock):
         clock.advance(10)
         a.renew()                                          # a's purge still runs
         assert purge_b() is None
-    if backend.name == "postgresql":                       # a dies: no more renewals
-        clock.advance(29)
-        assert purge_b() is None
+    clock.advance(29)                                      # a dies: no more renewals
+    assert purge_b() is None
     clock.advance(2)
     purge_b()
     assert runs == ["b"]
