@@ -13,7 +13,8 @@ institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxe
 SFTP drops (key-only accounts for the identities with an ``ssh_key``) feed the
 same intake. Payloads are sealed with the key file's keys (a missing or wrong
 key file stops gatewayd at start); notifications go out every few seconds and
-the retention purge runs daily (see ``gateway.notify`` and ``gateway.retention``).
+the retention purge runs daily (see ``gateway.notify`` and ``gateway.retention``),
+each on one node of the store at a time (``gateway.spool.jobs``).
 
 A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused. SIGHUP reloads the route tables,
@@ -233,6 +234,7 @@ class Gateway:
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),
                                 reactor.seconds, schemes=tuple(deliverers))
         self.dispatcher = dispatcher
+        log.info("node {node}: delivery claims and once-only jobs", node=dispatcher.node)
         _every(1.0, dispatcher.tick, "delivery loop")
 
     def stop_writer(self) -> None:

@@ -67,8 +67,8 @@ class Dispatcher:
         return started
 
     def _renew(self, now: float) -> None:
-        self.renewed_at = now
         held = claims.renew(self.store.db, self.node, self.busy, now + self.lease)
+        self.renewed_at = now            # after it worked: a failed renewal is tried next tick
         for message_id in sorted(self.busy - held):
             self.log.error("claim on id={id} expired while its push was under way; another "
                            "node may push it as well", id=message_id)

@@ -13,6 +13,8 @@ payload is sealed to its message id. New messages are checked against the
 stored ones inside that transaction; a concurrent writer (another process or
 node) that commits the same (identity, control id) first makes ``insert`` raise
 Conflict, and the caller plans again (the key is a duplicate now).
+A push ends (``settle``) in the transaction that drops its delivery claim
+(``gateway.spool.claims``).
 The columns hold identifiers (ZD number, AGB codes, control ids, the patient's
 keyed hash), states and times — never a BSN, a name or letter text; those live
 only in the sealed payloads. The schema is versioned (``gateway.spool.schema``);
