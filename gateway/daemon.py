@@ -245,13 +245,16 @@ class Gateway:
     def maintain(self) -> None:
         """Notifications every 5 s (when configured); the retention purge once a day (looked
         at a minute after start, then every 5 minutes). Each runs on one node of the store at
-        a time (``gateway.spool.jobs``); a clean stop lets them go at once."""
+        a time (``gateway.spool.jobs``); a clean stop lets them go at once. This node's own
+        files past retention (SFTP, quarantine) are swept daily on every node."""
         self.jobs = jobs.Jobs(self.store, self.dispatcher.node, reactor.seconds,
                               self.settings.node_job_lease_seconds)
         _every(5.0, self.jobs.renew, "job leases")
         if self.notifier.enabled:
             _every(5.0, self.jobs.only("notifications", self.notifier.tick), "notifications")
         reactor.callLater(60, _every, 300, self.jobs.daily("purge", DAY, self.purge), "purge")
+        reactor.callLater(90, _every, DAY, lambda: threads.deferToThread(
+            retention.sweep, self.settings, self.store.ring), "file sweep")   # files: per node
         reactor.addSystemEventTrigger("before", "shutdown", self.jobs.stop)
 
     def purge(self):
