@@ -61,6 +61,12 @@ ORDER BY coalesce(d.next_attempt_at, 0), d.id LIMIT ?
 """
 
 
+# Whether anything could be claimed: without it, no write transaction (nor lock) at all.
+ANY = ("SELECT 1 FROM messages m WHERE m.state IN ('outbound', 'deferred') AND "
+       "coalesce(m.next_attempt_at, 0) <= ? AND NOT EXISTS (SELECT 1 FROM claims c WHERE "
+       "c.message_id = m.id AND c.until > ?) LIMIT 1")
+
+
 def default_node() -> str:
     """The name of this node when ``node.name`` is empty: host name and process id."""
     return f"{socket.gethostname()}:{os.getpid()}"[:64]
@@ -71,6 +77,8 @@ def take(db, node: str, now: float, lease: float, per_destination: int,
     """Claim for ``node`` the pushes due at ``now`` whose delivery starts with one of
     ``schemes``, at most ``per_destination`` claims per destination over all nodes, in
     one transaction; return their message rows (oldest first)."""
+    if db.one(ANY, (now, now)) is None:
+        return []
     with db.transaction():
         db.lock("claims")
         db.execute("DELETE FROM claims WHERE until <= ?", (now,))
