@@ -8,6 +8,7 @@ Identities (``[identities.NAME]``) are described in ``gateway/identities.py``.
 """
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ class Setting:
     high: int | None = None
     choices: tuple = ()       # for str settings: the values allowed (empty: any)
     prefixes: tuple = ()      # for str settings: empty, or starting with one of these
+    pattern: str = ""         # for str settings: empty, or matching this whole (and its length)
+    shown: str = ""           # the pattern as the help shows it
 
     @property
     def attribute(self) -> str:
@@ -49,7 +52,17 @@ SETTINGS = (
     Setting("retry.max_seconds", int, HOUR, "longest gap between retries", 1, 7 * DAY),
     Setting("retry.lifetime_seconds", int, 5 * DAY,
             "after this long undelivered, a push goes to fallback", MINUTE, 60 * DAY),
-    Setting("delivery.max_in_flight", int, 4, "pushes at once per destination", 1, 100),
+    Setting("delivery.max_in_flight", int, 4, "pushes at once per destination, all nodes "
+            "together", 1, 100),
+    Setting("delivery.lease_seconds", int, 60, "a node's claim on a push it makes: renewed "
+            "while the push runs; when its node dies, another node pushes the message again "
+            "this long after (longer than the push timeout, 30 s)", 35, 3600),
+    Setting("node.name", str, "", "this node's name in delivery claims and job leases, "
+            "different on every node of one store; empty: host name:process id",
+            pattern=r"[A-Za-z0-9._:-]{0,64}", shown="letters, digits, . _ : -, at most 64"),
+    Setting("node.job_lease_seconds", int, 30, "a once-only job (purge, notifications) runs "
+            "on one node, which renews its lease every 5 s; when that node dies, another takes "
+            "the job over this long after", 10, 3600),
     Setting("limits.max_message_bytes", int, 16 * 1024 * 1024, "largest message accepted",
             1024, 256 * 1024 * 1024),
     Setting("listen.host", str, "127.0.0.1", "address the listeners bind to"),
@@ -213,6 +226,9 @@ def _check(setting: Setting, value, base: Path, where: str):
     if setting.choices and value not in setting.choices:
         raise ConfigError(f"{setting.key} = {value!r} is not one of {', '.join(setting.choices)}",
                           where=where, code="E-CONFIG-VALUE")
+    if setting.pattern and not re.fullmatch(setting.pattern, value):
+        raise ConfigError(f"{setting.key} = {value!r} must be {setting.shown}", where=where,
+                          code="E-CONFIG-VALUE")
     if setting.prefixes and value and not value.startswith(setting.prefixes):
         raise ConfigError(f"{setting.key} must be empty or start with "
                           f"{' or '.join(setting.prefixes)}", where=where, code="E-CONFIG-VALUE")
@@ -231,7 +247,8 @@ def render(samples: bool = False) -> str:
             if head != section:
                 continue
             bounds = f" ({setting.low}..{setting.high})" if setting.low is not None else \
-                f" ({', '.join(setting.choices)})" if setting.choices else ""
+                f" ({', '.join(setting.choices)})" if setting.choices else \
+                f" ({setting.shown})" if setting.shown else ""
             lines.append(f"# {setting.help}{bounds}")
             value = f'"{setting.default}"' if setting.type in (str, Path) else str(setting.default)
             lines.append(f"{name} = {value}")

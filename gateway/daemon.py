@@ -13,7 +13,8 @@ institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxe
 SFTP drops (key-only accounts for the identities with an ``ssh_key``) feed the
 same intake. Payloads are sealed with the key file's keys (a missing or wrong
 key file stops gatewayd at start); notifications go out every few seconds and
-the retention purge runs daily (see ``gateway.notify`` and ``gateway.retention``).
+the retention purge runs daily (see ``gateway.notify`` and ``gateway.retention``),
+each on one node of the store at a time (``gateway.spool.jobs``).
 
 A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused. SIGHUP reloads the route tables,
@@ -45,6 +46,7 @@ from gateway.reading import REFUSALS, Envelope
 from gateway.logs import Throttle
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
+from gateway.spool import jobs
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, sftp, ssh, tls, uploads, webbounds
@@ -232,6 +234,7 @@ class Gateway:
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),
                                 reactor.seconds, schemes=tuple(deliverers))
         self.dispatcher = dispatcher
+        log.info("node {node}: delivery claims and once-only jobs", node=dispatcher.node)
         _every(1.0, dispatcher.tick, "delivery loop")
 
     def stop_writer(self) -> None:
@@ -240,11 +243,19 @@ class Gateway:
         self.writer.store.close()
 
     def maintain(self) -> None:
-        """Notifications every 5 s (when configured); the retention purge a minute after
-        start, then once a day."""
+        """Notifications every 5 s (when configured); the retention purge once a day (looked
+        at a minute after start, then every 5 minutes). Each runs on one node of the store at
+        a time (``gateway.spool.jobs``); a clean stop lets them go at once. This node's own
+        files past retention (SFTP, quarantine) are swept daily on every node."""
+        self.jobs = jobs.Jobs(self.store, self.dispatcher.node, reactor.seconds,
+                              self.settings.node_job_lease_seconds)
+        _every(5.0, self.jobs.renew, "job leases")
         if self.notifier.enabled:
-            _every(5.0, self.notifier.tick, "notifications")
-        reactor.callLater(60, _every, DAY, self.purge, "purge")
+            _every(5.0, self.jobs.only("notifications", self.notifier.tick), "notifications")
+        reactor.callLater(60, _every, 300, self.jobs.daily("purge", DAY, self.purge), "purge")
+        reactor.callLater(90, _every, DAY, lambda: threads.deferToThread(
+            retention.sweep, self.settings, self.store.ring), "file sweep")   # files: per node
+        reactor.addSystemEventTrigger("before", "shutdown", self.jobs.stop)
 
     def purge(self):
         """Run the retention purge in a thread, on its own connection, then log the audit head

@@ -85,6 +85,17 @@ def purge(store: Store, settings, now: float, dry_run: bool = False) -> Report:
     return report
 
 
+def sweep(settings, ring) -> int:
+    """Remove this node's own files past their time (``_sweep_files``) on a store
+    connection of its own (a thread may run it); how many. Every node does it daily:
+    the purge of the store, which sweeps too, runs on one node only."""
+    store = Store.configured(settings, time.time, ring)
+    try:
+        return _sweep_files(store, settings, time.time())
+    finally:
+        store.close()
+
+
 def _sweep_files(store: Store, settings, now: float) -> int:
     """Remove outbox files of messages that are gone, quarantined outbox files past
     the referral rule and SFTP .err files past retention.sftp_error_days."""

@@ -175,6 +175,22 @@ def test_outbox_and_quarantine_leftovers_are_swept(setup):
     assert [p.name for p in quarantine.iterdir()] == ["his-brink-new.hl7"]
 
 
+def test_every_node_sweeps_its_own_old_files(tmp_path):
+    """The daily sweep a node runs besides the (one node's) purge removes its own .err
+    files past retention.sftp_error_days and quarantined files past the referral rule,
+    and leaves fresh ones."""
+    settings = config.defaults(tmp_path)
+    errors, quarantine = settings.paths_sftp / "his-brink" / "errors", settings.paths_spool / "quarantine"
+    for folder in (errors, quarantine):
+        folder.mkdir(parents=True)
+        for name in ("old", "new"):
+            (folder / f"{name}.err").write_bytes(b"x")
+        old = time.time() - 200 * DAY
+        os.utime(folder / "old.err", (old, old))
+    assert retention.sweep(settings, RING) == 2
+    assert [p.name for p in errors.iterdir()] == [p.name for p in quarantine.iterdir()] == ["new.err"]
+
+
 def test_cli_purge_as_of_and_status(tmp_path):
     """gatewayctl purge --dry-run --as-of shows the future; purge does it; status then says
     purged (exit 65), the audit log keeps the purge."""

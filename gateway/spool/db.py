@@ -30,7 +30,7 @@ from gateway.errors import StoreError
 SCHEMES = ("postgresql://", "postgres://")
 # Transaction-scoped locks by name (PostgreSQL advisory lock keys): whoever holds one
 # holds it until its transaction ends. One number a name, never reused for another.
-LOCKS = {"audit": 7513_0001, "schema": 7513_0002}
+LOCKS = {"audit": 7513_0001, "schema": 7513_0002, "claims": 7513_0101}
 DEDUP_KEY = "messages_identity_control_id_key"    # PostgreSQL's name for UNIQUE (identity, control_id)
 RETRY_PAUSE = 1.0                                  # between two connection attempts
 

@@ -124,11 +124,25 @@ CREATE TABLE IF NOT EXISTS notifications (
     sent_at {DOUBLE},
     UNIQUE (event, message_id)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    message_id {BIGINT} PRIMARY KEY,
+    node TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    until {DOUBLE} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_destination ON claims (destination);
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY,
+    node TEXT NOT NULL DEFAULT '',
+    until {DOUBLE} NOT NULL DEFAULT 0,
+    last_run {DOUBLE}
+);
 """ + audit.SCHEMA
 # What each backend adds: where message ids come from.
 IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
        "postgresql": "CREATE SEQUENCE IF NOT EXISTS message_ids AS BIGINT;\n"}
-# Every table of a store, in an order that copying can follow (migrate, backup checks).
+# Every table of a store, in an order that copying can follow (migrate, backup checks);
+# not the nodes' passing state: delivery claims and job leases (``claims``, ``jobs``).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
           "purged_identities", "purge_counts", "schema_version", "notify_cursor", "notifications", "audit",
           "audit_anchor")

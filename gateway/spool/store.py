@@ -13,6 +13,8 @@ payload is sealed to its message id. New messages are checked against the
 stored ones inside that transaction; a concurrent writer (another process or
 node) that commits the same (identity, control id) first makes ``insert`` raise
 Conflict, and the caller plans again (the key is a duplicate now).
+A push ends (``settle``) in the transaction that drops its delivery claim
+(``gateway.spool.claims``).
 The columns hold identifiers (ZD number, AGB codes, control ids, the patient's
 keyed hash), states and times — never a BSN, a name or letter text; those live
 only in the sealed payloads. The schema is versioned (``gateway.spool.schema``);
@@ -29,7 +31,7 @@ from gateway import audit
 from gateway.errors import GatewayError
 from gateway.keys import Keyring, KeyProblem
 from gateway.spool import db as database
-from gateway.spool import payloads, schema, states, upgrade
+from gateway.spool import claims, payloads, schema, states, upgrade
 from gateway.spool.db import Conflict, Database, StoreUnavailable   # noqa: F401 - for callers
 
 # What each state a message moves to means in the audit log (an operation may say more).
@@ -51,6 +53,12 @@ INSERT_HISTORY = "INSERT INTO history (message_id, at, state, actor, reason) VAL
 
 class StateError(GatewayError):
     code = "E-STATE"
+
+
+class ClaimLost(StateError):
+    """A node settled a push whose delivery claim had expired and gone to another node."""
+
+    code = "E-CLAIM-LOST"
 
 
 @dataclass(frozen=True)
@@ -207,24 +215,42 @@ class Store:
         """Move a message to ``state`` (one transaction, with history and an audit record,
         ``action`` or the state's usual one; ``output`` stores new converted content with
         it); raise StateError if that is not allowed."""
-        now = self.clock()
         with self.db.transaction():
-            row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is None:
-                raise StateError(f"no message {message_id}", code="E-NOT-FOUND")
-            if not states.allowed(row["state"], state):
-                raise StateError(f"message {message_id} cannot go from {row['state']} to {state}")
-            assignments = {"state": state, "reason": reason, "updated_at": now, **changes}
-            self.db.execute(f"UPDATE messages SET {', '.join(f'{k} = ?' for k in assignments)} "
-                            "WHERE id = ?", [*assignments.values(), message_id])
-            if output is not None:
-                self.check_current()
-                payloads.put(self.db, self.ring, [(message_id, "out", output)], replace=True)
-            self.db.execute(INSERT_HISTORY, (message_id, now, state, actor, reason))
-            detail = reason or changes.get("destination") or row["destination"]
-            audit.append(self.db, self.ring, [audit.about(
-                row, actor, action or ACTIONS[state], result or RESULTS.get(state, "ok"), detail)],
-                now)
+            self._change(message_id, state, actor, reason, action, result, output, changes)
+
+    def settle(self, message_id: int, node: str, state: str, actor: str,
+               reason: str | None = None, held: bool = True, **options) -> None:
+        """End ``node``'s push of a message: its delivery claim dropped and the message
+        moved to ``state`` (as ``transition``), in one transaction. With ``held``, raise
+        ClaimLost (nothing changed) when the node no longer holds the claim (it expired
+        and went to another node, which decides now); StateError as ``transition``."""
+        with self.db.transaction():
+            if not claims.release(self.db, message_id, node) and held:
+                raise ClaimLost(f"message {message_id}: the claim of {node} expired meanwhile")
+            self._change(message_id, state, actor, reason, options.pop("action", None),
+                         options.pop("result", None), None, options)
+
+    def _change(self, message_id: int, state: str, actor: str, reason: str | None,
+                action: str | None, result: str | None, output: bytes | None,
+                changes: dict) -> None:
+        """``transition`` inside the caller's transaction."""
+        now = self.clock()
+        row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
+        if row is None:
+            raise StateError(f"no message {message_id}", code="E-NOT-FOUND")
+        if not states.allowed(row["state"], state):
+            raise StateError(f"message {message_id} cannot go from {row['state']} to {state}")
+        assignments = {"state": state, "reason": reason, "updated_at": now, **changes}
+        self.db.execute(f"UPDATE messages SET {', '.join(f'{k} = ?' for k in assignments)} "
+                        "WHERE id = ?", [*assignments.values(), message_id])
+        if output is not None:
+            self.check_current()
+            payloads.put(self.db, self.ring, [(message_id, "out", output)], replace=True)
+        self.db.execute(INSERT_HISTORY, (message_id, now, state, actor, reason))
+        detail = reason or changes.get("destination") or row["destination"]
+        audit.append(self.db, self.ring, [audit.about(
+            row, actor, action or ACTIONS[state], result or RESULTS.get(state, "ok"), detail)],
+            now)
 
     def note(self, message_id: int, actor: str, reason: str, action: str,
              set_reason: bool = False) -> None:
@@ -270,13 +296,6 @@ class Store:
                                    (limit,)).fetchall()
         return self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id LIMIT ?",
                                (state, limit)).fetchall()
-
-    def due(self, now: float, limit: int = 1000) -> list:
-        """Pushes to start: outbound, or deferred and due at ``now``; the longest waiting first."""
-        return self.db.execute(
-            "SELECT * FROM messages WHERE state IN ('outbound', 'deferred') "
-            "AND coalesce(next_attempt_at, 0) <= ? ORDER BY coalesce(next_attempt_at, 0), id "
-            "LIMIT ?", (now, limit)).fetchall()
 
     def record_route_changes(self, actor: str, changes: list[str]) -> None:
         """Keep what changed in the route tables, when and by whom (one transaction)."""
