@@ -119,6 +119,14 @@ CREATE TABLE IF NOT EXISTS notifications (
     sent_at {DOUBLE},
     UNIQUE (event, message_id)
 );
+CREATE TABLE IF NOT EXISTS tables_in_force (
+    part TEXT PRIMARY KEY,
+    version {BIGINT} NOT NULL,
+    content TEXT,
+    sha256 TEXT NOT NULL,
+    changed_at {DOUBLE} NOT NULL,
+    actor TEXT NOT NULL
+);
 """ + audit.SCHEMA
 # What each backend adds: where message ids come from.
 IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
@@ -126,7 +134,7 @@ IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO N
 # Every table of a store, in an order that copying can follow (migrate, backup checks).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
           "purge_counts", "schema_version", "notify_cursor", "notifications", "audit",
-          "audit_anchor")
+          "audit_anchor", "tables_in_force")
 
 
 class StoreProblem(GatewayError):
