@@ -19,7 +19,9 @@ A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused. SIGHUP reloads the route tables,
 identities, TLS certificates and the key file (each one that fails to load is
 refused, the old one kept, and a line logged; open connections are not
-dropped); SIGTERM stops.
+dropped); SIGTERM stops. Route tables and identities go from the files into the
+store, where every node takes them from (``gateway.inforce``, ``gateway.tablewatch``):
+the store's are the ones in force, the same on every node.
 Under systemd it sends READY=1, RELOADING=1/READY=1 around a reload, STOPPING=1
 and WATCHDOG=1 pings.
 """
@@ -379,15 +381,8 @@ class Gateway:
         """Take the tables in force that another node (or gatewayctl) put in the store."""
         self.watch = tablewatch.Watch(reactor, self.store.db.target,
                                       self.settings.store_tables_poll_seconds,
-                                      lambda: self.tables_version, self._taken)
+                                      lambda: self.tables_version, self.take)
         self.watch.start()
-
-    def _taken(self, found: inforce.Snapshot) -> None:
-        try:
-            self.take(found)
-        except GatewayError as exc:
-            log.error("tables in force (version {version}) not taken, old kept: {error}",
-                      version=found.version, error=str(exc))
 
     def _tls_options(self, settings):
         pinned = frozenset(i.cert_sha256 for i in settings.identities if i.cert_sha256)

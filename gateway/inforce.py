@@ -22,6 +22,7 @@ from gateway.errors import ConfigError
 from gateway.routes import editing
 from gateway.routes.tables import TEXTS as ROUTE_PARTS
 from gateway.spool import inforce as sql
+from gateway.spool.store import StateError
 
 IDENTITIES = "identities.toml"
 PARTS = (*ROUTE_PARTS, IDENTITIES)
@@ -78,11 +79,12 @@ def load(db) -> Snapshot:
 
 
 def publish(store, texts: dict, actor: str, record: bool = True, say_unchanged: bool = False,
-            events: list = ()) -> Published:
+            events: list = (), told: frozenset = frozenset()) -> Published:
     """Make ``texts`` (part -> validated text) the tables in force, in one transaction:
     with ``record``, each route change as a route change with its audit record and
     changed identities as one audit record (``say_unchanged``: a "(no change)" row when
-    the route tables stayed as they were); ``events`` are recorded besides."""
+    the route tables stayed as they were); ``events`` are recorded besides (the
+    identities ``told`` of there are not named again)."""
     with store.db.transaction():
         claimed = sql.claim(store.db)
         before = {name: part.content for name, part in claimed[1].items()}
@@ -90,7 +92,7 @@ def publish(store, texts: dict, actor: str, record: bool = True, say_unchanged: 
         if say_unchanged and not changes:
             changes = ["(no change)"]
         extra = list(events)
-        if names:
+        if set(names) - told:
             extra.append(audit.Event(actor, "identities-change",
                                      detail=f"changed: {', '.join(names)}"[:200]))
         version = sql.put(store.db, store.ring, claimed, texts, actor, store.clock(), changes,
@@ -171,5 +173,9 @@ def reroute_all(intake, actor: str, page: int = PAGE) -> list:
     moved, after = [], 0
     while rows := sql.fallback_after(intake.store.db, after, page):
         after = rows[-1]["id"]
-        moved += intake.reroute_rows(rows, actor)
+        for row in rows:
+            try:
+                moved += intake.reroute_rows([row], actor)
+            except StateError:          # it left fallback meanwhile (an operator, a purge)
+                continue
     return moved

@@ -74,8 +74,13 @@ class Watch:
         if self.problem:
             log.info("tables in force: the store answers again")
             self.problem = ""
-        if found is not None and found.version > self.known():
+        if found is None or found.version <= self.known():
+            return
+        try:
             self.take(found)
+        except GatewayError as exc:      # an identity's SSH key unusable: those kept
+            log.error("tables in force (version {version}) not all taken: {error}",
+                      version=found.version, error=str(exc))
 
     def _failed(self, failure) -> None:
         text = str(failure.value) if failure.check(GatewayError) else \

@@ -120,7 +120,7 @@ def cmd_add(args, out) -> int:
     checked = _checked_config(path, _with_identity(path.read_text(encoding="utf-8"), name, entries))
     made.update(_install(settings, name, made))
     _put_in_place(checked, path)
-    _publish(path, settings, audit.Event(actor(), "identities-add", detail=(
+    _publish(path, settings, name, audit.Event(actor(), "identities-add", detail=(
         f"{name} {args.kind} agb={';'.join(codes)}" + (" ssh" if args.ssh_key else "")
         + (" pinned" if pin else ""))[:200]))
     answer = live.reload_parts(settings, ["identities", "certificates"])
@@ -224,7 +224,7 @@ def cmd_rm(args, out) -> int:
     path = config_path(args)
     _put_in_place(_checked_config(path, _without_identity(path.read_text(encoding="utf-8"),
                                                            args.name)), path)
-    _publish(path, settings, audit.Event(actor(), "identities-rm", detail=args.name))
+    _publish(path, settings, args.name, audit.Event(actor(), "identities-rm", detail=args.name))
     answer = live.reload_parts(settings, ["identities", "certificates"])
     out(json.dumps({"removed": args.name, "daemon": answer and answer["pid"]}) if args.json else
         f"removed identity {args.name} (its certificate files stay in "
@@ -232,11 +232,13 @@ def cmd_rm(args, out) -> int:
     return 0
 
 
-def _publish(path: Path, settings, event) -> None:
+def _publish(path: Path, settings, name: str, event) -> None:
     """The identities of the configuration at ``path`` (just written) into the store as
-    the ones in force on every node, with ``event`` as their audit record."""
+    the ones in force on every node, with ``event`` as the audit record of ``name``'s
+    change (other differences from the store's, if this node's file had them, are
+    recorded as an identities-change)."""
     inforce.publish(open_store(settings), inforce.identity_texts(config.load(path)), actor(),
-                    record=False, events=[event])
+                    events=[event], told=frozenset({name}))
 
 
 HEADER = re.compile(r"^\s*\[")
