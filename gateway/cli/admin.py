@@ -264,9 +264,10 @@ def _edit(args, folder: Path):
 
 
 def cmd_routes_export(args, out) -> int:
-    """Copy the tables in force (the store's; the files' when it has none yet) to FOLDER."""
+    """Copy the tables in force to FOLDER: on PostgreSQL the store's (the files' while it has
+    none yet), on SQLite the files (as always)."""
     settings = open_config(args)
-    texts = inforce.load(open_store(settings).db).texts
+    texts = inforce.load(open_store(settings).db).texts if settings.store_url else {}
     target = Path(args.folder)
     target.mkdir(parents=True, exist_ok=True)
     for name, _ in editing.FILES.values():
@@ -302,7 +303,8 @@ def cmd_routes_ls(args, out) -> int:
     settings = open_config(args)
     answer = live.tell(settings, "tables")
     data = {k: answer[k] for k in ("institutions", "referrers")} if answer else \
-        editing.as_data(inforce.tables_for(open_store(settings), settings))
+        editing.as_data(inforce.tables_for(open_store(settings), settings) if settings.store_url
+                        else routes.load(settings.paths_routes))
     source = f"in force in gatewayd pid {answer['pid']}" if answer else \
         f"from {settings.paths_routes} (no gatewayd running)" if not settings.store_url else \
         "in force in the store (no gatewayd running here)"
