@@ -42,6 +42,8 @@ SETTINGS = (
     Setting("store.url", str, "", "the store in PostgreSQL, as postgresql://USER@HOST:PORT/DB "
             "(a password from ~/.pgpass or PGPASSWORD); empty: SQLite in paths.spool",
             prefixes=("postgresql://", "postgres://")),
+    Setting("store.tables_poll_seconds", int, 2, "how often a node asks the store whether "
+            "the route tables or identities in force changed (another node's change)", 1, 60),
     Setting("paths.routes", Path, "routes",
             "route tables (institutions.csv, referrers.csv, optional mailboxes.csv)"),
     Setting("paths.sftp", Path, "sftp", "SFTP account folders (inbox/, outbox/, errors/)"),

@@ -20,12 +20,15 @@ A client certificate's common name names its identity; an unknown name has no
 mandates, so everything it sends is refused. SIGHUP reloads the route tables,
 identities, TLS certificates and the key file (each one that fails to load is
 refused, the old one kept, and a line logged; open connections are not
-dropped); SIGTERM stops.
+dropped); SIGTERM stops. Route tables and identities go from the files into the
+store, where every node takes them from (``gateway.inforce``, ``gateway.tablewatch``):
+the store's are the ones in force, the same on every node.
 Under systemd it sends READY=1, RELOADING=1/READY=1 around a reload, STOPPING=1
 and WATCHDOG=1 pings.
 """
 
 import argparse
+import dataclasses
 import os
 import resource
 import signal
@@ -39,7 +42,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogBeginner
 from twisted.python.threadpool import ThreadPool
 
-from gateway import __version__, audit, config, control, keys, logs, notify, retention, routes, systemd
+from gateway import (__version__, audit, config, control, inforce, keys, logs, notify, retention,
+                     systemd, tablewatch)
 from gateway.errors import ConfigError, DecodeError, GatewayError
 from gateway.intake import Intake
 from gateway.reading import REFUSALS, Envelope
@@ -82,11 +86,14 @@ class Gateway:
     """The running gateway: store, intake, identities and TLS, and what reloads them."""
 
     def __init__(self, config_path: Path, settings):
-        self.config_path, self.settings = config_path, settings
+        self.config_path = config_path
         self.started_at = time.time()
-        ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
+        ring = keys.load(settings.paths_keys)
         self.store = Store.configured(settings, reactor.seconds, ring,
                                       progress=lambda line: log.info("store: {line}", line=line))
+        found = inforce.begin(self.store, settings, lambda line: log.warn("{line}", line=line))
+        self.settings = settings = inforce.in_force(settings, found)
+        self.tables_version, tables = found.version, found.tables
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
         self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
                              settings.limits_max_segments)
@@ -103,6 +110,10 @@ class Gateway:
             self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
             gather=0.005)
         self.accept = self._logged(self.metrics.counting(self.group.accept))
+        self.rerouter = tablewatch.Rerouter(
+            reactor, lambda: Store.configured(self.settings, time.time, self.store.ring),
+            lambda: self.intake.tables, (settings.limits_max_message_bytes,
+                                         settings.limits_max_segments))
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with
@@ -169,7 +180,7 @@ class Gateway:
         def reload(request):
             parts = tuple(p for p in request.get("parts") or RELOADABLE if p in RELOADABLE)
             return self.reload(parts or RELOADABLE, str(request.get("actor", "cli"))[:80],
-                               bool(request.get("recorded")))
+                               bool(request.get("recorded")), bool(request.get("reroute")))
         return {
             "status": lambda _: {"version": __version__, "started_at": self.started_at,
                                  "current_key": self.store.ring.current,
@@ -177,8 +188,8 @@ class Gateway:
             "reload": reload,
             "tables": lambda _: editing.as_data(self.intake.tables),
             "kick": lambda _: {"started": len(self.dispatcher.tick())},
-            "reroute": lambda request: {"moved": [vars(r) for r in self.intake.reroute_fallback(
-                str(request.get("actor", "cli"))[:80])]},
+            "reroute": lambda request: self.rerouter.run(str(request.get("actor", "cli"))[:80])
+            .addCallback(lambda moved: {"moved": [vars(r) for r in moved]}),
         }
 
     def _guard(self, factory, name: str, idle: float | None = None,
@@ -211,8 +222,9 @@ class Gateway:
                 continue
             try:
                 authorized[identity.name] = [
-                    ssh_keys.Key.fromFile(str(settings.base / identity.ssh_key))]
-            except (OSError, ssh_keys.BadKeyError) as exc:
+                    ssh_keys.Key.fromString(identity.ssh_public_key) if identity.ssh_public_key
+                    else ssh_keys.Key.fromFile(str(settings.base / identity.ssh_key))]
+            except (OSError, ValueError, ssh_keys.BadKeyError) as exc:
                 raise ConfigError(f"identities.{identity.name}.ssh_key unusable: {exc}",
                                   code="E-CONFIG-SSH") from None
             kept = self.sftp_accounts.get(identity.name)
@@ -282,25 +294,29 @@ class Gateway:
         return threads.deferToThread(run).addCallback(done)
 
     def reload(self, parts: tuple = RELOADABLE, actor: str = "reload",
-               recorded: bool = False) -> dict:
+               recorded: bool = False, reroute: bool = False) -> defer.Deferred:
         """Reload ``parts`` (route tables, identities, certificates, keys) from the files;
-        keep whatever fails to load. ``actor`` is recorded with the changes found, unless
-        the caller ``recorded`` them already (gatewayctl). Returns what was reloaded, what
-        was refused and why, and how many messages left fallback."""
+        keep whatever fails to load. Route tables and identities go into the store (the
+        tables in force on every node) with their changes recorded as by ``actor``, unless
+        the caller ``recorded`` them already (gatewayctl, which says whether to
+        ``reroute``). Gives what was reloaded, what was refused and why, and how many
+        messages left fallback (routed again off the reactor, here only)."""
         systemd.notify("RELOADING=1")
         try:
             settings = config.load(self.config_path)
         except GatewayError as exc:
             log.error("reload refused, configuration kept: {error}", error=str(exc))
             systemd.notify("READY=1")
-            return {"reloaded": [], "refused": {"configuration": str(exc)}, "moved": 0}
+            return defer.succeed({"reloaded": [], "refused": {"configuration": str(exc)},
+                                  "moved": 0})
         reloaders = {"routes": self._reload_tables, "identities": self._reload_identities,
-                     "certificates": lambda s, *_: self.tls.replace(self._tls_options(s)),
+                     "certificates": lambda s, *_: self.tls.replace(self._tls_options(
+                         dataclasses.replace(s, identities=self.settings.identities))),
                      "keys": self._reload_keys}
         result = {"reloaded": [], "refused": {}, "moved": 0}
         for part in parts:
             try:
-                result["moved"] += reloaders[part](settings, actor, recorded) or 0
+                reroute = bool(reloaders[part](settings, actor, recorded)) or reroute
                 result["reloaded"].append(part)
                 log.info("reloaded {name}", name=PART_NAMES[part])
             except GatewayError as exc:
@@ -308,19 +324,17 @@ class Gateway:
                 log.error("reload of {name} refused, old kept: {error}", name=PART_NAMES[part],
                           error=str(exc))
         systemd.notify("READY=1")
-        return result
+        if not reroute or "routes" in result["refused"]:
+            return defer.succeed(result)
+        return self.rerouter.run(actor).addCallback(
+            lambda moved: {**result, "moved": len(moved)})
 
     def _reload_identities(self, settings, actor: str, recorded: bool) -> None:
-        self._update_sftp(settings)
-        new = {identity.name: identity for identity in settings.identities}
-        changed = sorted(name for name in set(new) | set(self.identities)
-                         if new.get(name) != self.identities.get(name))
-        if changed and not recorded:
-            self.store.record([audit.Event(actor, "identities-change",
-                                           detail=f"changed: {', '.join(changed)}")])
-        self.identities.clear()
-        self.identities.update(new)
-        self.settings = self.metrics.settings = settings
+        """The configuration's identities into the store, then the store's in force."""
+        inforce.publish(self.store, inforce.identity_texts(settings), actor, record=not recorded)
+        self.settings = self.metrics.settings = dataclasses.replace(
+            settings, identities=self.settings.identities)
+        self.take(inforce.load(self.store.db))
 
     def _reload_keys(self, settings, actor: str, recorded: bool) -> None:
         ring, old = keys.load(settings.paths_keys), self.store.ring
@@ -336,20 +350,50 @@ class Gateway:
                 self.store.record([audit.Event(actor, "keys-reload",
                                                detail=f"current key {ring.current}")])
 
-    def _reload_tables(self, settings, actor: str, recorded: bool) -> int:
-        """New tables in force; their changes recorded line by line (who = ``actor``);
-        the fallback queue routed again. How many messages left fallback."""
-        new = routes.load(settings.paths_routes)
-        changes = editing.describe(self.intake.tables, new)
-        if changes and not recorded:
-            self.store.record_route_changes(actor, changes)
-            for change in changes:
-                log.info("route change by {actor}: {change}", actor=actor, change=change)
-        self.intake.tables = self.writer.tables = new
-        moved = self.intake.reroute_fallback(actor)
-        if moved:
-            log.info("{count} message(s) moved out of fallback", count=len(moved))
-        return len(moved)
+    def _reload_tables(self, settings, actor: str, recorded: bool) -> bool:
+        """The route table files into the store (each change recorded line by line as by
+        ``actor``), then the store's tables in force; whether they changed here."""
+        published = inforce.publish(self.store, inforce.route_texts(settings.paths_routes), actor,
+                                    record=not recorded)
+        for change in published.route_changes:
+            log.info("route change by {actor}: {change}", actor=actor, change=change)
+        return self.take(inforce.load(self.store.db))[0]
+
+    def take(self, found: inforce.Snapshot) -> tuple[bool, bool]:
+        """Put the store's tables and identities of ``found`` in force (an older version than
+        the one in force is ignored); whether (the route tables, the identities) changed.
+        Raise ConfigError (the identities kept) when an identity's SSH key is unusable."""
+        if found.version < self.tables_version:
+            return False, False
+        tables = found.tables is not None and found.tables != self.intake.tables
+        if tables:
+            self.intake.tables = self.writer.tables = found.tables
+        self.tables_version = found.version
+        new = {i.name: i for i in found.identities or ()}
+        people = found.identities is not None and new != self.identities
+        if people:
+            settings = dataclasses.replace(self.settings, identities=found.identities)
+            self._update_sftp(settings)
+            pins = {i.cert_sha256 for i in self.settings.identities} != \
+                {i.cert_sha256 for i in found.identities}
+            self.identities.clear()
+            self.identities.update(new)
+            self.settings = self.metrics.settings = settings
+            if pins:
+                self.tls.replace(self._tls_options(settings))
+        if tables or people:
+            log.info("in force from the store (version {version}): {parts}",
+                     version=found.version, parts=" and ".join(
+                         name for name, done in (("route tables", tables),
+                                                 ("identities", people)) if done))
+        return tables, people
+
+    def follow(self) -> None:
+        """Take the tables in force that another node (or gatewayctl) put in the store."""
+        self.watch = tablewatch.Watch(reactor, self.store.db.target,
+                                      self.settings.store_tables_poll_seconds,
+                                      lambda: self.tables_version, self.take)
+        self.watch.start()
 
     def _tls_options(self, settings):
         pinned = frozenset(i.cert_sha256 for i in settings.identities if i.cert_sha256)
@@ -398,10 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     gateway.spool_lock = spool_lock
     gateway.deliver()
     gateway.maintain()
+    gateway.follow()
     globalLogBeginner.beginLoggingTo([logs.observer(sys.stdout, settings.log_format,
                                                     settings.log_level)],
                                      redirectStandardIO=False)
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
+        lambda: gateway.reload().addErrback(_failed, "reload")))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))
     reactor.addSystemEventTrigger("before", "shutdown", gateway.store.close)
     reactor.callWhenRunning(gateway.pool.start)

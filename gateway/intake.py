@@ -222,8 +222,12 @@ class Intake:
         """Route every message in fallback again (after the tables changed); those that
         now have a route move on, those that stay get the reason that holds now (a
         damaged payload stays as it is). Returns receipts for the ones that moved."""
+        return self.reroute_rows(self.store.listing("fallback"), actor)
+
+    def reroute_rows(self, rows, actor: str) -> list[Receipt]:
+        """``reroute_fallback`` for the fallback message ``rows`` given (a page of them)."""
         moved = []
-        for row in self.store.listing("fallback"):
+        for row in rows:
             try:
                 doc = self.stored_document(row)
             except payloads.PayloadCorrupt:

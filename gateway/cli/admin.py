@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datetime as dt
 
-from gateway import audit, codecs, config, keys, operations, pki, routes, times
+from gateway import audit, codecs, config, inforce, keys, operations, pki, routes, times
 from gateway.cli import live
 from gateway.cli.common import UsageError, actor, read_input
 from gateway.errors import ConfigError, GatewayError
@@ -51,8 +51,9 @@ def open_store(settings) -> Store:
 
 def open_intake(args) -> Intake:
     settings = open_config(args)
-    return Intake(open_store(settings), routes.load(settings.paths_routes),
-                  settings.limits_max_message_bytes, settings.limits_max_segments)
+    store = open_store(settings)
+    return Intake(store, inforce.tables_for(store, settings), settings.limits_max_message_bytes,
+                  settings.limits_max_segments)
 
 
 def cmd_init(args, out) -> int:
@@ -208,18 +209,22 @@ def _receipt_out(args, out, receipt) -> int:
 
 
 def cmd_routes_change(args, out) -> int:
-    """add, set, rm or import: validate, apply, log what changed; the running gatewayd takes
-    the tables at once and routes its fallback queue again (without one, we do)."""
-    intake = open_intake(args)
+    """add, set, rm or import: validate, apply to the files, put them in force in the store
+    with what changed (recorded once, here); the running gatewayd takes them at once and
+    routes its fallback queue again (without one, we do); other nodes take them from the
+    store within seconds."""
     settings = open_config(args)
-    old = intake.tables
-    new = _edit(args, settings.paths_routes)
-    changes = editing.describe(old, new)
-    intake.store.record_route_changes(actor(), changes or ["(no change)"])
-    answer = live.reload_parts(settings, ["routes"])
+    store = open_store(settings)
+    inforce.begin(store, settings, lambda line: None)      # a store without tables: seeded
+    _edit(args, settings.paths_routes)
+    published = inforce.publish(store, inforce.route_texts(settings.paths_routes), actor(),
+                                say_unchanged=True)
+    changes = published.route_changes
+    answer = live.reload_parts(settings, ["routes"], reroute=bool(changes))
     if answer is None:
-        intake.tables = new
-        moved = len(intake.reroute_fallback(actor()))
+        intake = Intake(store, inforce.load(store.db).tables, settings.limits_max_message_bytes,
+                        settings.limits_max_segments)
+        moved = len(inforce.reroute_all(intake, actor())) if changes else 0
     else:
         moved = answer["moved"]
     out(json.dumps({"changes": changes, "moved": moved, "daemon": answer and answer["pid"]},
@@ -259,12 +264,17 @@ def _edit(args, folder: Path):
 
 
 def cmd_routes_export(args, out) -> int:
-    """Copy the tables in force to FOLDER."""
-    source = open_config(args).paths_routes
+    """Copy the tables in force to FOLDER: on PostgreSQL the store's (the files' while it has
+    none yet), on SQLite the files (as always)."""
+    settings = open_config(args)
+    texts = inforce.load(open_store(settings).db).texts if settings.store_url else {}
     target = Path(args.folder)
     target.mkdir(parents=True, exist_ok=True)
     for name, _ in editing.FILES.values():
-        shutil.copyfile(source / name, target / name)
+        if texts.get(name) is None:
+            shutil.copyfile(settings.paths_routes / name, target / name)
+        else:
+            (target / name).write_text(texts[name], encoding="utf-8")
     out(json.dumps({"exported": str(target)}) if args.json else f"exported to {target}")
     return 0
 
@@ -293,9 +303,11 @@ def cmd_routes_ls(args, out) -> int:
     settings = open_config(args)
     answer = live.tell(settings, "tables")
     data = {k: answer[k] for k in ("institutions", "referrers")} if answer else \
-        editing.as_data(routes.load(settings.paths_routes))
+        editing.as_data(inforce.tables_for(open_store(settings), settings) if settings.store_url
+                        else routes.load(settings.paths_routes))
     source = f"in force in gatewayd pid {answer['pid']}" if answer else \
-        f"from {settings.paths_routes} (no gatewayd running)"
+        f"from {settings.paths_routes} (no gatewayd running)" if not settings.store_url else \
+        "in force in the store (no gatewayd running here)"
     if args.json:
         out(json.dumps({**data, "source": source}, indent=2))
     else:

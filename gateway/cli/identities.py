@@ -8,7 +8,8 @@ or — ``--cert FILE`` — one from another CA, trusted by pinning its fingerpri
 (``--ca FILE`` adds that CA to ``tls.ca``). ``--ssh-key FILE`` gives it an SFTP
 account. ``rm NAME`` removes it (refused while a route table delivers to it).
 The configuration is written atomically and only after the new file loaded
-without a problem; each change is audited and the running gatewayd takes it at once.
+without a problem; each change is audited, put in force in the store (every node takes
+it within seconds) and the running gatewayd here takes it at once.
 """
 
 import base64
@@ -23,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.conch.ssh import keys as ssh_keys
 
-from gateway import audit, config, pki, routes, times
+from gateway import audit, config, inforce, pki, routes, times
 from gateway.cli import live
 from gateway.cli.admin import config_path, open_config, open_store, table
 from gateway.cli.common import Unreadable, UsageError, actor
@@ -119,9 +120,9 @@ def cmd_add(args, out) -> int:
     checked = _checked_config(path, _with_identity(path.read_text(encoding="utf-8"), name, entries))
     made.update(_install(settings, name, made))
     _put_in_place(checked, path)
-    open_store(settings).record([audit.Event(actor(), "identities-add", detail=(
+    _publish(path, settings, name, audit.Event(actor(), "identities-add", detail=(
         f"{name} {args.kind} agb={';'.join(codes)}" + (" ssh" if args.ssh_key else "")
-        + (" pinned" if pin else ""))[:200])])
+        + (" pinned" if pin else ""))[:200]))
     answer = live.reload_parts(settings, ["identities", "certificates"])
     data = {"name": name, **{k: str(v) for k, v in made.items() if k != "cert_obj"},
             "daemon": answer and answer["pid"]}
@@ -223,12 +224,21 @@ def cmd_rm(args, out) -> int:
     path = config_path(args)
     _put_in_place(_checked_config(path, _without_identity(path.read_text(encoding="utf-8"),
                                                            args.name)), path)
-    open_store(settings).record([audit.Event(actor(), "identities-rm", detail=args.name)])
+    _publish(path, settings, args.name, audit.Event(actor(), "identities-rm", detail=args.name))
     answer = live.reload_parts(settings, ["identities", "certificates"])
     out(json.dumps({"removed": args.name, "daemon": answer and answer["pid"]}) if args.json else
         f"removed identity {args.name} (its certificate files stay in "
         f"{pki.client_cert_path(settings, args.name).parent}); {live.where(answer)}")
     return 0
+
+
+def _publish(path: Path, settings, name: str, event) -> None:
+    """The identities of the configuration at ``path`` (just written) into the store as
+    the ones in force on every node, with ``event`` as the audit record of ``name``'s
+    change (other differences from the store's, if this node's file had them, are
+    recorded as an identities-change)."""
+    inforce.publish(open_store(settings), inforce.identity_texts(config.load(path)), actor(),
+                    events=[event], told=frozenset({name}))
 
 
 HEADER = re.compile(r"^\s*\[")

@@ -37,9 +37,10 @@ def where(answer: dict | None) -> str:
     return f"applied in the running gatewayd (pid {answer['pid']})"
 
 
-def reload_parts(settings, parts: list[str]) -> dict | None:
-    """Tell the daemon to take ``parts`` from the files, the change recorded already."""
-    return tell(settings, "reload", parts=parts, recorded=True)
+def reload_parts(settings, parts: list[str], reroute: bool = False) -> dict | None:
+    """Tell the daemon to take ``parts`` from the files, the change recorded already
+    (``reroute``: the route tables changed, route the fallback queue again)."""
+    return tell(settings, "reload", parts=parts, recorded=True, reroute=reroute)
 
 
 def cmd_reload(args, out) -> int:

@@ -11,7 +11,7 @@ UTC (``Z``). Changes reach the running gatewayd at once (``gateway.cli.live``).
 import json
 import time
 
-from gateway import operations, times
+from gateway import inforce, operations, times
 from gateway.cli import live
 from gateway.cli.admin import open_config, open_intake, table
 from gateway.cli.common import UsageError, actor
@@ -128,7 +128,7 @@ def cmd_fallback_reroute(args, out) -> int:
     if answer is not None:
         rows = answer["moved"]
     else:
-        rows = [vars(receipt) for receipt in open_intake(args).reroute_fallback(actor())]
+        rows = [vars(receipt) for receipt in inforce.reroute_all(open_intake(args), actor())]
     out(json.dumps(rows, indent=2) if args.json else
         table(rows, ("id", "zd_number", "state", "destination")) + f"\n{live.where(answer)}")
     return 0

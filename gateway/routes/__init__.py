@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 
 from gateway.document import Document, Kind
 from gateway.routes.tables import (Institution, Mailbox, Referrer, TableError, Tables, load,
-                                   mailbox_key)
+                                   mailbox_key, parse, read_texts)
 
-__all__ = ["Route", "match", "resolve", "load", "Tables", "Institution", "Referrer", "Mailbox",
-           "TableError"]
+__all__ = ["Route", "match", "resolve", "load", "parse", "read_texts", "Tables", "Institution",
+           "Referrer", "Mailbox", "TableError"]
 
 ANSWER_FORMAT = "edifact"
 REQUIRED_OPTION = {Kind.CANCELLATION: ("cancel", "cancellations"),

@@ -96,25 +96,54 @@ class TableError(ConfigError):
         self.problems = problems
 
 
+TEXTS = ("institutions.csv", "referrers.csv", MAILBOXES)    # the files, in loading order
+
+
 def load(folder: Path) -> Tables:
     """Load both tables from ``folder``; raise TableError listing every problem."""
+    texts, problems = read_texts(folder)
+    return parse(texts, folder, problems)
+
+
+def read_texts(folder: Path) -> tuple[dict[str, str | None], list[str]]:
+    """The text of each table file in ``folder`` (None for an absent mailboxes.csv), and
+    a ``file:0: cannot read`` problem for each file that cannot be read."""
+    texts: dict[str, str | None] = {}
     problems: list[str] = []
-    institutions = _load_institutions(Path(folder) / "institutions.csv", problems)
-    referrers = _load_referrers(Path(folder) / "referrers.csv", set(institutions), problems)
-    path = Path(folder) / MAILBOXES
-    mailboxes = _load_mailboxes(path, problems) if path.exists() else {}
+    for name in TEXTS:
+        path = Path(folder) / name
+        texts[name] = None
+        if name == MAILBOXES and not path.exists():
+            continue
+        try:
+            texts[name] = path.read_text(encoding="utf-8-sig")    # a spreadsheet's BOM is fine
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}:0: cannot read: {getattr(exc, 'strerror', None) or exc}")
+    return texts, problems
+
+
+def parse(texts: dict[str, str | None], folder: Path, problems: list[str] | None = None) -> Tables:
+    """The tables from their files' ``texts`` (as ``read_texts`` gives them; problems are
+    named as lines of the files in ``folder``); raise TableError listing every problem."""
+    problems = list(problems or [])
+    folder = Path(folder)
+    institutions = _load_institutions(folder / "institutions.csv",
+                                      texts.get("institutions.csv"), problems)
+    referrers = _load_referrers(folder / "referrers.csv", texts.get("referrers.csv"),
+                                set(institutions), problems)
+    mailboxes = _load_mailboxes(folder / MAILBOXES, texts[MAILBOXES], problems) \
+        if texts.get(MAILBOXES) is not None else {}
     if problems:
         raise TableError(problems)
     return Tables(institutions, referrers, mailboxes)
 
 
-def _rows(path: Path, columns: tuple[str, ...], problems: list[str]):
-    """Yield (line number, row dict) for each data row of the CSV file at ``path``."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")    # a spreadsheet's BOM is fine
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}:0: cannot read: {getattr(exc, 'strerror', None) or exc}")
+def _rows(path: Path, text: str | None, columns: tuple[str, ...], problems: list[str]):
+    """Yield (line number, row dict) for each data row of the CSV ``text`` of ``path``
+    (None: it could not be read, which is said already)."""
+    if text is None:
         return
+    text = text.removeprefix("\ufeff")
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
@@ -134,10 +163,10 @@ def _rows(path: Path, columns: tuple[str, ...], problems: list[str]):
         yield number, dict(zip(columns, cells))
 
 
-def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution]:
+def _load_institutions(path: Path, text: str | None, problems: list[str]) -> dict[str, Institution]:
     found: dict[str, Institution] = {}
     seen: set[str] = set()
-    for number, row in _rows(path, INSTITUTION_COLUMNS, problems):
+    for number, row in _rows(path, text, INSTITUTION_COLUMNS, problems):
         where = f"{path}:{number}"
         options = frozenset(o.strip() for o in row["options"].split(";") if o.strip())
         checks = [
@@ -154,7 +183,7 @@ def _load_institutions(path: Path, problems: list[str]) -> dict[str, Institution
             (bool(options - set(OPTIONS)),
              f"unknown option(s) {', '.join(sorted(options - set(OPTIONS)))} (known: {', '.join(OPTIONS)})"),
         ]
-        bad = [f"{where}: {text}" for failed, text in checks if failed]
+        bad = [f"{where}: {said}" for failed, said in checks if failed]
         problems += bad
         seen.add(row["agb"])
         if not bad:
@@ -175,10 +204,11 @@ def _address_problem(delivery: str) -> str | None:
     return None
 
 
-def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> dict[str, Referrer]:
+def _load_referrers(path: Path, text: str | None, institutions: set[str],
+                    problems: list[str]) -> dict[str, Referrer]:
     found: dict[str, Referrer] = {}
     seen: set[str] = set()
-    for number, row in _rows(path, REFERRER_COLUMNS, problems):
+    for number, row in _rows(path, text, REFERRER_COLUMNS, problems):
         where = f"{path}:{number}"
         known = None if row["institutions"] == "*" else frozenset(
             a.strip() for a in row["institutions"].split(";") if a.strip())
@@ -193,7 +223,7 @@ def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> 
             (bool(row["answer_address"]) and not _ANSWER.fullmatch(row["answer_address"]),
              f"answer_address {row['answer_address']!r} is not sftp:ACCOUNT"),
         ]
-        bad = [f"{where}: {text}" for failed, text in checks if failed]
+        bad = [f"{where}: {said}" for failed, said in checks if failed]
         problems += bad
         seen.add(row["agb"])
         if not bad:
@@ -201,9 +231,9 @@ def _load_referrers(path: Path, institutions: set[str], problems: list[str]) -> 
     return found
 
 
-def _load_mailboxes(path: Path, problems: list[str]) -> dict[str, Mailbox]:
+def _load_mailboxes(path: Path, text: str, problems: list[str]) -> dict[str, Mailbox]:
     found: dict[str, Mailbox] = {}
-    for number, row in _rows(path, MAILBOX_COLUMNS, problems):
+    for number, row in _rows(path, text, MAILBOX_COLUMNS, problems):
         where = f"{path}:{number}"
         key = mailbox_key(row["mailbox"])
         checks = [
@@ -214,7 +244,7 @@ def _load_mailboxes(path: Path, problems: list[str]) -> dict[str, Mailbox]:
             (key in found, f"mailbox {row['mailbox']!r} appears twice"),
             (bool(agb_problem(row["agb"])), f"agb {row['agb']!r} {agb_problem(row['agb'])}"),
         ]
-        bad = [f"{where}: {text}" for failed, text in checks if failed]
+        bad = [f"{where}: {said}" for failed, said in checks if failed]
         problems += bad
         if not bad:
             found[key] = Mailbox(row["mailbox"], row["agb"], row["name"], f"{path.name}:{number}")

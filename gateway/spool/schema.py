@@ -137,6 +137,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     until {DOUBLE} NOT NULL DEFAULT 0,
     last_run {DOUBLE}
 );
+CREATE TABLE IF NOT EXISTS tables_in_force (
+    part TEXT PRIMARY KEY,
+    version {BIGINT} NOT NULL,
+    content TEXT,
+    sha256 TEXT NOT NULL,
+    changed_at {DOUBLE} NOT NULL,
+    actor TEXT NOT NULL
+);
 """ + audit.SCHEMA
 # What each backend adds: where message ids come from.
 IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
@@ -144,8 +152,8 @@ IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO N
 # Every table of a store, in an order that copying can follow (migrate, backup checks);
 # not the nodes' passing state: delivery claims and job leases (``claims``, ``jobs``).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
-          "purged_identities", "purge_counts", "schema_version", "notify_cursor", "notifications", "audit",
-          "audit_anchor")
+          "purged_identities", "purge_counts", "schema_version", "notify_cursor", "notifications",
+          "audit", "audit_anchor", "tables_in_force")
 
 
 class StoreProblem(GatewayError):
