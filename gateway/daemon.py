@@ -85,7 +85,6 @@ class Gateway:
         ring, tables = keys.load(settings.paths_keys), routes.load(settings.paths_routes)
         self.store = Store.configured(settings, reactor.seconds, ring,
                                       progress=lambda line: log.info("store: {line}", line=line))
-        self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
         self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
                              settings.limits_max_segments)
         # The intake's commits run on one writer thread with its own connection.
@@ -101,6 +100,10 @@ class Gateway:
             self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
             gather=0.005)
         self.accept = self._logged(self.metrics.counting(self.group.accept))
+        # SFTP outboxes live in the store (audits with the group commit); files an older
+        # gatewayd left on this node's disk are taken in once, here
+        self.outbox = sftp.Outbox(settings.paths_sftp, self.store, self.group.record)
+        self.outbox.import_files()
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with

@@ -119,6 +119,16 @@ CREATE TABLE IF NOT EXISTS notifications (
     sent_at {DOUBLE},
     UNIQUE (event, message_id)
 );
+""" + """
+CREATE TABLE IF NOT EXISTS outbox (
+    account TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    message_id {BIGINT} NOT NULL,
+    listed_at {DOUBLE} NOT NULL,
+    picked_up_at {DOUBLE},
+    PRIMARY KEY (account, file_name),
+    UNIQUE (message_id, account)
+);
 """ + audit.SCHEMA
 # What each backend adds: where message ids come from.
 IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
@@ -126,7 +136,7 @@ IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO N
 # Every table of a store, in an order that copying can follow (migrate, backup checks).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
           "purge_counts", "schema_version", "notify_cursor", "notifications", "audit",
-          "audit_anchor")
+          "audit_anchor", "outbox")
 
 
 class StoreProblem(GatewayError):

@@ -1,0 +1,90 @@
+"""The SFTP outboxes in the store (table ``outbox``): which file names each account sees.
+
+A push to ``sftp:ACCOUNT`` adds one row (account, file name, message id, when it
+was listed); the file's content is the message's sealed ``out`` payload (table
+``payloads``), so there is no copy on any node's disk and every node on one
+database lists, opens and confirms the same files. A file name is
+``<ZD number>.<extension>`` — or, when the account has (or had) a file of that
+name for another message, ``<ZD number>-2.<extension>``, ``-3`` and so on: the
+UNIQUE (account, file_name) key decides, never a file system, so two answers
+with one ZD number never overwrite each other. A name is never handed to
+another message while its row lasts (a pickup only sets ``picked_up_at``); the
+row goes when its message is purged. The same message delivered again (a resend)
+gets its old name back, listed again. A pickup (the client deletes the file)
+sets ``picked_up_at`` and notes "pickup confirmed" in the message's history and
+audit log, in one transaction, so the file is gone from every node at once.
+"""
+
+from gateway import audit
+from gateway.spool.db import Database
+
+ATTEMPTS = 1000          # names tried for one message (ZD, ZD-2, ... ZD-1000)
+SIZE_HEAD = 5 + 255      # bytes of a sealed part that hold its key id
+LISTED = ("SELECT o.file_name, o.message_id, o.listed_at, length(p.sealed) AS sealed_size, "
+          "substr(p.sealed, 1, ?) AS head FROM outbox o JOIN payloads p ON p.message_id = "
+          "o.message_id AND p.which = 'out' WHERE o.account = ? AND o.picked_up_at IS NULL ")
+
+
+def name(base: str, extension: str, number: int) -> str:
+    """The ``number``-th name for a file of ``base`` (1: the plain one)."""
+    return f"{base}.{extension}" if number == 1 else f"{base}-{number}.{extension}"
+
+
+def add(db: Database, account: str, message_id: int, base: str, extension: str,
+        now: float, again: bool = True) -> str:
+    """List message ``message_id`` in ``account``'s outbox under a free name and return
+    it (one transaction). A message listed before keeps its name: listed again, or with
+    ``again`` False left as it is (picked up or not)."""
+    with db.transaction():
+        old = db.value("SELECT file_name FROM outbox WHERE account = ? AND message_id = ?",
+                       (account, message_id))
+        if old is not None and again:
+            db.execute("UPDATE outbox SET listed_at = ?, picked_up_at = NULL WHERE account = ? "
+                       "AND message_id = ?", (now, account, message_id))
+        if old is not None:
+            return old
+        for number in range(1, ATTEMPTS + 1):
+            candidate = name(base, extension, number)
+            added = db.execute("INSERT INTO outbox (account, file_name, message_id, listed_at) "
+                               "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (account, candidate, message_id, now))
+            if added.rowcount == 1:
+                return candidate
+    raise ValueError(f"no free outbox file name for message {message_id} after {ATTEMPTS}")
+
+
+def files(db: Database, account: str, after: str | None, limit: int) -> list:
+    """The files ``account`` sees, by name after ``after``: file_name, message_id,
+    listed_at, sealed_size and head (the sealed part's first bytes, for its key id)."""
+    return db.execute(LISTED + "AND o.file_name > ? ORDER BY o.file_name LIMIT ?",
+                      (SIZE_HEAD, account, after or "", limit)).fetchall()
+
+
+def find(db: Database, account: str, file_name: str):
+    """The file ``file_name`` of ``account``'s outbox as ``files`` gives it, or None."""
+    return db.one(LISTED + "AND o.file_name = ?", (SIZE_HEAD, account, file_name))
+
+
+def pick_up(db: Database, ring, account: str, file_name: str, now: float):
+    """Mark the file picked up and note it in its message's history and audit log (one
+    transaction); the message's row, or None when no such file is listed."""
+    who = f"sftp:{account}"
+    with db.transaction():
+        taken = db.execute("UPDATE outbox SET picked_up_at = ? WHERE account = ? AND "
+                           "file_name = ? AND picked_up_at IS NULL", (now, account, file_name))
+        if taken.rowcount != 1:
+            return None
+        row = db.one("SELECT * FROM messages WHERE id = (SELECT message_id FROM outbox WHERE "
+                     "account = ? AND file_name = ?)", (account, file_name))
+        if row is not None:
+            db.execute("INSERT INTO history (message_id, at, state, actor, reason) "
+                       "VALUES (?, ?, ?, ?, ?)", (row["id"], now, row["state"], who,
+                                                  "pickup confirmed"))
+            audit.append(db, ring, [audit.about(row, who, "pickup", detail="pickup confirmed")],
+                         now)
+        return row
+
+
+def forget(db: Database, message_ids: list[tuple[int]]) -> None:
+    """Drop the outbox rows of purged messages (inside the purge's transaction)."""
+    db.executemany("DELETE FROM outbox WHERE message_id = ?", message_ids)
