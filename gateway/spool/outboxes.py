@@ -36,14 +36,14 @@ def add(db: Database, account: str, message_id: int, base: str, extension: str,
     it (one transaction). A message listed before keeps its name: listed again, or with
     ``again`` False left as it is (picked up or not)."""
     with db.transaction():
-        old = db.value("SELECT file_name FROM outbox WHERE account = ? AND message_id = ?",
-                       (account, message_id))
-        if old is not None and again:
-            db.execute("UPDATE outbox SET listed_at = ?, picked_up_at = NULL WHERE account = ? "
-                       "AND message_id = ?", (now, account, message_id))
-        if old is not None:
-            return old
         for number in range(1, ATTEMPTS + 1):
+            old = db.value("SELECT file_name FROM outbox WHERE account = ? AND message_id = ?",
+                           (account, message_id))     # a node listed it first meanwhile?
+            if old is not None:
+                if again:
+                    db.execute("UPDATE outbox SET listed_at = ?, picked_up_at = NULL WHERE "
+                               "account = ? AND message_id = ?", (now, account, message_id))
+                return old
             candidate = name(base, extension, number)
             added = db.execute("INSERT INTO outbox (account, file_name, message_id, listed_at) "
                                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
