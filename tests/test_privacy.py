@@ -197,7 +197,7 @@ def test_outbox_files_are_sealed_and_listed_with_their_opened_size(tmp_path):
     store = Store(tmp_path / "spool", time.time, RING)
     outbox = sftp.Outbox(tmp_path / "sftp", store)
     row = answer(store, 1, "ZD100200301_ANTW")
-    outbox.deliver(row, b"")
+    outbox.deliver(row, store.payload(row, "out"))
     plain = store.payload(row, "out")
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and "spool" not in p.parts]
     ((name, attrs),) = outbox.files("his-brink", None, 10)

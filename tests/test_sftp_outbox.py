@@ -68,7 +68,7 @@ def test_two_answers_with_one_zd_number_get_two_files(nodes):
     a, _ = nodes
     first, second = answer(a.store, 1, "ZD9_ANTW"), answer(a.store, 2, "ZD9_ANTW")
     for row in (first, second, first):
-        a.outbox.deliver(row, b"")
+        a.outbox.deliver(row, a.store.payload(row, "out"))
     listed = a.listing()
     assert sorted(listed) == ["ZD9_ANTW-2.hl7", "ZD9_ANTW.hl7"]
     assert a.read("ZD9_ANTW.hl7") == a.store.payload(first, "out")
@@ -76,8 +76,9 @@ def test_two_answers_with_one_zd_number_get_two_files(nodes):
     assert listed["ZD9_ANTW-2.hl7"] == len(a.store.payload(second, "out"))
     with pytest.raises(Exception, match="UNIQUE|unique|duplicate"):
         with a.store.db.transaction():
-            a.store.db.execute("INSERT INTO outbox (account, file_name, message_id, listed_at) "
-                               "VALUES ('his-brink', 'ZD9_ANTW.hl7', ?, 0)", (second["id"],))
+            a.store.db.execute("INSERT INTO outbox (account, file_name, message_id, size, "
+                               "listed_at) VALUES ('his-brink', 'ZD9_ANTW.hl7', ?, 1, 0)",
+                               (second["id"] + 100,))
 
 
 def test_an_answer_delivered_on_one_node_is_read_and_picked_up_on_the_other(nodes, tmp_path):
@@ -85,7 +86,7 @@ def test_an_answer_delivered_on_one_node_is_read_and_picked_up_on_the_other(node
     there); deleted on B, it is gone from A's listing too, and its history says pickup."""
     a, b = nodes
     row = answer(a.store, 1, "ZD7_ANTW")
-    a.outbox.deliver(row, b"")
+    a.outbox.deliver(row, a.store.payload(row, "out"))
     plain = a.store.payload(row, "out")
     assert b.listing() == {"ZD7_ANTW.hl7": len(plain)} == a.listing()
     assert b.read("ZD7_ANTW.hl7") == plain
@@ -106,7 +107,7 @@ def test_a_payload_that_does_not_open_is_not_served(nodes):
     delivery (which quarantines a payload that does not open)."""
     a, _ = nodes
     row = answer(a.store, 1, "ZD8_ANTW")
-    a.outbox.deliver(row, b"")
+    a.outbox.deliver(row, a.store.payload(row, "out"))
     a.store.transition(row["id"], "delivered", "delivery")
     sealed = bytearray(bytes(a.store.db.value(
         "SELECT sealed FROM payloads WHERE message_id = ? AND which = 'out'", (row["id"],))))
@@ -146,7 +147,7 @@ def test_refusal_and_read_audits_go_through_record(backend, tmp_path):
                 defer.succeed(None))
     try:
         row = answer(node.store, 1, "ZD3_ANTW")
-        node.outbox.deliver(row, b"")
+        node.outbox.deliver(row, node.store.payload(row, "out"))
         before = audit.query(node.store.db)
         upload = node.account.openFile(b"inbox/big.edi", ft.FXF_WRITE | ft.FXF_CREAT, {})
         with pytest.raises(ft.SFTPError):
@@ -176,7 +177,7 @@ def test_purged_messages_leave_the_outbox(nodes):
     """The retention purge takes a message's outbox row with it."""
     a, b = nodes
     row = answer(a.store, 1, "ZD2_ANTW")
-    a.outbox.deliver(row, b"")
+    a.outbox.deliver(row, a.store.payload(row, "out"))
     a.store.purge([(f"#{row['id']}", "test", time.time())], "test", time.time())
     assert b.listing() == {}
     assert a.store.db.value("SELECT count(*) FROM outbox") == 0

@@ -1,7 +1,7 @@
 """The SFTP outboxes in the store (table ``outbox``): which file names each account sees.
 
-A push to ``sftp:ACCOUNT`` adds one row (account, file name, message id, when it
-was listed); the file's content is the message's sealed ``out`` payload (table
+A push to ``sftp:ACCOUNT`` adds one row (account, file name, message id, the size
+it opens to, when it was listed: a listing reads no payload); the file's content is the message's sealed ``out`` payload (table
 ``payloads``), so there is no copy on any node's disk and every node on one
 database lists, opens and confirms the same files. A file name is
 ``<ZD number>.<extension>`` — or, when the account has (or had) a file of that
@@ -19,10 +19,8 @@ from gateway import audit
 from gateway.spool.db import Database
 
 ATTEMPTS = 1000          # names tried for one message (ZD, ZD-2, ... ZD-1000)
-SIZE_HEAD = 5 + 255      # bytes of a sealed part that hold its key id
-LISTED = ("SELECT o.file_name, o.message_id, o.listed_at, length(p.sealed) AS sealed_size, "
-          "substr(p.sealed, 1, ?) AS head FROM outbox o JOIN payloads p ON p.message_id = "
-          "o.message_id AND p.which = 'out' WHERE o.account = ? AND o.picked_up_at IS NULL ")
+LISTED = ("SELECT file_name, message_id, size, listed_at FROM outbox WHERE account = ? AND "
+          "picked_up_at IS NULL ")
 
 
 def name(base: str, extension: str, number: int) -> str:
@@ -30,10 +28,10 @@ def name(base: str, extension: str, number: int) -> str:
     return f"{base}.{extension}" if number == 1 else f"{base}-{number}.{extension}"
 
 
-def add(db: Database, account: str, message_id: int, base: str, extension: str,
+def add(db: Database, account: str, message_id: int, size: int, base: str, extension: str,
         now: float, again: bool = True) -> str:
-    """List message ``message_id`` in ``account``'s outbox under a free name and return
-    it (one transaction). A message listed before keeps its name: listed again, or with
+    """List message ``message_id`` (its output: ``size`` bytes) in ``account``'s outbox
+    under a free name and return it (one transaction). A message listed before keeps its name: listed again, or with
     ``again`` False left as it is (picked up or not)."""
     with db.transaction():
         for number in range(1, ATTEMPTS + 1):
@@ -41,28 +39,29 @@ def add(db: Database, account: str, message_id: int, base: str, extension: str,
                            (account, message_id))     # a node listed it first meanwhile?
             if old is not None:
                 if again:
-                    db.execute("UPDATE outbox SET listed_at = ?, picked_up_at = NULL WHERE "
-                               "account = ? AND message_id = ?", (now, account, message_id))
+                    db.execute("UPDATE outbox SET size = ?, listed_at = ?, picked_up_at = NULL "
+                               "WHERE account = ? AND message_id = ?",
+                               (size, now, account, message_id))
                 return old
             candidate = name(base, extension, number)
-            added = db.execute("INSERT INTO outbox (account, file_name, message_id, listed_at) "
-                               "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                               (account, candidate, message_id, now))
+            added = db.execute("INSERT INTO outbox (account, file_name, message_id, size, "
+                               "listed_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                               (account, candidate, message_id, size, now))
             if added.rowcount == 1:
                 return candidate
     raise ValueError(f"no free outbox file name for message {message_id} after {ATTEMPTS}")
 
 
 def files(db: Database, account: str, after: str | None, limit: int) -> list:
-    """The files ``account`` sees, by name after ``after``: file_name, message_id,
-    listed_at, sealed_size and head (the sealed part's first bytes, for its key id)."""
-    return db.execute(LISTED + "AND o.file_name > ? ORDER BY o.file_name LIMIT ?",
-                      (SIZE_HEAD, account, after or "", limit)).fetchall()
+    """The files ``account`` sees, by name after ``after``: file_name, message_id, size
+    and listed_at."""
+    return db.execute(LISTED + "AND file_name > ? ORDER BY file_name LIMIT ?",
+                      (account, after or "", limit)).fetchall()
 
 
 def find(db: Database, account: str, file_name: str):
     """The file ``file_name`` of ``account``'s outbox as ``files`` gives it, or None."""
-    return db.one(LISTED + "AND o.file_name = ?", (SIZE_HEAD, account, file_name))
+    return db.one(LISTED + "AND file_name = ?", (account, file_name))
 
 
 def pick_up(db: Database, ring, account: str, file_name: str, now: float):

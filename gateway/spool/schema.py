@@ -124,6 +124,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     account TEXT NOT NULL,
     file_name TEXT NOT NULL,
     message_id {BIGINT} NOT NULL,
+    size {BIGINT} NOT NULL,
     listed_at {DOUBLE} NOT NULL,
     picked_up_at {DOUBLE},
     PRIMARY KEY (account, file_name),

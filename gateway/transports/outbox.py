@@ -43,19 +43,10 @@ def _write(target: Path, data: bytes) -> None:
     os.rename(temporary, target)
 
 
-def opened_size(found) -> int:
-    """The size a listed outbox file (a row of ``outboxes.files``) opens to."""
-    try:
-        key_id = keys.header(bytes(found["head"]) + bytes(12 + keys.TAG))[0]
-    except keys.SealBroken:
-        return 0
-    return keys.plain_size(found["sealed_size"], key_id)
-
-
 def attrs(found) -> dict:
-    """SFTP attributes of a listed outbox file."""
+    """SFTP attributes of a listed outbox file (a row of ``outboxes.files``)."""
     when = int(found["listed_at"])
-    return {"size": opened_size(found), "uid": 0, "gid": 0,
+    return {"size": found["size"], "uid": 0, "gid": 0,
             "permissions": stat.S_IFREG | 0o600, "atime": when, "mtime": when}
 
 
@@ -73,7 +64,7 @@ class Outbox:
         account = row["delivery"].removeprefix("sftp:")
         base = row["zd_number"] if PLAIN_NAME.fullmatch(row["zd_number"] or "") else str(row["id"])
         self.store.check_current()
-        outboxes.add(self.store.db, account, row["id"], base,
+        outboxes.add(self.store.db, account, row["id"], len(payload), base,
                      EXTENSIONS.get(row["format"], "dat"), self.store.clock())
         return defer.succeed(None)
 
@@ -145,28 +136,28 @@ class Outbox:
                 continue
             account = path.parent.parent.name
             try:
-                row = self._legacy(account, path)
+                row, size = self._legacy(account, path)
             except (keys.SealBroken, payloads.PayloadCorrupt) as exc:
                 self._quarantine(account, path, exc)
                 continue
-            outboxes.add(self.store.db, account, row["id"], path.stem, path.suffix[1:] or "dat",
-                         path.stat().st_mtime, again=False)
+            outboxes.add(self.store.db, account, row["id"], size, path.stem,
+                         path.suffix[1:] or "dat", path.stat().st_mtime, again=False)
             path.unlink()
             listed += 1
         if listed:
             log.info("{count} SFTP outbox file(s) from disk taken into the store", count=listed)
         return listed
 
-    def _legacy(self, account: str, path: Path):
+    def _legacy(self, account: str, path: Path) -> tuple[object, int]:
         """The message row of an old outbox file, which must open as that account's
-        message whose stored output opens too; raise SealBroken or PayloadCorrupt."""
+        message, and the size of its stored output, which must open too; raise SealBroken
+        or PayloadCorrupt."""
         blob = path.read_bytes()
         row = self.store.get(keys.header(blob)[1])
         if row is None or row["delivery"] != f"sftp:{account}":
             raise keys.SealBroken("not a message for this account")
         self.store.ring.open(blob, row["id"])
-        self.store.payload(row, "out")
-        return row
+        return row, len(self.store.payload(row, "out"))
 
     def reseal(self, path: Path) -> int:
         """Seal an old outbox file (not yet taken into the store) again under the current

@@ -48,7 +48,6 @@ from gateway.reading import REFUSALS, Envelope
 from gateway.transports import ssh
 from gateway.transports.downloads import Files, Listing, attrs, download, staged_attrs
 from gateway.transports.outbox import attrs as outbox_attrs
-from gateway.transports.outbox import opened_size
 from gateway.transports.outbox import Outbox
 from gateway.transports.uploads import STAGING_SUFFIXES, Refused, Shelf, Upload, name_tag
 
@@ -218,8 +217,8 @@ class Account(avatar.ConchUser):
             row = opened[0] if opened else self.outbox.store.get(found["message_id"])
             if row is not None:
                 self.outbox.pulled(self.name, row, name)
-        key = ("outbox", name, found["message_id"], found["listed_at"], found["sealed_size"])
-        return self._handle(key, opened_size(found), load, pulled)
+        key = ("outbox", name, found["message_id"], found["listed_at"], found["size"])
+        return self._handle(key, found["size"], load, pulled)
 
     def _download(self, path: Path, size: int, load, pulled=None):
         info = path.stat()
