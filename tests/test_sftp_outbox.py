@@ -94,7 +94,8 @@ def test_an_answer_delivered_on_one_node_is_read_and_picked_up_on_the_other(node
     b.account.removeFile(b"outbox/ZD7_ANTW.hl7")
     assert a.listing() == {} == b.listing()
     assert a.store.history(row["id"])[-1]["reason"] == "pickup confirmed"
-    assert [r["action"] for r in audit.query(a.store.db, who="sftp:his-brink")] == ["pull", "pickup"]
+    assert [r["action"] for r in audit.query(a.store.db, who="sftp:his-brink")] == \
+        ["pull", "pickup"]
     with pytest.raises(ft.SFTPError) as refused:          # a second pickup: no such file
         a.account.removeFile(b"outbox/ZD7_ANTW.hl7")
     assert refused.value.code == ft.FX_NO_SUCH_FILE

@@ -1,9 +1,10 @@
 """The SFTP outboxes in the store (table ``outbox``): which file names each account sees.
 
 A push to ``sftp:ACCOUNT`` adds one row (account, file name, message id, the size
-it opens to, when it was listed: a listing reads no payload); the file's content is the message's sealed ``out`` payload (table
-``payloads``), so there is no copy on any node's disk and every node on one
-database lists, opens and confirms the same files. A file name is
+it opens to, when it was listed: a listing reads no payload); the file's content
+is the message's sealed ``out`` payload (table ``payloads``), so there is no copy
+on any node's disk and every node on one database lists, opens and confirms the
+same files. A file name is
 ``<ZD number>.<extension>`` — or, when the account has (or had) a file of that
 name for another message, ``<ZD number>-2.<extension>``, ``-3`` and so on: the
 UNIQUE (account, file_name) key decides, never a file system, so two answers
@@ -31,8 +32,8 @@ def name(base: str, extension: str, number: int) -> str:
 def add(db: Database, account: str, message_id: int, size: int, base: str, extension: str,
         now: float, again: bool = True) -> str:
     """List message ``message_id`` (its output: ``size`` bytes) in ``account``'s outbox
-    under a free name and return it (one transaction). A message listed before keeps its name: listed again, or with
-    ``again`` False left as it is (picked up or not)."""
+    under a free name and return it (one transaction). A message listed before keeps
+    its name: listed again, or with ``again`` False left as it is (picked up or not)."""
     with db.transaction():
         for number in range(1, ATTEMPTS + 1):
             old = db.value("SELECT file_name FROM outbox WHERE account = ? AND message_id = ?",

@@ -3,8 +3,9 @@
 A listing holds no open folder and no list of names between requests: each
 READDIR reads the folder again (``os.scandir``; for outbox/, the store) for the
 next entries after the last name sent, in name order, so an open folder handle
-costs the same for ten entries as for ten thousand. A download is served from one plain copy per file,
-shared by every handle the account has open on it (``Shelf.reads``); that copy
+costs the same for ten entries as for ten thousand. A download is served from
+one plain copy per file, shared by every handle the account has open on it
+(``Shelf.reads``); that copy
 counts against ``limits.sftp_bytes_per_account`` and ``limits.sftp_bytes_total``
 like an upload, so an open that would pass them is refused (``E-DOWNLOAD-LIMIT``),
 and the copy is dropped when its last handle closes. A READ answers at most

@@ -4,13 +4,13 @@ An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
 upload, at most ``limits.sftp_error_files`` of them: the oldest go, and the
 retention purge removes those older than ``retention.sftp_error_days``);
-deleting a file from ``outbox/`` confirms its pickup. ``outbox/`` is served from the
-store (``gateway.transports.outbox``): every node on one database lists the same
-files and sees a pickup at once; ``inbox/`` and ``errors/`` are this node's. An upload is ingested when
-the client closes its file — or renames it from a ``.part`` or ``.tmp`` name;
-until then it is held in memory within bounds (see
-``gateway.transports.uploads``), so no patient data reaches ``inbox/`` in plain
-text, and a session that ends with files still open discards them (a cut-off
+deleting a file from ``outbox/`` confirms its pickup. ``outbox/`` is served from
+the store (``gateway.transports.outbox``): every node on one database lists the
+same files and sees a pickup at once; ``inbox/`` and ``errors/`` are this
+node's. An upload is ingested when the client closes its file — or renames it
+from a ``.part`` or ``.tmp`` name; until then it is held in memory within bounds
+(see ``gateway.transports.uploads``), so no patient data reaches ``inbox/`` in
+plain text, and a session that ends with files still open discards them (a cut-off
 upload is never taken for a whole one); a staged file replaced by another of
 its name is one log line and an audit record. Outbox files are the messages'
 sealed payloads, opened as the client reads them, within the same memory bounds

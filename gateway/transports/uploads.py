@@ -11,9 +11,9 @@ files and ``limits.sftp_bytes_per_account`` bytes, for all accounts
 against the same bytes: see ``gateway.transports.downloads`` and ``ssh.Server``).
 A staged file not renamed within ``limits.sftp_staged_seconds`` of its first close
 is discarded (renaming it to another staged name keeps that deadline); one
-replaced by another of its name is logged and audited (``Shelf.replaced``); one whose
-rename to its final name cannot be stored is staged again under its old name, so
-the rename can be retried. A size set on an open upload (truncate) shortens it; a
+replaced by another of its name is logged and audited (``Shelf.replaced``); one
+whose rename to its final name cannot be stored is staged again under its old
+name, so the rename can be retried. A size set on an open upload (truncate) shortens it; a
 larger size would leave a gap and is refused. A refused upload keeps nothing and
 leaves ``errors/<name>.err`` saying why; every upload not taken is audited. Log
 lines and audit records name a client's file by ``name_tag`` only, never by name.
