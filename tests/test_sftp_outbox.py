@@ -3,6 +3,7 @@ on each backend, with two stores on one database standing for two nodes: names t
 never collide, listings and reads from either node, a pickup seen by both, old outbox
 files on disk taken in once, audit records through the caller's ``record``."""
 
+import threading
 import time
 
 import pytest
@@ -182,3 +183,29 @@ def test_purged_messages_leave_the_outbox(nodes):
     a.store.purge([(f"#{row['id']}", "test", time.time())], "test", time.time())
     assert b.listing() == {}
     assert a.store.db.value("SELECT count(*) FROM outbox") == 0
+
+
+def test_two_nodes_listing_one_message_at_once_agree_on_its_name(postgres, tmp_path):
+    """PostgreSQL: while node A's transaction listing a message is not committed, node B
+    lists the same message (two pushes of one answer); B waits, then takes A's name —
+    not a second name, not an error."""
+    from gateway.spool import outboxes
+    from tests.conftest import Backend
+    a, b = (Node(Backend("postgresql", postgres), tmp_path, name) for name in "ab")
+    try:
+        row = answer(a.store, 1, "ZD1_ANTW")
+        found = []
+        with a.store.db.transaction():
+            a.store.db.execute("INSERT INTO outbox (account, file_name, message_id, size, "
+                               "listed_at) VALUES ('his-brink', 'ZD1_ANTW.hl7', ?, 5, 0)",
+                               (row["id"],))
+            racing = threading.Thread(target=lambda: found.append(outboxes.add(
+                b.store.db, "his-brink", row["id"], 5, "ZD1_ANTW", "hl7", 1.0)))
+            racing.start()
+            time.sleep(0.5)
+            assert racing.is_alive()                # held by A's uncommitted row
+        racing.join(10)
+        assert found == ["ZD1_ANTW.hl7"] and list(b.listing()) == ["ZD1_ANTW.hl7"]
+    finally:
+        a.store.close()
+        b.store.close()
