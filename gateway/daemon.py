@@ -94,7 +94,6 @@ class Gateway:
         found = inforce.begin(self.store, settings, lambda line: log.warn("{line}", line=line))
         self.settings = settings = inforce.in_force(settings, found)
         self.tables_version, tables = found.version, found.tables
-        self.outbox = sftp.Outbox(settings.paths_sftp, self.store)
         self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
                              settings.limits_max_segments)
         # The intake's commits run on one writer thread with its own connection.
@@ -114,6 +113,10 @@ class Gateway:
             reactor, lambda: Store.configured(self.settings, time.time, self.store.ring),
             lambda: self.intake.tables, (settings.limits_max_message_bytes,
                                          settings.limits_max_segments))
+        # SFTP outboxes live in the store (audits with the group commit); files an older
+        # gatewayd left on this node's disk are taken in once, here
+        self.outbox = sftp.Outbox(settings.paths_sftp, self.store, self.group.record)
+        self.outbox.import_files()
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with

@@ -81,7 +81,7 @@ def test_backup_verify_finds_a_damaged_backup(tmp_path):
 
 def test_restore_only_into_an_empty_spool_with_the_right_keys(tmp_path):
     """restore refuses a spool that holds messages, and a key file that does not fit;
-    into an empty one it brings back messages, payloads, tables and outbox files, and
+    into an empty one it brings back messages, payloads, tables and SFTP outboxes, and
     records itself."""
     made = daemon.init(tmp_path / "gw")
     daemon.ctl(made, "submit", str(HL7 / "referral-lf.hl7"))
@@ -89,7 +89,8 @@ def test_restore_only_into_an_empty_spool_with_the_right_keys(tmp_path):
     store = Store(Path(made["spool"]), time.time, keys.load(Path(made["keys"])))
     Outbox(Path(made["config"]).parent / "sftp", store).deliver(
         {**dict(store.get(1)), "delivery": "sftp:his-brink", "format": "hl7"}, b"an answer")
-    (outbox_file,) = (Path(made["config"]).parent / "sftp").glob("his-brink/outbox/*")
+    (listed,) = Outbox(Path(made["config"]).parent / "sftp", store).files("his-brink", None, 9)
+    store.close()
     daemon.ctl(made, "backup", str(tmp_path / "b"), "--with-keys", str(tmp_path / "k"))
     other = daemon.init(tmp_path / "other")
     wrong = daemon.ctl(other, "restore", str(tmp_path / "b"), check=False)
@@ -100,8 +101,10 @@ def test_restore_only_into_an_empty_spool_with_the_right_keys(tmp_path):
     daemon.ctl(other, "restore", str(tmp_path / "b"))
     assert daemon.ctl(other, "show", "1", "--converted").stdout.startswith(b"<?xml")
     assert "01765432" not in (Path(other["routes"]) / "referrers.csv").read_text()
-    restored = Path(other["config"]).parent / "sftp" / "his-brink" / "outbox" / outbox_file.name
-    assert restored.read_bytes() == outbox_file.read_bytes()
+    restored = Store(Path(other["spool"]), time.time, keys.load(Path(other["keys"])))
+    assert Outbox(Path(other["config"]).parent / "sftp", restored).files("his-brink", None, 9) \
+        == [listed]
+    restored.close()
     assert [r["action"] for r in daemon.ctl_json(other, "audit", "query", "--zd", "ZD100200300")
             ][:3] == ["receive", "convert", "route"]
     assert daemon.ctl_json(other, "audit", "verify")["records"] >= 5

@@ -12,7 +12,7 @@ from gateway import audit, retention, routes
 from gateway.cli.common import actor
 from gateway.intake import Envelope, Intake
 from gateway.spool import db as database
-from gateway.spool import migrate, payloads
+from gateway.spool import migrate, outboxes, payloads
 from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import RING, ROOT, numbered_referral
@@ -23,7 +23,7 @@ HIS = Envelope("his-brink", "mllp", frozenset({"01234567"}))
 
 def filled(folder: Path) -> Store:
     """An SQLite store with messages, history, a purge, route changes, a notification
-    cursor, a damaged payload (quarantined when delivered) and an audit chain."""
+    cursor, an SFTP outbox, a damaged payload (quarantined when delivered) and an audit chain."""
     clock = [1_800_000_000.0]
     store = Store(folder, lambda: clock[0], RING)
     intake = Intake(store, routes.load(SAMPLES), 1 << 24)
@@ -33,6 +33,8 @@ def filled(folder: Path) -> Store:
     store.record_route_changes("cli:tester", ["institution 06005678: format xml -> hl7"])
     store.purge([("ZD500000002", "referral: 180 days", clock[0])], retention.ACTOR, clock[0])
     store.db.execute("INSERT INTO notify_cursor VALUES (1, 5)")
+    for message_id in (4, 5):                          # two files in an SFTP outbox
+        outboxes.add(store.db, "his-brink", message_id, 10, "ZD9_ANTW", "edi", clock[0])
     sealed = bytearray(payloads.sealed(store.db, 3, "out"))
     sealed[-5] ^= 1
     store.db.execute("UPDATE payloads SET sealed = ? WHERE message_id = 3 AND which = 'out'",
@@ -61,6 +63,8 @@ def test_a_migration_killed_half_way_resumes_and_verifies(postgres, tmp_path):
         assert target.value(f"SELECT count(*) FROM {table}") == \
             source.db.value(f"SELECT count(*) FROM {table}"), table
     assert audit.verify(target, RING) == audit.verify(source.db, RING)
+    assert sorted(row[0] for row in target.execute("SELECT file_name FROM outbox")) == \
+        ["ZD9_ANTW-2.edi", "ZD9_ANTW.edi"]
     copy = Intake(Store(tmp_path, time.time, RING, url=url), routes.load(SAMPLES), 1 << 24)
     (again,) = copy.accept(numbered_referral(4), HIS)
     (new,) = copy.accept(numbered_referral(99), HIS)

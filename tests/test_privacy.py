@@ -190,17 +190,18 @@ def test_a_process_still_sealing_with_a_retired_key_is_stopped(backend, tmp_path
 
 
 def test_outbox_files_are_sealed_and_listed_with_their_opened_size(tmp_path):
-    """An answer written to an SFTP outbox is sealed on disk; a listing shows the size the
-    client will read, and only the addressed account can open it."""
+    """An answer in an SFTP outbox is its sealed output in the store, nothing on disk; a
+    listing shows the size the client will read, and only the addressed account opens it."""
     from gateway.transports import sftp
+    from tests.test_sftp_outbox import answer
     store = Store(tmp_path / "spool", time.time, RING)
     outbox = sftp.Outbox(tmp_path / "sftp", store)
-    row = {"id": 7, "zd_number": "ZD100200301_ANTW", "delivery": "sftp:his-brink", "format": "edifact"}
-    outbox.deliver(row, b"UNA:+.? 'letter text")
-    path = tmp_path / "sftp" / "his-brink" / "outbox" / "ZD100200301_ANTW.edi"
-    assert b"letter text" not in path.read_bytes()
-    (name, _, attrs), = list(sftp.Listing(path.parent, {}))
-    assert (name, attrs["size"]) == ("ZD100200301_ANTW.edi", len(b"UNA:+.? 'letter text"))
-    with pytest.raises(keys.SealBroken):      # message 7 is not in the store: not this account's
-        outbox.open("his-brink", path)
-    assert list((tmp_path / "spool" / "quarantine").iterdir())
+    row = answer(store, 1, "ZD100200301_ANTW")
+    outbox.deliver(row, store.payload(row, "out"))
+    plain = store.payload(row, "out")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and "spool" not in p.parts]
+    ((name, attrs),) = outbox.files("his-brink", None, 10)
+    assert (name, attrs["size"]) == ("ZD100200301_ANTW.hl7", len(plain))
+    assert outbox.open("his-brink", name) == plain
+    with pytest.raises(keys.SealBroken):      # not a message for another account
+        outbox.open("his-hoogveld", name)

@@ -157,12 +157,17 @@ def test_a_purged_zd_number_is_answered_clearly(setup):
 
 
 def test_outbox_and_quarantine_leftovers_are_swept(setup):
-    """An outbox file of a purged message goes once it is a day old, a quarantined outbox
-    file once it is past the referral rule; a fresh one stays."""
+    """An outbox file an older gatewayd left on disk for a purged message goes once it is a
+    day old, a quarantined outbox file once it is past the referral rule; a fresh one
+    stays. The purged message leaves the outbox in the store too."""
     setup.at(0, numbered_referral(1))
     row = setup.store.get(1)
     outbox = Outbox(setup.settings.paths_sftp, setup.store)
     outbox.deliver({**dict(row), "delivery": "sftp:his-brink", "format": "hl7"}, b"x")
+    assert outbox.files("his-brink", None, 9)
+    (setup.settings.paths_sftp / "his-brink" / "outbox").mkdir(parents=True)
+    (setup.settings.paths_sftp / "his-brink" / "outbox" / "ZD1.hl7").write_bytes(
+        RING.seal(b"x", row["id"]))
     quarantine = setup.store.root / "quarantine"
     quarantine.mkdir()
     (quarantine / "his-brink-old.hl7").write_bytes(b"sealed")
@@ -172,6 +177,8 @@ def test_outbox_and_quarantine_leftovers_are_swept(setup):
         os.utime(path, (old, old))
     assert setup.purge(181).files == 2
     assert list(setup.settings.paths_sftp.glob("*/outbox/*")) == []
+    assert outbox.files("his-brink", None, 9) == []
+    assert setup.store.db.value("SELECT count(*) FROM outbox") == 0
     assert [p.name for p in quarantine.iterdir()] == ["his-brink-new.hl7"]
 
 

@@ -17,7 +17,7 @@ from twisted.conch.ssh.common import NS
 
 from tests.helpers import daemon
 from tests.test_abuse import LegitimateSender, closed_within, logged_since, name_tag
-from tests.test_daemon_e2e import curl, identity
+from tests.test_daemon_e2e import curl, identity, sftp
 from tests.helpers.fakes import ROOT
 
 LIMITS = dict(limits__max_message_bytes=8 * 1024 * 1024, limits__handshake_seconds=2,
@@ -33,6 +33,7 @@ def gateway(tmp_path_factory):
     made["log"] = folder / "gatewayd.log"
     made["process"] = daemon.start(made, made["log"])
     made["account"] = folder / "sftp" / "his-brink"
+    made["folder"] = folder
     made["legit"] = LegitimateSender(made)
     made["legit"].start()
     yield made
@@ -131,17 +132,31 @@ def test_open_folders_are_bounded_per_session(gateway):
         path.unlink()
 
 
+def outbox_names(made) -> set[str]:
+    """The file names his-brink's outbox lists (OpenSSH sftp ``ls``)."""
+    result = sftp(made, "his-brink", "ls -1 outbox\n", made["folder"])
+    assert result.returncode == 0, result.stderr
+    return {line.strip().removeprefix("outbox/") for line in result.stdout.splitlines()
+            if line.strip().startswith("outbox/")}
+
+
 def big_answer(made, size: int) -> str:
     """A teleconsult answer of about ``size`` bytes posted by the hospital; the name of
-    the file it becomes in his-brink's outbox, once it is there."""
+    the file it becomes in his-brink's outbox, once it is there (the same ZD number each
+    time: a new name each time)."""
+    before = outbox_names(made)
     answer = (ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes()
     line = b"Synthetische regel van de brief die lang wordt gemaakt. " * 12 + b"~"  # < 10,000 lines
     answer = answer.replace(b"Beste collega,~", b"Beste collega,~" + line * (size // len(line)))
+    made["answers"] = made.get("answers", 0) + 1           # a new control id each time
+    answer = answer.replace(b"|ZIS-777|", f"|ZIS-777-{made['answers']}|".encode())
     assert curl(made, "/v1/messages", "zis-eemland", data=answer)[0] == 202
-    target = made["account"] / "outbox" / "ZD100200301_ANTW.edi"
-    for _ in range(100):
-        if target.exists():
-            return target.name
+    for _ in range(50):
+        new = outbox_names(made) - before
+        if new:
+            (name,) = new
+            assert name.startswith("ZD100200301_ANTW") and name.endswith(".edi")
+            return name
         time.sleep(0.1)
     pytest.fail("the answer did not reach the outbox")
 

@@ -205,8 +205,9 @@ def test_downloads_share_one_copy_counted_against_the_account(account):
 
 def test_an_outbox_read_is_audited_once_a_session(account):
     """Opening the same outbox file again in one session writes no second audit record."""
-    account.outbox.deliver({"id": _stored_answer(account), "zd_number": "ZD1_ANTW",
-                            "delivery": "sftp:his-brink", "format": "hl7"}, b"MSH|answer")
+    row = dict(account.store.get(_stored_answer(account)))
+    account.outbox.deliver({**row, "zd_number": "ZD1_ANTW", "format": "hl7"},
+                           account.store.payload(row, "out"))
     session = Session(account)
     for _ in range(3):
         session.request(ft.FXP_CLOSE, NS(session.open(b"outbox/ZD1_ANTW.hl7")))

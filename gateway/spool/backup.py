@@ -8,8 +8,10 @@ A backup is a new folder (0700) holding:
                    audit log and the sealed payloads, so it holds no plain text
   gatewayd.toml    the configuration file in use
   routes/          the route tables in use
-  outbox/ACCOUNT/  SFTP outbox files waiting for pickup (sealed, as on disk),
-                   copied after the snapshot
+  outbox/ACCOUNT/  SFTP outbox files an older gatewayd left on disk, not yet taken
+                   into the store (sealed, as on disk; gatewayd takes them in at
+                   start), copied after the snapshot; the outboxes themselves are
+                   in the store
   manifest.json    format, schema version, when, counts, the audit head, and the
                    SHA-256 of every other file
 

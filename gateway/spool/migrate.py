@@ -3,7 +3,8 @@
 Everything is copied as it is — rows, history, the sealed payloads (still sealed,
 same key, same message id), the audit chain with its anchor, counters, purge
 records and counts, route changes, key check values, the notifications and their
-cursor, the route tables and identities in force — table by table in key order, a batch per transaction. Each batch's
+cursor, the route tables and identities in force, the SFTP outbox listings — table by table
+in key order, a batch per transaction. Each batch's
 transaction also notes the last key copied (table ``migrate_progress`` in the
 target), so a migration killed half-way resumes where it stopped; a target that
 holds data but no progress note is refused. The small tables are copied last in
@@ -25,7 +26,8 @@ from gateway.spool.db import Database
 
 # table -> its key columns, copied in this order (history after its messages)
 KEYED = {"messages": ("id",), "history": ("id",), "payloads": ("message_id", "which"),
-         "audit": ("seq",), "route_changes": ("id",), "notifications": ("id",)}
+         "audit": ("seq",), "route_changes": ("id",), "notifications": ("id",),
+         "outbox": ("message_id", "account")}
 SMALL = ("key_checks", "purged", "purge_counts", "schema_version", "notify_cursor", "audit_anchor",
          "tables_in_force")
 IDENTITIES = ("history", "route_changes", "notifications")     # columns the target numbers

@@ -145,6 +145,16 @@ CREATE TABLE IF NOT EXISTS tables_in_force (
     changed_at {DOUBLE} NOT NULL,
     actor TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    account TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    message_id {BIGINT} NOT NULL,
+    size {BIGINT} NOT NULL,
+    listed_at {DOUBLE} NOT NULL,
+    picked_up_at {DOUBLE},
+    PRIMARY KEY (account, file_name),
+    UNIQUE (message_id, account)
+);
 """ + audit.SCHEMA
 # What each backend adds: where message ids come from.
 IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
@@ -153,7 +163,7 @@ IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO N
 # not the nodes' passing state: delivery claims and job leases (``claims``, ``jobs``).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
           "purged_identities", "purge_counts", "schema_version", "notify_cursor", "notifications",
-          "audit", "audit_anchor", "tables_in_force")
+          "audit", "audit_anchor", "tables_in_force", "outbox")
 
 
 class StoreProblem(GatewayError):

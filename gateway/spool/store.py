@@ -31,7 +31,7 @@ from gateway import audit
 from gateway.errors import GatewayError
 from gateway.keys import Keyring, KeyProblem
 from gateway.spool import db as database
-from gateway.spool import claims, payloads, schema, states, upgrade
+from gateway.spool import claims, outboxes, payloads, schema, states, upgrade
 from gateway.spool.db import Conflict, Database, StoreUnavailable   # noqa: F401 - for callers
 
 # What each state a message moves to means in the audit log (an operation may say more).
@@ -331,6 +331,7 @@ class Store:
                 ids = [(row["id"],) for row in rows]
                 self.db.executemany("DELETE FROM history WHERE message_id = ?", ids)
                 self.db.executemany("DELETE FROM messages WHERE id = ?", ids)
+                outboxes.forget(self.db, ids)
                 removed += self._drop_payloads(ids, {row["raw_owner"] for row in rows})
                 numbers = {row["zd_number"] for row in rows if row["zd_number"]}
                 numbers |= set() if key.startswith("#") else {key}

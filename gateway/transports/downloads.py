@@ -1,10 +1,11 @@
 """What SFTP clients read: folder listings and downloads, within the SFTP memory limits.
 
 A listing holds no open folder and no list of names between requests: each
-READDIR reads the folder again (``os.scandir``) for the next entries after the
-last name sent, in name order, so an open folder handle costs the same for ten
-entries as for ten thousand. A download is served from one plain copy per file,
-shared by every handle the account has open on it (``Shelf.reads``); that copy
+READDIR reads the folder again (``os.scandir``; for outbox/, the store) for the
+next entries after the last name sent, in name order, so an open folder handle
+costs the same for ten entries as for ten thousand. A download is served from
+one plain copy per file, shared by every handle the account has open on it
+(``Shelf.reads``); that copy
 counts against ``limits.sftp_bytes_per_account`` and ``limits.sftp_bytes_total``
 like an upload, so an open that would pass them is refused (``E-DOWNLOAD-LIMIT``),
 and the copy is dropped when its last handle closes. A READ answers at most
@@ -20,7 +21,6 @@ from pathlib import Path
 from twisted.conch.interfaces import ISFTPFile
 from zope.interface import implementer
 
-from gateway import keys
 from gateway.transports.uploads import Refused
 
 MAX_READ = 64 * 1024        # bytes in one READ answer (and the writes we ask for)
@@ -51,7 +51,7 @@ def download(shelf, key: tuple, size: int, load, pulled=None) -> "Download":
 
 @implementer(ISFTPFile)
 class Download:
-    """A file read from outbox/ (opened from its seal) or errors/."""
+    """A file read from outbox/ (opened from the store) or errors/."""
 
     def __init__(self, shelf, key: tuple, held: Held, pulled=None):
         self.shelf, self.key, self.held, self.pulled = shelf, key, held, pulled
@@ -89,7 +89,6 @@ class Listing:
 
     def __init__(self, path: Path, staged: dict[str, int]):
         self.path, self.staged = path, dict(staged)
-        self.outbox = path.name == "outbox"
         self.after: str | None = None        # the last name handed out
         self.batch: list[str] = []           # the next names, last first
 
@@ -118,8 +117,6 @@ class Listing:
         path = self.path / name
         try:
             info = attrs(os.lstat(path))
-            if self.outbox and path.suffix != ".tmp":
-                info["size"] = sealed_size(path)
         except FileNotFoundError:
             return None                       # gone since the folder was read
         return name, name, info
@@ -128,10 +125,29 @@ class Listing:
         pass
 
 
-def sealed_size(path: Path) -> int:
-    """The size a sealed outbox file opens to."""
-    found = keys.file_header(path)
-    return keys.plain_size(path.stat().st_size, found[0]) if found else 0
+class Files:
+    """The files the store lists in an account's outbox/, in name order, a batch at a
+    time: ``fetch(after, limit)`` gives (name, attributes) after the name ``after``."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+        self.after: str | None = None
+        self.batch: list = []                # the next entries, last first
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self.batch:
+            self.batch = list(reversed(self.fetch(self.after, BATCH)))
+            if not self.batch:
+                raise StopIteration
+        name, info = self.batch.pop()
+        self.after = name
+        return name, name, info
+
+    def close(self):
+        pass
 
 
 def staged_attrs(size: int) -> dict:

@@ -4,14 +4,18 @@ An account's folder holds ``inbox/`` (uploads), ``outbox/`` (messages for this
 system, in its format) and ``errors/`` (a ``.err`` text file for each rejected
 upload, at most ``limits.sftp_error_files`` of them: the oldest go, and the
 retention purge removes those older than ``retention.sftp_error_days``);
-deleting a file from ``outbox/`` confirms its pickup. An upload is ingested when
-the client closes its file — or renames it from a ``.part`` or ``.tmp`` name;
-until then it is held in memory within bounds (see
-``gateway.transports.uploads``), so no patient data reaches ``inbox/`` in plain
-text, and a session that ends with files still open discards them (a cut-off
-upload is never taken for a whole one). Outbox files are sealed
-(``gateway.transports.outbox``) and opened as the client reads them, within the
-same memory bounds (``gateway.transports.downloads``), sizes shown as opened.
+deleting a file from ``outbox/`` confirms its pickup. ``outbox/`` is served from
+the store (``gateway.transports.outbox``): every node on one database lists the
+same files and sees a pickup at once; ``inbox/`` and ``errors/`` are this
+node's. An upload is ingested when the client closes its file — or renames it
+from a ``.part`` or ``.tmp`` name; until then it is held in memory within bounds
+(see ``gateway.transports.uploads``), so no patient data reaches ``inbox/`` in
+plain text, and a session that ends with files still open discards them (a cut-off
+upload is never taken for a whole one); a staged file replaced by another of
+its name is one log line and an audit record. Outbox files are the messages'
+sealed payloads, opened as the client reads them, within the same memory bounds
+(``gateway.transports.downloads``), sizes shown as opened. Audit records of
+refused or discarded uploads and of reads go with the next group commit.
 Paths are resolved and compared component by component; ``..``, absolute paths
 outside the account, links, names that are not UTF-8, hold a character that is
 not printable (a NUL, a line break, an escape, U+2028) or are over-long are
@@ -42,7 +46,8 @@ from gateway import audit, keys
 from gateway.errors import DecodeError, StoreError
 from gateway.reading import REFUSALS, Envelope
 from gateway.transports import ssh
-from gateway.transports.downloads import Listing, attrs, download, staged_attrs
+from gateway.transports.downloads import Files, Listing, attrs, download, staged_attrs
+from gateway.transports.outbox import attrs as outbox_attrs
 from gateway.transports.outbox import Outbox
 from gateway.transports.uploads import STAGING_SUFFIXES, Refused, Shelf, Upload, name_tag
 
@@ -64,6 +69,11 @@ def _clean(method):
     def checked(self, *args):
         try:
             return method(self, *args)
+        except StoreError as exc:
+            log.warn("SFTP {account} {operation} failed: {error}", account=self.name,
+                     operation=method.__name__, error=exc.message)
+            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "store unavailable; try "
+                                         "again") from None
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file") from None
@@ -84,6 +94,7 @@ class Account(avatar.ConchUser):
         self.name, self.root, self.mandates = name, root.resolve(), mandates
         self.accept, self.outbox, self.shelf = accept, outbox, shelf
         self.limits = shelf.holdings.limits
+        shelf.replaced = self.replaced
         self.channelLookup[b"session"] = ssh.Session
         self.subsystemLookup[b"sftp"] = ssh.Server
         for folder in FOLDERS:
@@ -136,9 +147,15 @@ class Account(avatar.ConchUser):
         raise Refused(told)
 
     def audit(self, result: str, detail: str) -> None:
-        """Record an upload that was not taken (no message id: nothing was stored)."""
-        self.outbox.store.record([audit.Event(f"sftp:{self.name}", "receive", result,
-                                              detail=detail)])
+        """Record an upload that was not taken (no message id: nothing was stored), with
+        the next group commit (no write of its own on the reactor thread)."""
+        self.outbox.audit([audit.Event(f"sftp:{self.name}", "receive", result, detail=detail)])
+
+    def replaced(self, name: str, size: int) -> None:
+        """A staged upload was replaced by another of the same name: say so."""
+        what = f"staged upload {self.tag(name)} of {size} bytes replaced by another of its name"
+        log.warn("SFTP {account} {what}", account=self.name, what=what)
+        self.audit("replaced", what)
 
     def leave_error(self, name: str, why: str) -> None:
         """Write errors/<name>.err saying ``why`` (and the tag the log lines use), then
@@ -173,32 +190,42 @@ class Account(avatar.ConchUser):
             return self._download(path, path.stat().st_size, path.read_bytes)
         if path.parent != self.root / "outbox":
             self.refuse(f"read outside outbox/ and errors/: {self.tag(path.name)}")
-        return self._download(path, self._plain_size(path), *self._opener(path))
+        return self._from_outbox(path.name)
 
-    def _plain_size(self, path: Path) -> int:
-        found = keys.file_header(path)
+    def _listed(self, name: str):
+        """The outbox file ``name`` as the store lists it; raise "no such file"."""
+        found = self.outbox.find(self.name, name)
         if found is None:
-            raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable")
-        return keys.plain_size(path.stat().st_size, found[0])
+            raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file")
+        return found
 
-    def _opener(self, path: Path):
-        """(load, pulled) for an outbox file: open its seal; audit a session's read."""
+    def _from_outbox(self, name: str):
+        """A handle on an outbox file: opened from the store (once for every handle of the
+        account on it), a session's first read audited."""
+        found, opened = self._listed(name), []
+
         def load():
             try:
-                return self.outbox.plain(self.name, path)[0]
+                plain, row = self.outbox.plain(self.name, name)
             except keys.SealBroken:
                 raise filetransfer.SFTPError(filetransfer.FX_FAILURE, "file unavailable") \
                     from None
+            opened.append(row)
+            return plain
 
         def pulled():
-            row = self.outbox.store.get(keys.file_header(path)[1])
+            row = opened[0] if opened else self.outbox.store.get(found["message_id"])
             if row is not None:
-                self.outbox.pulled(self.name, row, path.name)
-        return load, pulled
+                self.outbox.pulled(self.name, row, name)
+        key = ("outbox", name, found["message_id"], found["listed_at"], found["size"])
+        return self._handle(key, found["size"], load, pulled)
 
     def _download(self, path: Path, size: int, load, pulled=None):
         info = path.stat()
         key = (str(path), info.st_ino, info.st_mtime_ns, info.st_size)
+        return self._handle(key, size, load, pulled)
+
+    def _handle(self, key: tuple, size: int, load, pulled=None):
         handle = download(self.shelf, key, size, load, pulled)
         if isinstance(handle, str):
             log.warn("SFTP {account} refused: {why}", account=self.name, why=handle)
@@ -212,9 +239,10 @@ class Account(avatar.ConchUser):
             return
         if path.parent not in (self.root / "outbox", self.root / "errors"):
             self.refuse(f"delete outside outbox/ and errors/: {self.tag(path.name)}")
-        path.unlink()
-        if path.parent == self.root / "outbox":
-            self.outbox.picked_up(self.name, path.name)   # reading and deleting confirms pickup
+        if path.parent == self.root / "errors":
+            path.unlink()
+        elif self.outbox.picked_up(self.name, path.name) is None:  # deleting confirms pickup
+            raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "no such file")
 
     @_clean
     def renameFile(self, oldpath, newpath):
@@ -274,14 +302,22 @@ class Account(avatar.ConchUser):
         folder = self.resolve(path)
         if not folder.is_dir():
             raise filetransfer.SFTPError(filetransfer.FX_NO_SUCH_FILE, "not a folder")
+        if folder == self.root / "outbox":
+            return Files(self._outbox_files)
         staged = self.shelf.staged if folder == self.root / "inbox" else {}
         return Listing(folder, {name: len(s.data) for name, s in staged.items()})
+
+    @_clean
+    def _outbox_files(self, after: str | None, limit: int) -> list:
+        return self.outbox.files(self.name, after, limit)
 
     @_clean
     def getAttrs(self, path, followLinks):
         path = self.resolve(path)
         if path.parent == self.root / "inbox" and path.name in self.shelf.staged:
             return staged_attrs(len(self.shelf.staged[path.name].data))
+        if path.parent == self.root / "outbox":
+            return outbox_attrs(self._listed(path.name))
         return attrs(os.lstat(path))
 
     def setAttrs(self, path, attrs_):

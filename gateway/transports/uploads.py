@@ -10,9 +10,10 @@ files and ``limits.sftp_bytes_per_account`` bytes, for all accounts
 ``limits.sftp_bytes_total`` (decrypted downloads and requests in transit count
 against the same bytes: see ``gateway.transports.downloads`` and ``ssh.Server``).
 A staged file not renamed within ``limits.sftp_staged_seconds`` of its first close
-is discarded (renaming it to another staged name keeps that deadline); one whose
-rename to its final name cannot be stored is staged again under its old name, so
-the rename can be retried. A size set on an open upload (truncate) shortens it; a
+is discarded (renaming it to another staged name keeps that deadline); one
+replaced by another of its name is logged and audited (``Shelf.replaced``); one
+whose rename to its final name cannot be stored is staged again under its old
+name, so the rename can be retried. A size set on an open upload (truncate) shortens it; a
 larger size would leave a gap and is refused. A refused upload keeps nothing and
 leaves ``errors/<name>.err`` saying why; every upload not taken is audited. Log
 lines and audit records name a client's file by ``name_tag`` only, never by name.
@@ -83,6 +84,7 @@ class Shelf:
     storing: int = 0                 # renamed staged uploads the store has not answered yet
     reads: dict = field(default_factory=dict)      # see gateway.transports.downloads
     held: int = 0
+    replaced: object = None          # told (name, bytes) when a staged file is replaced
 
     def room_for(self, growth: int) -> str | None:
         """Why ``growth`` more bytes may not be held, or None."""
@@ -105,8 +107,11 @@ class Shelf:
 
     def stage(self, name: str, data: bytes, expire, deadline: float | None = None) -> None:
         """Keep ``data`` as the staged file ``name`` until ``deadline`` (by default
-        limits.sftp_staged_seconds from now), then call ``expire(name)``."""
-        self.unstage(name)
+        limits.sftp_staged_seconds from now), then call ``expire(name)``. A staged file of
+        that name is replaced, and ``replaced`` told."""
+        old = self.unstage(name)
+        if old is not None and self.replaced is not None:
+            self.replaced(name, len(old))
         self.grow(len(data))
         clock = self.holdings.clock
         if deadline is None:
