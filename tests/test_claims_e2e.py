@@ -87,7 +87,8 @@ def test_two_nodes_push_each_message_once_within_the_limit(postgres, tmp_path):
     there once, at most 2 (max_in_flight) at once over both nodes (and 2 at some moment).
     Then node a is killed (idle) and 6 more sent to b arrive too; no claim is left."""
     a, b, institution = two_nodes(tmp_path, postgres.url(tmp_path / "store"))
-    processes = [daemon.start(made, tmp_path / f"{name}.log") for made, name in ((a, "a"), (b, "b"))]
+    processes = [daemon.start(made, tmp_path / f"{name}.log")
+                 for made, name in ((a, "a"), (b, "b"))]
     try:
         sending(a, b, range(1, COUNT + 1))
         arrived(institution, COUNT)
