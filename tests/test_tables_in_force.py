@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,3 +237,34 @@ def test_routing_fallback_again_leaves_the_reactor_free(backend, tmp_path):
     assert blocked["moved"] == 300 and blocked["ticks"] <= 1
     free = child(tmp_path / "thread", 3000, "thread")
     assert free["moved"] == 3000 and free["ticks"] >= 20
+
+
+def test_changes_made_at_once_on_two_nodes_get_versions_one_after_the_other(postgres, tmp_path):
+    """Two nodes publishing different tables at the same moment take turns: each change
+    gets its own version, every route change is recorded once, and the store ends with
+    the one committed last."""
+    made = daemon.init(tmp_path / "gw")
+    settings = config.load(Path(made["config"]))
+    ring, url = keys.load(settings.paths_keys), postgres.url(tmp_path / "db")
+    stores = [Store(settings.paths_spool, time.time, ring, url=url) for _ in range(2)]
+    inforce.begin(stores[0], settings, lambda line: None)
+    base = (SAMPLES / "institutions.csv").read_text()
+    texts = inforce.route_texts(settings.paths_routes)
+    results: list = []
+
+    def change(store, agb):
+        for round_ in range(5):
+            row = f"{agb[:6]}{round_:02d},Nieuw,xml,pull,\n"
+            results.append(inforce.publish(store, {**texts, "institutions.csv": base + row},
+                                           "node").version)
+    workers = [threading.Thread(target=change, args=(store, agb))
+               for store, agb in zip(stores, ("06101100", "06202200"))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert sorted(results) == list(range(2, 12))           # seeded as 1, then ten turns
+    version, parts = sql.read(stores[0].db)
+    assert version == 11 and parts["institutions.csv"].version == 11
+    logged = [row["change"] for row in stores[0].route_changes()]
+    assert len(logged) == len(set(logged)) and len(logged) >= 10
