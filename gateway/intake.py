@@ -216,7 +216,7 @@ class Intake:
     def route(self, doc: Document) -> tuple[routes.Route, bytes | None]:
         """The route for ``doc`` with the tables in force, and its payload in the
         destination's format (see ``reading.route``)."""
-        return reading.route(doc, self.tables, self._requester(doc))
+        return reading.route(doc, self.tables, self._request(doc))
 
     def reroute_fallback(self, actor: str) -> list[Receipt]:
         """Route every message in fallback again (after the tables changed); those that
@@ -250,12 +250,18 @@ class Intake:
         raw = self.store.payload(row, "raw")
         return routes.resolve(codecs.get(codecs.sniff(raw)).decode(raw)[row["part"]], self.tables)
 
-    def _requester(self, doc: Document) -> str | None:
+    def _request(self, doc: Document) -> routes.Request | None:
+        """The stored request an answer replies to, if the gateway has it."""
         if doc.kind is not Kind.TELECONSULT_ANSWER or not doc.in_reply_to:
             return None
         requests = [row for row in self.store.by_zd(doc.in_reply_to)
                     if row["kind"] != str(Kind.TELECONSULT_ANSWER)]
-        return requests[0]["sender_agb"] if requests else None
+        if not requests:
+            return None
+        first = requests[0]
+        return routes.Request(first["sender_agb"],
+                              frozenset(a for a in (first["recipient_agb"],
+                                                    first["destination"]) if a))
 
 def _actor(envelope: Envelope) -> str:
     """Who the audit log names for an input."""

@@ -104,11 +104,11 @@ def read(raw: bytes, envelope: Envelope, tables: routes.Tables, limits: Limits) 
     return found
 
 
-def route(doc: Document, tables: routes.Tables, requester: str | None = None
+def route(doc: Document, tables: routes.Tables, request: routes.Request | None = None
           ) -> tuple[routes.Route, bytes | None]:
     """The route for ``doc`` and its payload in the destination's format (None in
     fallback; a document the format cannot carry goes to fallback with the reason)."""
-    found = routes.match(doc, tables, requester)
+    found = routes.match(doc, tables, request)
     if found.fallback:
         return found, None
     try:

@@ -87,6 +87,19 @@ def test_answer_routes_to_the_requester(backend, tmp_path):
         "teleconsult-answer"
 
 
+def test_forged_answer_to_another_institutions_request_is_not_delivered(backend, tmp_path):
+    """A hospital answering a request that went to another hospital: the answer waits in
+    fallback with the reason, nothing reaches the requester."""
+    intake = make_intake(backend, tmp_path)
+    intake.accept((FIXTURES / "hl7" / "teleconsult-request.hl7").read_bytes(), ADMIN)
+    forged = (FIXTURES / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes() \
+        .replace(b"06005678", b"06009999")
+    (receipt,) = intake.accept(forged, ADMIN)
+    assert receipt.state == "fallback"
+    assert intake.store.get(receipt.id)["reason"].startswith("answer from AGB 03056789 to a "
+                                                             "request that went to institution")
+
+
 def test_format_that_cannot_carry_the_document_is_fallback(backend, tmp_path):
     """A teleconsult request for an EDIFACT institution waits in fallback with the reason."""
     folder = write_tables(tmp_path / "routes", "06005678,Eemland,edifact,pull,attachments\n",

@@ -225,7 +225,8 @@ def test_rotated_key_taken_at_reload(gateway):
 
 def test_purge_leaves_nothing_and_status_says_so(gateway):
     """Purged as of 600 days on: no payload is left, and the sender asking for the
-    status of a purged referral gets 410 saying when and under which rule."""
+    status of a purged referral gets 410 saying when and under which rule; another
+    identity learns nothing (404, as for a ZD number that never was)."""
     made, folder = gateway
     later = str(dt.date.today() + dt.timedelta(days=600))
     report = daemon.ctl_json(made, "purge", "--as-of", later)
@@ -236,4 +237,6 @@ def test_purge_leaves_nothing_and_status_says_so(gateway):
     status, body = curl(made, "/v1/status/ZD300000009", "his-brink")
     assert status == 410 and json.loads(body)["code"] == "E-PURGED"
     assert "under the retention rule (referral: 180 days)" in json.loads(body)["message"]
+    status, body = curl(made, "/v1/status/ZD300000009", "zis-eemland")
+    assert status == 404 and json.loads(body)["code"] == "E-HTTP-NOT-FOUND"
     assert plaintext_markers(folder) == []

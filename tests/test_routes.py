@@ -68,8 +68,18 @@ def test_unknown_recipient_and_missing_options(tmp_path):
 def test_answer_goes_to_the_requesters_answer_address():
     """An answer routes back to the requesting referrer's answer address, as MEDVRI."""
     answer = hl7v2.decode((ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes())[0]
-    route = routes.match(answer, routes.load(SAMPLES), requester_agb="01765432")
+    request = routes.Request("01765432", frozenset({"06005678"}))
+    route = routes.match(answer, routes.load(SAMPLES), request)
     assert route == routes.Route("answers:01765432", "edifact", "sftp:his-hoogveld", None)
+
+
+def test_only_the_institution_the_request_went_to_may_answer_it():
+    """An answer to a request that went to another institution is not delivered: it waits in
+    fallback, whoever it names as its recipient."""
+    answer = hl7v2.decode((ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes())[0]
+    request = routes.Request("01765432", frozenset({"06009999"}))
+    route = routes.match(answer, routes.load(SAMPLES), request)
+    assert route.fallback == "answer from AGB 03056789 to a request that went to institution 06009999"
 
 
 def copy_samples(folder: Path) -> Path:

@@ -52,11 +52,25 @@ def resolve(doc: Document, tables: Tables) -> Document:
     return replace(doc, **changes, warnings=doc.warnings + tuple(notes))
 
 
-def match(doc: Document, tables: Tables, requester_agb: str | None = None) -> Route:
-    """Route ``doc`` (resolved). For an answer, ``requester_agb`` is the sender of the
-    request it answers (when the gateway still has it); else the answer's recipient is used."""
+@dataclass(frozen=True)
+class Request:
+    """The stored request an answer replies to: who sent it, and the institution it went
+    to (its recipient AGB and the destination it was routed to)."""
+    sender_agb: str
+    institutions: frozenset[str]
+
+
+def match(doc: Document, tables: Tables, request: Request | None = None) -> Route:
+    """Route ``doc`` (resolved). For an answer, ``request`` is the request it answers (when
+    the gateway still has it): the answer goes back to its sender, and only the institution
+    the request went to may answer it; else the answer's recipient is used."""
     if doc.kind is Kind.TELECONSULT_ANSWER:
-        return _answer_route(doc, tables, requester_agb)
+        route = _answer_route(doc, tables, request.sender_agb if request else None)
+        if request and not route.fallback and \
+                not {doc.sender.agb, doc.sender.organisation_agb} & request.institutions:
+            return _fallback(route, f"answer from AGB {doc.sender.agb or '-'} to a request that "
+                                    f"went to institution {min(request.institutions, default='-')}")
+        return route
     if not doc.recipient.agb:
         return Route(f"mailbox:{doc.recipient.mailbox[:70]}", "", "",
                      f"recipient mailbox {doc.recipient.mailbox[:70]!r} not in mailboxes.csv")

@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS purged (
     rule TEXT NOT NULL,
     messages INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS purged_identities (
+    zd_number TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    PRIMARY KEY (zd_number, identity)
+);
 CREATE TABLE IF NOT EXISTS purge_counts (
     month TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -133,8 +138,8 @@ IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO N
        "postgresql": "CREATE SEQUENCE IF NOT EXISTS message_ids AS BIGINT;\n"}
 # Every table of a store, in an order that copying can follow (migrate, backup checks).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
-          "purge_counts", "schema_version", "notify_cursor", "notifications", "audit",
-          "audit_anchor", "tables_in_force")
+          "purged_identities", "purge_counts", "schema_version", "notify_cursor", "notifications",
+          "audit", "audit_anchor", "tables_in_force")
 
 
 class StoreProblem(GatewayError):

@@ -245,9 +245,13 @@ class Store:
         with self.db.transaction():
             audit.append(self.db, self.ring, events, self.clock())
 
-    def purged(self, zd_number: str):
-        """The purge record of a ZD number that was purged."""
-        return self.db.one("SELECT * FROM purged WHERE zd_number = ?", (zd_number,))
+    def purged(self, zd_number: str, identity: str | None = None):
+        """The purge record of a ZD number that was purged; with ``identity``, only if
+        that identity had sent a message with it (others learn nothing of it)."""
+        if identity is None:
+            return self.db.one("SELECT * FROM purged WHERE zd_number = ?", (zd_number,))
+        return self.db.one("SELECT purged.* FROM purged JOIN purged_identities USING (zd_number) "
+                           "WHERE zd_number = ? AND identity = ?", (zd_number, identity))
 
     def get(self, message_id: int):
         return self.db.one("SELECT * FROM messages WHERE id = ?", (message_id,))
@@ -316,6 +320,10 @@ class Store:
                     "purged_at = excluded.purged_at, rule = excluded.rule, "
                     "messages = excluded.messages",
                     [(number, now, rule, len(rows)) for number in sorted(numbers)])
+                self.db.executemany(
+                    "INSERT INTO purged_identities VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    [(number, identity) for number in sorted(numbers)
+                     for identity in sorted({row["identity"] for row in rows})])
             audit.append(self.db, self.ring, events, now)
         return removed
 

@@ -193,7 +193,7 @@ class Api(resource.Resource):
 
     def _status(self, peer: str, zd_number: str):
         rows = [row for row in self.intake.store.by_zd(zd_number) if row["identity"] == peer]
-        if not rows and (purged := self.intake.store.purged(zd_number)):
+        if not rows and (purged := self.intake.store.purged(zd_number, peer)):
             raise GatewayError(purge_text(zd_number, purged), where=zd_number, code="E-PURGED")
         if not rows:
             raise GatewayError("no message of yours with that ZD number", where=zd_number,
