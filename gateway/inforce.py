@@ -122,11 +122,12 @@ def _tables(texts: dict) -> routes.Tables:
         return routes.Tables({}, {})
 
 
-def begin(store, settings, warn) -> Snapshot:
+def begin(store, settings, warn, actor: str = "start") -> Snapshot:
     """At a node's start: the tables to put in force. Parts the store lacks are seeded from
     the node's files (validated); on SQLite the files win (one node, as always); on
     PostgreSQL the store's win and ``warn(line)`` is told once when the node's files differ
-    or do not load. Raise TableError or ConfigError when files that are needed do not load."""
+    or do not load (``actor`` is named as who wrote what was seeded). Raise TableError or
+    ConfigError when files that are needed do not load."""
     version, parts = sql.read(store.db)
     stored = {name: part.content for name, part in parts.items()}
     sqlite = store.db.backend == "sqlite"
@@ -140,7 +141,7 @@ def begin(store, settings, warn) -> Snapshot:
         return snapshot(version, stored)
     missing = {p: files[p] for p in PARTS if p not in stored or (sqlite and stored[p] != files[p])}
     if missing:
-        version = publish(store, missing, "start", record=False).version
+        version = publish(store, missing, actor, record=False).version
         stored.update(missing)
     differ = [p for p in PARTS if stored[p] != files[p]]
     if differ:

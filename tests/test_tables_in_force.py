@@ -10,12 +10,14 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from gateway import config, inforce, keys, routes
+from gateway.spool import db as database
 from gateway.spool import inforce as sql
 from gateway.spool.store import Store
 from tests.helpers import daemon
@@ -82,14 +84,16 @@ def state_of(made, zd: str) -> tuple[str, str]:
     return row["state"], row["destination"]
 
 
-def count(postgres, made, sql_text: str, params=()) -> int:
-    url = config.load(Path(made["config"])).store_url
-    import psycopg
-    with psycopg.connect(url) as connection:
-        return connection.execute(sql_text, params).fetchone()[0]
+def count(made, sql_text: str, params=()) -> int:
+    """The one value ``sql_text`` gives in ``made``'s store."""
+    db = database.connect(config.load(Path(made["config"])).store_url)
+    try:
+        return db.value(sql_text, params)
+    finally:
+        db.close()
 
 
-def test_a_route_change_on_one_node_is_in_force_on_the_other_and_recorded_once(nodes, postgres):
+def test_a_route_change_on_one_node_is_in_force_on_the_other_and_recorded_once(nodes):
     """routes add on node A: node B routes by the new row within seconds; the referral B
     had put in fallback is routed again by A alone; one route change, one audit record."""
     a, b = nodes
@@ -101,11 +105,11 @@ def test_a_route_change_on_one_node_is_in_force_on_the_other_and_recorded_once(n
     assert msa(send(b["ports"]["mllp"], b, to_new_row(2), brink["cert"], brink["key"]))[1] == b"AA"
     assert state_of(b, "ZD500000002") == ("ready", "06001111")
     wait_for(lambda: state_of(a, "ZD500000001")[0] == "ready", "the fallback referral to move")
-    assert count(postgres, a, "SELECT count(*) FROM route_changes WHERE change = %s",
+    assert count(a, "SELECT count(*) FROM route_changes WHERE change = ?",
                  ("+ institution 06001111",)) == 1
-    assert count(postgres, a, "SELECT count(*) FROM audit WHERE action = 'routes-change' AND "
-                 "detail = %s", ("+ institution 06001111",)) == 1
-    assert count(postgres, a, "SELECT count(*) FROM history WHERE state = 'ready' AND "
+    assert count(a, "SELECT count(*) FROM audit WHERE action = 'routes-change' AND "
+                 "detail = ?", ("+ institution 06001111",)) == 1
+    assert count(a, "SELECT count(*) FROM history WHERE state = 'ready' AND "
                  "message_id = (SELECT id FROM messages WHERE zd_number = 'ZD500000001')") == 1
     assert a["log"].read_text().count("fallback routed again") == 1
     assert "fallback routed again" not in b["log"].read_text()       # only the changing node
@@ -114,12 +118,12 @@ def test_a_route_change_on_one_node_is_in_force_on_the_other_and_recorded_once(n
     assert a["log"].read_text().count("fallback routed again") == 1  # not routed again
 
 
-def test_a_bad_table_is_refused_everywhere_and_the_old_one_kept(nodes, postgres):
+def test_a_bad_table_is_refused_everywhere_and_the_old_one_kept(nodes):
     """A bad row from gatewayctl on A and a bad hand-edited file reloaded on B are both
     refused with file:line; the store's version and both nodes' tables stay as they were."""
     a, b = nodes
     rows = institutions_of(a)
-    before = count(postgres, a, "SELECT value FROM counters WHERE name = 'tables_version'")
+    before = count(a, "SELECT value FROM counters WHERE name = 'tables_version'")
     refused = daemon.ctl(a, "routes", "add", "institution", "0600", "X", "xml", "pull",
                          check=False)
     assert refused.returncode == 78 and b"institutions.csv:" in refused.stderr
@@ -128,11 +132,11 @@ def test_a_bad_table_is_refused_everywhere_and_the_old_one_kept(nodes, postgres)
     reloaded = daemon.ctl(b, "reload", check=False)
     assert reloaded.returncode == 78 and b"format 'pdf'" in reloaded.stdout
     time.sleep(2.5)                                      # two polls of either node
-    assert count(postgres, a, "SELECT value FROM counters WHERE name = 'tables_version'") == before
+    assert count(a, "SELECT value FROM counters WHERE name = 'tables_version'") == before
     assert institutions_of(a) == institutions_of(b) == rows
 
 
-def test_an_identity_added_on_one_node_is_accepted_on_the_other(nodes, postgres):
+def test_an_identity_added_on_one_node_is_accepted_on_the_other(nodes):
     """identities add on A: B accepts the new certificate within seconds (HTTPS 202),
     audited once; B restarted with its old files warns once, the store's stay in force;
     gatewayctl reload on B then puts B's files in force everywhere, recorded once."""
@@ -155,8 +159,8 @@ def test_an_identity_added_on_one_node_is_accepted_on_the_other(nodes, postgres)
             "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "his-nieuw@127.0.0.1"]
     listed = subprocess.run(sftp, input="ls\n", capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr          # B has the key without its file
-    assert count(postgres, a, "SELECT count(*) FROM audit WHERE action = 'identities-add'") == 1
-    assert count(postgres, a, "SELECT count(*) FROM audit WHERE action = "
+    assert count(a, "SELECT count(*) FROM audit WHERE action = 'identities-add'") == 1
+    assert count(a, "SELECT count(*) FROM audit WHERE action = "
                  "'identities-change'") == 0
     b["process"].terminate()
     b["process"].wait(timeout=30)
@@ -170,7 +174,7 @@ def test_an_identity_added_on_one_node_is_accepted_on_the_other(nodes, postgres)
     daemon.ctl(b, "reload")
     wait_for(lambda: "06001111" not in institutions_of(a), "node A to take B's files", 10)
     wait_for(lambda: not accepted(3), "node A's identities from B's files", 10)
-    assert count(postgres, a, "SELECT count(*) FROM route_changes WHERE change = %s AND "
+    assert count(a, "SELECT count(*) FROM route_changes WHERE change = ? AND "
                  "actor = 'reload'", ("- institution 06001111",)) == 1
 
 
@@ -233,3 +237,34 @@ def test_routing_fallback_again_leaves_the_reactor_free(backend, tmp_path):
     assert blocked["moved"] == 300 and blocked["ticks"] <= 1
     free = child(tmp_path / "thread", 3000, "thread")
     assert free["moved"] == 3000 and free["ticks"] >= 20
+
+
+def test_changes_made_at_once_on_two_nodes_get_versions_one_after_the_other(postgres, tmp_path):
+    """Two nodes publishing different tables at the same moment take turns: each change
+    gets its own version, every route change is recorded once, and the store ends with
+    the one committed last."""
+    made = daemon.init(tmp_path / "gw")
+    settings = config.load(Path(made["config"]))
+    ring, url = keys.load(settings.paths_keys), postgres.url(tmp_path / "db")
+    stores = [Store(settings.paths_spool, time.time, ring, url=url) for _ in range(2)]
+    inforce.begin(stores[0], settings, lambda line: None)
+    base = (SAMPLES / "institutions.csv").read_text()
+    texts = inforce.route_texts(settings.paths_routes)
+    results: list = []
+
+    def change(store, agb):
+        for round_ in range(5):
+            row = f"{agb[:6]}{round_:02d},Nieuw,xml,pull,\n"
+            results.append(inforce.publish(store, {**texts, "institutions.csv": base + row},
+                                           "node").version)
+    workers = [threading.Thread(target=change, args=(store, agb))
+               for store, agb in zip(stores, ("06101100", "06202200"))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert sorted(results) == list(range(2, 12))           # seeded as 1, then ten turns
+    version, parts = sql.read(stores[0].db)
+    assert version == 11 and parts["institutions.csv"].version == 11
+    logged = [row["change"] for row in stores[0].route_changes()]
+    assert len(logged) == len(set(logged)) and len(logged) >= 10

@@ -215,7 +215,7 @@ def cmd_routes_change(args, out) -> int:
     store within seconds."""
     settings = open_config(args)
     store = open_store(settings)
-    inforce.begin(store, settings, lambda line: None)      # a store without tables: seeded
+    inforce.begin(store, settings, lambda line: None, actor())   # a store without tables: seeded
     _edit(args, settings.paths_routes)
     published = inforce.publish(store, inforce.route_texts(settings.paths_routes), actor(),
                                 say_unchanged=True)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 
 from gateway import inforce, keys, routes
 from gateway.intake import ADMIN, Envelope, Intake
