@@ -71,6 +71,7 @@ def test_a_migration_killed_half_way_resumes_and_verifies(postgres, tmp_path):
     assert (again.id, again.duplicate, new.id) == (4, True, 31)
     assert [h["state"] for h in copy.store.history(5)] == ["received", "ready"]
     assert copy.store.purged("ZD500000002")["rule"] == "referral: 180 days"
+    assert copy.store.purged("ZD500000002", "his-brink")["rule"] == "referral: 180 days"
 
 
 def test_migrate_refuses_a_database_holding_a_store(postgres, tmp_path):

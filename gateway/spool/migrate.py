@@ -28,8 +28,9 @@ from gateway.spool.db import Database
 KEYED = {"messages": ("id",), "history": ("id",), "payloads": ("message_id", "which"),
          "audit": ("seq",), "route_changes": ("id",), "notifications": ("id",),
          "outbox": ("message_id", "account")}
-SMALL = ("key_checks", "purged", "purge_counts", "schema_version", "notify_cursor", "audit_anchor",
-         "tables_in_force")
+SMALL = ("key_checks", "purged", "purged_identities", "purge_counts", "schema_version",
+         "notify_cursor", "audit_anchor", "tables_in_force")
+assert {*KEYED, *SMALL, "counters"} == set(schema.COPIED), "migrate copies every table"
 IDENTITIES = ("history", "route_changes", "notifications")     # columns the target numbers
 PROGRESS = "CREATE TABLE IF NOT EXISTS migrate_progress (name TEXT PRIMARY KEY, done TEXT NOT NULL)"
 
