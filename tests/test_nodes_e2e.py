@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import keys
+from gateway import config, keys
 from gateway.codecs import hl7v2
 from gateway.spool import db as database
 from tests.helpers import daemon, nodes as cluster_of
@@ -27,8 +27,13 @@ from tests.helpers.senders import Senders
 from tests.test_crash import check
 from tests.test_daemon_e2e import curl
 
-# A failed push retries soon; each node may push 50 at once (the dispatcher starts a round a second).
-QUICK = {"retry__first_seconds": 1, "retry__max_seconds": 2, "delivery__max_in_flight": 50}
+# With delivery claims, no push repeats while both nodes live (checked when the build has them).
+CLAIMS = any(setting.key == "delivery.lease_seconds" for setting in config.SETTINGS)
+# A failed push retries soon; 50 pushes at once (the dispatcher starts a round a second); a
+# claim whose node could not record its push (the database gone) expires soon.
+QUICK = {"retry__first_seconds": 1, "retry__max_seconds": 2, "delivery__max_in_flight": 50,
+         **({"delivery__lease_seconds": 35} if CLAIMS else {})}
+DRAIN_SECONDS = 30 + (35 if CLAIMS else 0)     # for every stored message to be delivered
 
 
 @pytest.fixture
@@ -52,13 +57,13 @@ def two_nodes(tmp_path):
 
 
 def settle(nodes, institution: Institution, url: str, acked: set[str],
-           outages: tuple[tuple[float, float], ...] = ()) -> list[str]:
-    """Wait (30 s at most) until every stored message is delivered; stop the nodes; return
-    every problem: acknowledged messages lost or stored twice, payloads that do not open,
-    stored messages not delivered or never received, repeated pushes not explained by a
-    kill or by the ``outages`` (monotonic spans every node was cut from its database), a
-    broken audit chain."""
-    daemon.until(lambda: not _undelivered(url), 30)
+           outages: tuple[tuple[float, float], ...] = ()) -> tuple[list[str], list[str]]:
+    """Wait (DRAIN_SECONDS at most) until every stored message is delivered; stop the
+    nodes; return (every problem: acknowledged messages lost or stored twice, payloads
+    that do not open, stored messages not delivered or never received, a broken audit
+    chain; the pushes repeated while the nodes lived, i.e. not explained by a kill or by
+    the ``outages``: monotonic spans every node was cut from its database)."""
+    daemon.until(lambda: not _undelivered(url), DRAIN_SECONDS)
     made = nodes[0].made
     problems = check(Path(made["spool"]), acked, keys.load(Path(made["keys"])), url)
     received = {hl7v2.decode(message)[0].zd_number for message in institution.received}
@@ -71,10 +76,18 @@ def settle(nodes, institution: Institution, url: str, acked: set[str],
     audit = daemon.ctl(made, "audit", "verify", check=False)
     if audit.returncode != 0:
         problems.append(f"audit verify: {audit.stderr.decode().strip()}")
-    problems += [f"pushed {c} again while the nodes lived: {first} then {then}"
-                 for c, first, then in repeats["while alive"]]
     cluster_of.stop_all(nodes)
-    return problems
+    return problems, [f"pushed {c} again while the nodes lived: {first} then {then}"
+                      for c, first, then in repeats["while alive"]]
+
+
+def no_repeats(repeats: list[str]) -> None:
+    """No push repeated while the nodes lived; a build without delivery claims (every
+    node pushes whatever is due) is expected to fail here, and says so."""
+    if repeats and not CLAIMS:
+        pytest.xfail(f"{len(repeats)} pushes repeated while both nodes lived: this build has "
+                     "no delivery claims")
+    assert repeats == []
 
 
 def summary(nodes, institution: Institution, acked: set[str], repeats: dict) -> str:
@@ -86,8 +99,8 @@ def summary(nodes, institution: Institution, acked: set[str], repeats: dict) -> 
     return (f"kills {sum(len(node.kills) for node in nodes)}, acknowledged {len(acked)}, "
             f"pushes received {len(institution.receipts)} of {len(institution.counts())} "
             f"messages ({_counts(by_node)}); repeats after a kill or outage "
-            f"{len(repeats['after a failure'])} ({_counts(pairs['after a failure'])}), repeats while alive "
-            f"{len(repeats['while alive'])} ({_counts(pairs['while alive'])})")
+            f"{len(repeats['after a failure'])} ({_counts(pairs['after a failure'])}), repeats "
+            f"while alive {len(repeats['while alive'])} ({_counts(pairs['while alive'])})")
 
 
 def _counts(counter: Counter) -> str:
@@ -121,7 +134,9 @@ def test_a_resend_to_the_other_node_gets_the_first_receipt(postgres, two_nodes, 
     assert first[0] == again[0] == 202
     assert json.loads(first[1])["id"] == json.loads(again[1])["id"]
     assert all(daemon.health(node.made)[0] == 200 for node in nodes)
-    assert settle(nodes, institution, url, {"TWICE-000001"}) == []
+    problems, repeats = settle(nodes, institution, url, {"TWICE-000001"})
+    assert problems == []
+    no_repeats(repeats)
 
 
 @pytest.mark.parametrize("kills", [4, pytest.param(50, marks=pytest.mark.slow)])
@@ -143,7 +158,9 @@ def test_one_node_killed_again_and_again(postgres, two_nodes, tmp_path, kills):
         finally:
             senders.stop.set()
     assert len(senders.acked) > 10 * kills ** 0.5, "too few acknowledged to mean anything"
-    assert settle(nodes, institution, url, senders.acked) == []
+    problems, repeats = settle(nodes, institution, url, senders.acked)
+    assert problems == []
+    no_repeats(repeats)
 
 
 def test_database_connections_terminated_under_load(postgres, two_nodes, tmp_path):
@@ -162,7 +179,9 @@ def test_database_connections_terminated_under_load(postgres, two_nodes, tmp_pat
         assert daemon.until(lambda: len(senders.acked) > before + 5), "no recovery"
     assert all(daemon.health(node.made)[0] == 200 for node in nodes)
     assert all("lost the connection to PostgreSQL" in node.log.read_text() for node in nodes)
-    assert settle(nodes, institution, url, senders.acked, tuple(outages)) == []
+    problems, repeats = settle(nodes, institution, url, senders.acked, tuple(outages))
+    assert problems == []
+    no_repeats(repeats)
 
 
 def test_database_server_stopped_under_load(cluster, two_nodes):
@@ -184,7 +203,10 @@ def test_database_server_stopped_under_load(cluster, two_nodes):
         recovered = time.monotonic()
         assert daemon.until(lambda: len(senders.acked) > stalled + 5), "no recovery"
     assert len(senders.acked) > 10
-    assert settle(nodes, institution, cluster.url, senders.acked, ((stopped, recovered + 1.0),)) == []
+    problems, repeats = settle(nodes, institution, cluster.url, senders.acked,
+                               ((stopped, recovered + 1.0),))
+    assert problems == []
+    no_repeats(repeats)
 
 
 def _down(node) -> bool:

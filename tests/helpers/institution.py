@@ -38,7 +38,8 @@ class Institution:
         self.received: list[bytes] = []
         self.receipts: list[Receipt] = []
         self.senders, self.lock = senders, threading.Lock()
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls_folder / "ca.pem")
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                                  cafile=tls_folder / "ca.pem")
         self.context.load_cert_chain(tls_folder / "server.pem", tls_folder / "server.key")
         self.context.verify_mode = ssl.CERT_REQUIRED
         self.server = socket.create_server(("127.0.0.1", 0), backlog=64)

@@ -74,7 +74,10 @@ def make(folder: Path, count: int, url: str, **settings) -> list[Node]:
 
 def node_setup(made: dict, number: int) -> dict:
     """``made`` for node ``number``: node 0 is ``made`` itself; another node gets a copy of
-    its configuration file with free ports, a spool and SFTP folders of its own."""
+    its configuration file with free ports, a spool and SFTP folders of its own. Where the
+    configuration names nodes (``node.name``), node N is ``nodeN``."""
+    if "\n[node]\n" in Path(made["config"]).read_text():      # a build with node names
+        daemon.configure(made, node__name=f'"node{number}"')   # (a copy gets its own below)
     if number == 0:
         return made
     config = Path(made["config"]).with_name(f"node{number}.toml")
