@@ -76,17 +76,17 @@ def node_setup(made: dict, number: int) -> dict:
     """``made`` for node ``number``: node 0 is ``made`` itself; another node gets a copy of
     its configuration file with free ports, a spool and SFTP folders of its own. Where the
     configuration names nodes (``node.name``), node N is ``nodeN``."""
-    if "\n[node]\n" in Path(made["config"]).read_text():      # a build with node names
-        daemon.configure(made, node__name=f'"node{number}"')   # (a copy gets its own below)
-    if number == 0:
-        return made
-    config = Path(made["config"]).with_name(f"node{number}.toml")
-    shutil.copyfile(made["config"], config)
-    ports = {kind: free_port() for kind in PORTS}
-    spool = config.parent / f"spool-{number}"
-    mine = {**made, "config": str(config), "ports": ports, "spool": str(spool)}
-    daemon.configure(mine, paths__spool=f'"{spool.name}"', paths__sftp=f'"sftp-{number}"',
-                     **{f"listen__{PORTS[kind]}": port for kind, port in ports.items()})
+    mine = made
+    if number:
+        config = Path(made["config"]).with_name(f"node{number}.toml")
+        shutil.copyfile(made["config"], config)
+        ports = {kind: free_port() for kind in PORTS}
+        spool = config.parent / f"spool-{number}"
+        mine = {**made, "config": str(config), "ports": ports, "spool": str(spool)}
+        daemon.configure(mine, paths__spool=f'"{spool.name}"', paths__sftp=f'"sftp-{number}"',
+                         **{f"listen__{PORTS[kind]}": port for kind, port in ports.items()})
+    if "\n[node]\n" in Path(mine["config"]).read_text():      # a build with node names
+        daemon.configure(mine, node__name=f'"node{number}"')
     return mine
 
 
