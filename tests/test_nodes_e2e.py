@@ -77,8 +77,11 @@ def settle(nodes, institution: Institution, url: str, acked: set[str],
     if audit.returncode != 0:
         problems.append(f"audit verify: {audit.stderr.decode().strip()}")
     cluster_of.stop_all(nodes)
-    return problems, [f"pushed {c} again while the nodes lived: {first} then {then}"
-                      for c, first, then in repeats["while alive"]]
+    kills = {node.name: node.kills for node in nodes}
+    return problems, [f"pushed {c} again while the nodes lived: {first} then {then} "
+                      f"{after - before:.2f} s later; {first} killed "
+                      f"{[round(at - before, 2) for at in kills.get(first, [])]} s after the first"
+                      for c, first, then, before, after in repeats["while alive"]]
 
 
 def no_repeats(repeats: list[str]) -> None:
@@ -94,7 +97,7 @@ def summary(nodes, institution: Institution, acked: set[str], repeats: dict) -> 
     """One line with the counts this test is about (repeats by the nodes that pushed the
     copy before and the repeat)."""
     by_node = Counter(receipt.node or "unknown" for receipt in institution.receipts)
-    pairs = {kind: Counter(f"{first}>{then}" for _, first, then in found)
+    pairs = {kind: Counter(f"{first}>{then}" for _, first, then, *_ in found)
              for kind, found in repeats.items()}
     return (f"kills {sum(len(node.kills) for node in nodes)}, acknowledged {len(acked)}, "
             f"pushes received {len(institution.receipts)} of {len(institution.counts())} "

@@ -24,7 +24,8 @@ from gateway.codecs import hl7v2
 
 
 class Receipt(NamedTuple):
-    at: float                 # time.monotonic() when the frame was in
+    at: float                 # time.monotonic() when its connection came (a node killed
+                              # after writing the frame may leave it to be read later)
     control_id: str           # the pushed message's MSH-10
     node: str | None          # the name of the gatewayd process that pushed it, if known
 
@@ -52,9 +53,10 @@ class Institution:
                 conn, peer = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn, peer[1]), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, peer[1], time.monotonic()),
+                             daemon=True).start()
 
-    def _serve(self, conn: socket.socket, peer_port: int) -> None:
+    def _serve(self, conn: socket.socket, peer_port: int, at: float) -> None:
         node = _owner(peer_port, self.port, self.senders())
         try:
             conn.settimeout(30)
@@ -64,7 +66,7 @@ class Institution:
                     return                     # cut off: the sender went away
                 with self.lock:
                     self.received.append(message)
-                    self.receipts.append(Receipt(time.monotonic(), _msh10(message), node))
+                    self.receipts.append(Receipt(at, _msh10(message), node))
                 tls.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
         except OSError:
             pass                               # a sender killed mid-push: nothing to answer
@@ -80,11 +82,11 @@ class Institution:
 
     def repeats(self, failures: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple]]:
         """Every second and later copy of a message, as {"after a failure": [...], "while
-        alive": [...]} of (MSH-10, node of the copy before, node of the repeat). A repeat is
-        after a failure when the node that pushed the copy before it (any node, if unknown)
-        failed between the two: ``failures`` maps node names to the spans (monotonic start,
-        end) a node was killed or could not reach its database, so a push may have gone
-        unrecorded."""
+        alive": [...]} of (MSH-10, node of the copy before, node of the repeat, their
+        times). A repeat is after a failure when the node that pushed the copy before it
+        (any node, if unknown) failed between the two: ``failures`` maps node names to the
+        spans (monotonic start, end) a node was killed or could not reach its database, so
+        a push may have gone unrecorded."""
         found: dict[str, list[tuple]] = {"after a failure": [], "while alive": []}
         by_id: dict[str, list[Receipt]] = defaultdict(list)
         for receipt in sorted(self.receipts):
@@ -95,7 +97,7 @@ class Institution:
                 failed = any(start <= repeat.at and before.at <= end for name in suspects
                              for start, end in failures.get(name, []))
                 found["after a failure" if failed else "while alive"].append(
-                    (control_id, before.node or "?", repeat.node or "?"))
+                    (control_id, before.node or "?", repeat.node or "?", before.at, repeat.at))
         return found
 
 
