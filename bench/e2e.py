@@ -10,11 +10,15 @@ spent per message, and gatewayd's peak RSS.
 
 With ``--store postgresql://…`` a second gatewayd runs the same on a PostgreSQL
 store (a scratch schema of that database, dropped afterwards), against the same
-baseline, followed by its ratios to the SQLite gatewayd of this run.
+baseline, followed by its ratios to the SQLite gatewayd of this run. With ``--nodes N``
+as well, N gatewayd nodes (processes with ports of their own, ``tests/helpers/nodes.py``)
+run on one more scratch schema, the connections spread over them (connection n goes
+to node n mod N), CPU per message summed over the nodes, peak RSS per node.
 
-Run: ``.venv/bin/python bench/e2e.py [--seconds S] [--store URL]``. Aims (issue 12): 8
-connections >= 0.25x the baseline, 64 connections >= 0.3x; p99 <= 20 ms at 200
-messages/s; peak RSS <= 150 MB.
+Run: ``.venv/bin/python bench/e2e.py [--seconds S] [--store URL [--nodes N]]``. Aims
+(issue 12): 8 connections >= 0.25x the baseline, 64 connections >= 0.3x; p99 <= 20 ms
+at 200 messages/s; peak RSS <= 150 MB. Issue 13, two nodes on PostgreSQL: 8
+connections >= 0.3x the baseline, p99 <= 20 ms at 200 messages/s, RSS <= 150 MB a node.
 """
 
 import argparse
@@ -32,7 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.helpers import daemon  # noqa: E402
 from tests.helpers.fakes import free_port, numbered_referral  # noqa: E402
+from tests.helpers.nodes import Node, node_setup, stop_all  # noqa: E402
 from tests.helpers.pgcluster import scratch_schema  # noqa: E402
 
 
@@ -61,16 +67,17 @@ class Client:
         return time.perf_counter() - start
 
 
-def drive(port: int, made: dict, connections: int, seconds: float, prefix: str,
+def drive(ports: list[int], made: dict, connections: int, seconds: float, prefix: str,
           rate_each: float | None = None) -> tuple[int, list[float]]:
-    """Send for ``seconds`` on ``connections`` connections (paced at ``rate_each``/s each
-    when given); return (messages acknowledged, latencies)."""
+    """Send for ``seconds`` on ``connections`` connections, connection n to ``ports[n mod
+    len(ports)]`` (paced at ``rate_each``/s each when given); return (messages
+    acknowledged, latencies)."""
     latencies: list[float] = []
     counts = [0] * connections
     deadline = time.perf_counter() + seconds
 
     def worker(number: int):
-        client = Client(port, made)
+        client = Client(ports[number % len(ports)], made)
         sent = 0
         started = time.perf_counter()
         while time.perf_counter() < deadline:
@@ -86,7 +93,10 @@ def drive(port: int, made: dict, connections: int, seconds: float, prefix: str,
     return sum(counts), latencies
 
 
-def https_posts(made: dict, seconds: float, connections: int = 8) -> int:
+def https_posts(setups: list[dict], seconds: float, connections: int = 8) -> int:
+    """HTTPS posts for ``seconds`` on ``connections`` connections, connection n to node
+    n mod len(setups); how many were answered 202."""
+    made = setups[0]
     hoog = next(i for i in made["identities"] if i["name"] == "his-hoogveld")
     data = (ROOT / "fixtures" / "medvri" / "two-messages-unoc.edi").read_bytes()
     counts = [0] * connections
@@ -95,7 +105,8 @@ def https_posts(made: dict, seconds: float, connections: int = 8) -> int:
     def worker(number: int):
         context = ssl.create_default_context(cafile=made["ca"])
         context.load_cert_chain(hoog["cert"], hoog["key"])
-        conn = http.client.HTTPSConnection("127.0.0.1", made["ports"]["https"], context=context)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", setups[number % len(setups)]["ports"]["https"], context=context)
         sent = 0
         while time.perf_counter() < deadline:
             body = data.replace(b"REF2604150815", f"H{number:02d}{sent:09d}".encode())
@@ -149,8 +160,7 @@ def setup(folder: Path) -> dict:
 
 def on_postgres(made: dict, url: str) -> dict:
     """The same setup (certificates, ports) with its store in PostgreSQL at ``url``."""
-    config = Path(made["config"])
-    config.write_text(config.read_text().replace('\nurl = ""', f'\nurl = "{url}"'))
+    daemon.configure(made, store__url=f'"{url}"')
     return made
 
 
@@ -159,6 +169,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--store", default="", help="also run a gatewayd on PostgreSQL in "
                         "this database (postgresql://…; a scratch schema, dropped afterwards)")
+    parser.add_argument("--nodes", type=int, default=1, help="with --store: also run this "
+                        "many gatewayd nodes on one more scratch schema")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -168,25 +180,44 @@ def main() -> None:
                       str(echo_port)], folder / "echo.log")
         try:
             print("gatewayd on SQLite")
-            sqlite = run(made, echo_port, echo, folder / "gatewayd.log", args.seconds)
+            sqlite = run([made], echo_port, echo, folder / "sqlite", args.seconds)
             if args.store:
-                with scratch_schema(args.store) as url:
-                    print(f"gatewayd on PostgreSQL ({args.store})")
-                    found = run(on_postgres(made, url), echo_port, echo,
-                                folder / "gatewayd-pg.log", args.seconds)
-                print("PostgreSQL against SQLite in this run: " + ", ".join(
-                    f"{name} {found[name] / sqlite[name]:.2f}x" for name in sqlite))
+                postgres(args, made, echo_port, echo, folder, sqlite)
         finally:
             echo.terminate()
 
 
-def run(made: dict, echo_port: int, echo, log: Path, seconds: float) -> dict:
-    gateway = start([sys.executable, "-m", "gateway.daemon", "-c", made["config"]], log)
+def postgres(args, made: dict, echo_port: int, echo, folder: Path, sqlite: dict) -> None:
+    """One gatewayd on PostgreSQL, then (``--nodes``) several, each with its ratios."""
+    with scratch_schema(args.store) as url:
+        print(f"\ngatewayd on PostgreSQL ({args.store})")
+        single = run([on_postgres(made, url)], echo_port, echo, folder / "pg", args.seconds)
+    print(_against("one PostgreSQL node against SQLite in this run", single, sqlite))
+    if args.nodes > 1:
+        with scratch_schema(args.store) as url:
+            on_postgres(made, url)
+            setups = [node_setup(made, number) for number in range(args.nodes)]
+            print(f"\n{args.nodes} gatewayd nodes on one PostgreSQL database ({args.store}), "
+                  f"connections spread over them")
+            several = run(setups, echo_port, echo, folder / "nodes", args.seconds)
+        print(_against(f"{args.nodes} nodes against one PostgreSQL node", several, single))
+        print(_against(f"{args.nodes} nodes against SQLite", several, sqlite))
+
+
+def _against(title: str, found: dict, base: dict) -> str:
+    return f"{title}: " + ", ".join(f"{name} {found[name] / base[name]:.2f}x" for name in base)
+
+
+def run(setups: list[dict], echo_port: int, echo, logs: Path, seconds: float) -> dict:
+    """Start a gatewayd for each setup (logging into ``logs``-N.log), measure, stop them."""
+    nodes = [Node(f"node{number}", made, Path(f"{logs}-{number}.log"))
+             for number, made in enumerate(setups)]
     try:
-        return report(made, echo_port, gateway, echo, seconds)
+        for node in nodes:
+            node.start()
+        return report(nodes, echo_port, echo, seconds)
     finally:
-        gateway.terminate()
-        gateway.wait()
+        stop_all(nodes)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -195,41 +226,47 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured(pid: int, run) -> tuple[int, float]:
-    """(messages ``run()`` got acknowledged, CPU ms per message the server ``pid`` spent)."""
-    used = cpu_seconds(pid)
+def measured(pids: list[int], run) -> tuple[int, float]:
+    """(messages ``run()`` got acknowledged, CPU ms per message the servers ``pids`` spent)."""
+    used = sum(cpu_seconds(pid) for pid in pids)
     done, _ = run()
-    return done, (cpu_seconds(pid) - used) / max(done, 1) * 1000
+    return done, (sum(cpu_seconds(pid) for pid in pids) - used) / max(done, 1) * 1000
 
 
-def report(made: dict, echo_port: int, gateway: subprocess.Popen, echo: subprocess.Popen,
-           seconds: float) -> dict:
-    """Print the figures; return the messages/s per connection count and the HTTPS posts/s."""
-    port = made["ports"]["mllp"]
+def report(nodes: list[Node], echo_port: int, echo: subprocess.Popen, seconds: float) -> dict:
+    """Print the figures; return the messages/s per connection count, the p99 at 200
+    messages/s and the HTTPS posts/s."""
+    made, ports = nodes[0].made, [node.made["ports"]["mllp"] for node in nodes]
+    pids = [node.pid for node in nodes]
     figures = {}
     print(f"MLLP/TLS, {seconds:g}s per run; baseline = non-durable Twisted MLLP/TLS server answering AA")
     print(f"{'connections':>11} {'gatewayd msg/s':>15} {'baseline msg/s':>15} {'ratio':>6} "
           f"{'gatewayd CPU ms/msg':>20} {'baseline CPU ms/msg':>20}")
     for connections in (1, 8, 64):
-        done, used = measured(gateway.pid, lambda: drive(port, made, connections, seconds,
-                                                         f"C{connections}-"))
-        base, base_used = measured(echo.pid, lambda: drive(echo_port, made, connections, seconds,
-                                                           f"E{connections}-"))
+        done, used = measured(pids, lambda: drive(ports, made, connections, seconds,
+                                                  f"C{connections}-"))
+        base, base_used = measured([echo.pid], lambda: drive([echo_port], made, connections,
+                                                             seconds, f"E{connections}-"))
         figures[f"{connections} connections"] = done / seconds
         print(f"{connections:>11} {done / seconds:>15,.0f} {base / seconds:>15,.0f} "
               f"{done / base:>6.2f} {used:>20.3f} {base_used:>20.3f}")
-    _, latencies = drive(port, made, 8, seconds, "P-", rate_each=25)
-    _, base = drive(echo_port, made, 8, seconds, "Q-", rate_each=25)
+    _, latencies = drive(ports, made, 8, seconds, "P-", rate_each=25)
+    _, base = drive([echo_port], made, 8, seconds, "Q-", rate_each=25)
     print(f"offered 200 msg/s on 8 connections: p50 {percentile(latencies, 0.5):.1f} ms, "
           f"p99 {percentile(latencies, 0.99):.1f} ms (baseline p50 {percentile(base, 0.5):.1f} ms, "
           f"p99 {percentile(base, 0.99):.1f} ms)")
-    posts = https_posts(made, seconds)
+    posts = https_posts([node.made for node in nodes], seconds)
     print(f"HTTPS posts (2 messages each), 8 connections: {posts / seconds:,.0f} posts/s")
-    status = Path(f"/proc/{gateway.pid}/status").read_text()
-    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
-    print(f"gatewayd peak RSS: {int(peak) / 1024:.0f} MB")
+    print("gatewayd peak RSS: " + ", ".join(f"{_peak_mb(pid):.0f} MB" for pid in pids))
     figures["HTTPS posts"] = posts / seconds
     return figures
+
+
+def _peak_mb(pid: int) -> float:
+    """Peak resident memory of process ``pid`` (VmHWM) in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmHWM"))) / 1024
 
 
 if __name__ == "__main__":

@@ -114,3 +114,17 @@ def backend(request) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", None)
     return Backend("postgresql", request.getfixturevalue("postgres"))
+
+
+@pytest.fixture
+def cluster():
+    """A private PostgreSQL server the test may stop and start (skipped where none can be
+    made); stopped and removed afterwards, whatever happened."""
+    from tests.helpers.pgcluster import Cluster
+    problem = Cluster.available()
+    if problem:
+        pytest.skip(problem)
+    made = Cluster()
+    made.start()
+    yield made
+    made.remove()

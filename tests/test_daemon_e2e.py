@@ -8,7 +8,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from gateway import pki
 from gateway.codecs import hl7v2
 from tests.helpers import daemon
 from tests.helpers.fakes import numbered_referral
+from tests.helpers.institution import Institution, push_route, read_frame
 
 ROOT = Path(__file__).parent.parent
 
@@ -34,38 +34,10 @@ def gateway(tmp_path_factory):
         process.kill()
 
 
-class FakeInstitution:
-    """A hospital's MLLP/TLS server (Python's ssl, in a thread) that answers AA with the
-    right MSA-2 and remembers what it received."""
-
-    def __init__(self, tls_folder: Path):
-        self.received: list[bytes] = []
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls_folder / "ca.pem")
-        context.load_cert_chain(tls_folder / "server.pem", tls_folder / "server.key")
-        context.verify_mode = ssl.CERT_REQUIRED
-        self.server = context.wrap_socket(socket.create_server(("127.0.0.1", 0)), server_side=True)
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                message = read_frame(conn)
-                self.received.append(message)
-                conn.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
-
-
-def pushing_to(folder: Path) -> "FakeInstitution":
-    """A FakeInstitution, with Ziekenhuis Zuid-Limburg (06009876) pushed to it over MLLP."""
-    institution = FakeInstitution(folder / "tls")
-    institutions = folder / "routes" / "institutions.csv"
-    institutions.write_text(institutions.read_text().replace(
-        "06009876,Ziekenhuis Zuid-Limburg,hl7,pull,cancel",
-        f"06009876,Ziekenhuis Zuid-Limburg,hl7,mllp://127.0.0.1:{institution.port},cancel"))
+def pushing_to(folder: Path) -> Institution:
+    """An Institution, with Ziekenhuis Zuid-Limburg (06009876) pushed to it over MLLP."""
+    institution = Institution(folder / "tls")
+    push_route(folder / "routes" / "institutions.csv", "06009876", institution.port)
     return institution
 
 
@@ -94,17 +66,6 @@ def send(port, made, message: bytes, cert=None, key=None, ca=None, weak=False) -
         with context.wrap_socket(raw, server_hostname="localhost") as conn:
             conn.sendall(b"\x0b" + message + b"\x1c\x0d")
             return read_frame(conn)
-
-
-def read_frame(conn) -> bytes:
-    """One MLLP frame's content from a socket (what came, if it closes first)."""
-    data = b""
-    while not data.endswith(b"\x1c\x0d"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data.strip(b"\x0b\x1c\x0d")
 
 
 def msa(reply: bytes) -> list[bytes]:

@@ -156,3 +156,24 @@ def test_an_unreachable_server_is_named(tmp_path):
     text = str(caught.value)
     assert "PostgreSQL at postgresql://gw@127.0.0.1:9/gatewayd cannot be reached" in text
     assert "secret" not in text and "\n" not in text
+
+
+def test_a_node_opens_a_complete_store_while_another_writes(postgres, tmp_path):
+    """A node starting while another node is in the middle of a write transaction opens
+    the store without waiting for it: nothing of the schema is made again (CREATE INDEX
+    IF NOT EXISTS would lock the table, and could deadlock with the writer)."""
+    url = postgres.url(tmp_path)
+    Store(tmp_path, time.time, RING, url=url).close()          # the first node made it
+    import psycopg
+    with psycopg.connect(url) as writer:                          # a transaction, left open
+        writer.execute("LOCK TABLE messages, audit IN ROW EXCLUSIVE MODE")
+        opened: list = []
+        starting = threading.Thread(target=lambda: opened.append(
+            Store(tmp_path, time.time, RING, url=url)))
+        starting.start()
+        starting.join(timeout=10)
+        waited = starting.is_alive()
+        writer.rollback()
+    starting.join()
+    opened[0].close()
+    assert not waited, "opening the store waited for another node's transaction"

@@ -11,7 +11,10 @@ the same numbers and the same ``schema_version`` table:
 ``prepare`` creates a new store at the latest version, or says which version an
 existing one has; the steps from one version to the next are in
 ``gateway.spool.upgrade``. Every table is created with IF NOT EXISTS, so running
-``TABLES`` on an older store adds what it lacks without touching what it has.
+``TABLES`` on an older store adds what it lacks without touching what it has. A store
+that has every table, index and sequence already is opened without running it: on
+PostgreSQL ``CREATE INDEX IF NOT EXISTS`` locks its table even when the index is
+there, and a node starting while another node writes could deadlock with that node.
 
 The tables are written once for both backends; the type words in braces are each
 backend's own (``gateway.spool.db``: INTEGER/REAL/BLOB on SQLite, BIGINT/DOUBLE
@@ -19,6 +22,7 @@ PRECISION/BYTEA and identity columns on PostgreSQL). SQLite takes message ids
 from the ``counters`` row, PostgreSQL from the sequence ``message_ids``.
 """
 
+import re
 import time
 
 from gateway import audit
@@ -159,6 +163,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 # What each backend adds: where message ids come from.
 IDS = {"sqlite": "INSERT INTO counters VALUES ('message_id', 0) ON CONFLICT DO NOTHING;\n",
        "postgresql": "CREATE SEQUENCE IF NOT EXISTS message_ids AS BIGINT;\n"}
+# The names of everything in the store (tables, indexes, sequences).
+NAMES = {"sqlite": "SELECT name FROM sqlite_master",
+         "postgresql": "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                       "c.relnamespace WHERE n.nspname = current_schema()"}
 # Every table of a store, in an order that copying can follow (migrate, backup checks);
 # not the nodes' passing state: delivery claims and job leases (``claims``, ``jobs``).
 COPIED = ("messages", "history", "payloads", "route_changes", "counters", "key_checks", "purged",
@@ -193,12 +201,19 @@ def prepare(db: Database) -> int:
         if found > VERSION:
             raise StoreProblem(f"the store has schema version {found}; this gatewayd knows up to "
                                f"{VERSION} (made by a newer gatewayd?)")
-        db.script(TABLES + IDS[db.backend])
+        if not _complete(db):
+            db.script(TABLES + IDS[db.backend])
         if found == 0:
             record(db, VERSION)
         elif found == 1 and db.value("SELECT count(*) FROM schema_version") == 0:
             record(db, 1)
     return found or VERSION
+
+
+def _complete(db: Database) -> bool:
+    """Whether every table, index and sequence ``TABLES`` makes is in the store."""
+    wanted = set(re.findall(r"IF NOT EXISTS (\w+)", TABLES + IDS[db.backend]))
+    return wanted <= {row[0] for row in db.execute(NAMES[db.backend])}
 
 
 def record(db: Database, number: int) -> None:

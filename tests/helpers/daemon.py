@@ -1,11 +1,14 @@
 """A real gatewayd for end-to-end tests: a setup from ``gatewayctl init`` on free ports,
-the daemon as a process logging into the setup's folder, and gatewayctl against it."""
+the daemon as a process logging into the setup's folder, gatewayctl against it, and its
+``/healthz``."""
 
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,15 +25,19 @@ def init(folder: Path) -> dict:
         cwd=ROOT).stdout)
 
 
-def start(made: dict, log: Path, env: dict | None = None) -> subprocess.Popen:
+def start(made: dict, log: Path, env: dict | None = None, started=None) -> subprocess.Popen:
     """gatewayd on ``made``'s configuration, once it says it is listening (``env`` is added
-    to the environment)."""
+    to the environment; ``started(process)`` is called as soon as it runs); ``log`` may
+    hold earlier runs (a restart)."""
+    earlier = log.read_text().count("listening") if log.exists() else 0
     with open(log, "a") as out:
         process = subprocess.Popen([sys.executable, "-m", "gateway.daemon", "-c", made["config"]],
                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})})
+    if started:
+        started(process)
     for _ in range(300):
-        if "listening" in log.read_text():
+        if log.read_text().count("listening") > earlier:
             return process
         if process.poll() is not None:
             break
@@ -61,3 +68,24 @@ def configure(made: dict, **settings: int) -> None:
         end = text.index("\n", line + 1)
         text = text[:line] + f"\n{name} = {value}" + text[end:]
     config.write_text(text)
+
+
+def health(made: dict) -> tuple[int, str]:
+    """``/healthz`` of the daemon on ``made``'s metrics port: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{made['ports']['metrics']}/healthz",
+                                    timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def until(condition, seconds: float = 20.0):
+    """``condition()``'s first true value within ``seconds`` (polled), else its last value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    return condition()

@@ -64,6 +64,15 @@ class Cluster:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-m", "fast", "stop")
 
+    def terminate(self, application: str) -> int:
+        """Terminate the server's connections whose application_name is ``application``
+        (``pg_terminate_backend``); how many there were."""
+        import psycopg
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            return len(connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                "application_name = %s", (application,)).fetchall())
+
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
