@@ -51,16 +51,6 @@ def listed(made: dict, tmp_path: Path) -> set[str]:
             if line.strip().startswith("outbox/")}
 
 
-def until(condition, seconds: float = 20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    return condition()
-
-
 @pytest.fixture
 def two_nodes(postgres, tmp_path):
     url = postgres.url(tmp_path / "db")
@@ -78,7 +68,7 @@ def test_one_outbox_served_by_two_nodes(two_nodes, tmp_path):
     made, other, processes = two_nodes
     processes.append(daemon.start(made, tmp_path / "a.log"))
     assert curl(made, "/v1/messages", "zis-eemland", data=answer(1))[0] == 202
-    assert until(lambda: daemon.ctl_json(made, "status", "ZD100200301_ANTW")[0]["state"]
+    assert daemon.until(lambda: daemon.ctl_json(made, "status", "ZD100200301_ANTW")[0]["state"]
                  == "delivered"), "node A did not deliver the answer"
     processes.append(daemon.start(other, tmp_path / "b.log"))      # B starts after A delivered
     assert listed(other, tmp_path) == {"ZD100200301_ANTW.edi"} == listed(made, tmp_path)
@@ -97,7 +87,7 @@ def test_one_outbox_served_by_two_nodes(two_nodes, tmp_path):
     assert curl(made, "/v1/messages", "zis-eemland", data=answer(2))[0] == 202
     assert curl(other, "/v1/messages", "zis-eemland", data=answer(3))[0] == 202
     expected = {"ZD100200301_ANTW-2.edi", "ZD100200301_ANTW-3.edi"}
-    assert until(lambda: listed(made, tmp_path) == expected), listed(made, tmp_path)
+    assert daemon.until(lambda: listed(made, tmp_path) == expected), listed(made, tmp_path)
     assert listed(other, tmp_path) == expected
     for name, node in zip(sorted(expected), (made, other)):
         assert sftp(node, "his-brink", f"get outbox/{name}\n", tmp_path).returncode == 0
@@ -113,7 +103,7 @@ def test_outbox_files_of_an_older_gatewayd_are_taken_in_at_start(tmp_path):
     process = daemon.start(made, tmp_path / "gatewayd.log")
     try:
         assert curl(made, "/v1/messages", "zis-eemland", data=answer(1))[0] == 202
-        assert until(lambda: listed(made, tmp_path) == {"ZD100200301_ANTW.edi"})
+        assert daemon.until(lambda: listed(made, tmp_path) == {"ZD100200301_ANTW.edi"})
     finally:
         process.kill()
         process.wait()
