@@ -1,0 +1,267 @@
+"""Several gatewayd processes on one machine (``process.workers``): the main one and its workers.
+
+The main gatewayd holds the spool lock, binds every listener and serves them itself;
+with ``process.workers = N`` it also starts N-1 worker processes (``Supervisor``): each
+a fresh ``python -m gateway.daemon`` that inherits the MLLP, HTTPS and SFTP listening
+sockets (descriptors 3, 4 and 5; ``$GATEWAY_WORKER`` names its slot, the parent's pid
+and the descriptors) and accepts connections from the same queues as the main
+process — the kernel hands each new connection to whichever process accepts first.
+A worker only takes input: its own writer thread and group commit store what its
+connections bring, and it serves pulls and SFTP sessions. Everything that must run
+once — pushes, the purge, notifications, the control socket, the metrics port, systemd
+notifications — stays in the main process. On SQLite the processes' write
+transactions wait for each other (``BEGIN IMMEDIATE`` with a busy timeout), dedup and
+message ids are taken inside them, and the audit head is read inside them: one chain.
+
+A worker dies with the main process (``PR_SET_PDEATHSIG``: SIGKILL; and it stops when
+its stdin, a pipe from the main process, reaches its end). The main process restarts
+a worker that ended (after 1 s, doubling to 30 s while it keeps dying within a minute),
+passes SIGHUP on to the workers after its own reload, and on SIGTERM stops listening,
+sends SIGTERM to the workers and waits for them (SIGKILL after 60 s) before it ends.
+
+Counters for /metrics: each worker writes its counters and ACK latencies to
+``spool/workers/<slot>.json`` every second (a new worker in a slot continues that
+slot's counts); the main process adds them to its own (``Shared``). A kill -9 of a
+worker can lose its last second of counts — counts, never messages.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.internet import defer, protocol, task
+from twisted.logger import Logger
+
+ENVIRONMENT = "GATEWAY_WORKER"
+LISTENERS = ("mllp", "https", "sftp")       # inherited as descriptors 3, 4, 5
+FIRST_FD = 3
+NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")   # systemd talks to main only
+PR_SET_PDEATHSIG = 1
+FIRST_PAUSE, LONGEST_PAUSE, STEADY = 1.0, 30.0, 60.0
+STOP_SECONDS = 60.0
+PUBLISH_SECONDS = 1.0
+log = Logger(namespace="gatewayd.workers")
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """What a worker process got from the main process: its slot, the main process's pid
+    and the listening descriptors by name."""
+
+    slot: int
+    parent: int
+    fds: dict
+
+    def describe(self) -> str:
+        return f"{self.slot} {self.parent} " + " ".join(f"{n}:{fd}" for n, fd in self.fds.items())
+
+    @classmethod
+    def parse(cls, text: str) -> "Inherited":
+        slot, parent, *listeners = text.split()
+        return cls(int(slot), int(parent), {n: int(fd) for n, fd in
+                                            (item.split(":") for item in listeners)})
+
+
+def inherited(environ=os.environ) -> Inherited | None:
+    """This process's inheritance when it is a worker, else None (the main process)."""
+    text = environ.get(ENVIRONMENT)
+    return Inherited.parse(text) if text else None
+
+
+def family(fd: int) -> int:
+    """The address family of listening socket ``fd`` (IPv4 or IPv6)."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return sock.family
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGKILL when the main process ends; end now if it has already."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def watch_parent(reactor, stdin: int = 0) -> threading.Thread:
+    """Stop the reactor when the pipe from the main process ends (it died or let go)."""
+    def wait():
+        while True:
+            try:
+                if not os.read(stdin, 4096):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        log.warn("the main gatewayd is gone; this worker stops")
+        reactor.callFromThread(reactor.stop)
+    thread = threading.Thread(target=wait, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def labelled(observer, slot: int):
+    """``observer`` with the worker's slot in each line's system (``[gatewayd.mllp@w1]``)."""
+    def label(event: dict) -> None:
+        system = event.get("log_system") or event.get("log_namespace") or "-"
+        observer({**event, "log_system": f"{system}@w{slot}"})
+    return label
+
+
+class _Worker(protocol.ProcessProtocol):
+    """One worker process as the main process sees it."""
+
+    def __init__(self, supervisor: "Supervisor", slot: int):
+        self.supervisor, self.slot = supervisor, slot
+        self.ended = defer.Deferred()
+
+    def processEnded(self, reason):
+        self.supervisor.ended(self, reason.value)
+        self.ended.callback(None)
+
+
+class Supervisor:
+    """The main process's workers: started, restarted, signalled and stopped together."""
+
+    def __init__(self, reactor, config_path: Path, ports: dict, count: int, environ=os.environ):
+        self.reactor, self.config_path, self.ports = reactor, Path(config_path).absolute(), ports
+        self.count, self.environ = count, environ
+        self.running: dict[int, _Worker] = {}
+        self.pauses = {slot: FIRST_PAUSE for slot in range(1, count)}
+        self.started: dict[int, float] = {}
+        self.stopping = False
+
+    def start(self) -> None:
+        for slot in range(1, self.count):
+            self.spawn(slot)
+
+    def spawn(self, slot: int) -> None:
+        if self.stopping or slot in self.running:
+            return
+        fds = {name: FIRST_FD + i for i, name in enumerate(LISTENERS)}
+        env = {k: v for k, v in self.environ.items() if k not in NOT_INHERITED}
+        env[ENVIRONMENT] = Inherited(slot, os.getpid(), fds).describe()
+        child_fds = {0: "w", 1: 1, 2: 2}
+        child_fds.update({fds[name]: self.ports[name].fileno() for name in LISTENERS})
+        worker = _Worker(self, slot)
+        transport = self.reactor.spawnProcess(
+            worker, sys.executable, [sys.executable, "-m", "gateway.daemon", "-c",
+                                     str(self.config_path)], env=env, childFDs=child_fds)
+        self.running[slot] = worker
+        self.started[slot] = self.reactor.seconds()
+        log.info("worker {slot} started: pid {pid}", slot=slot, pid=transport.pid)
+
+    def ended(self, worker: _Worker, status) -> None:
+        slot = worker.slot
+        self.running.pop(slot, None)
+        if self.stopping:
+            log.info("worker {slot} stopped", slot=slot)
+            return
+        lived = self.reactor.seconds() - self.started.get(slot, 0)
+        pause = FIRST_PAUSE if lived >= STEADY else self.pauses[slot]
+        self.pauses[slot] = min(pause * 2, LONGEST_PAUSE)
+        log.error("worker {slot} ended ({status}); starting it again in {pause:g} s",
+                  slot=slot, status=str(status).strip(" .")[:120], pause=pause)
+        self.reactor.callLater(pause, self.spawn, slot)
+
+    def pids(self) -> dict[int, int]:
+        return {slot: w.transport.pid for slot, w in self.running.items() if w.transport.pid}
+
+    def send(self, name: str) -> None:
+        """Send signal ``name`` ("HUP", "TERM", "KILL") to every running worker."""
+        for worker in list(self.running.values()):
+            try:
+                worker.transport.signalProcess(name)
+            except (OSError, ProcessLookupError):
+                pass
+            except Exception:  # noqa: BLE001 - ProcessExitedAlready: it has just ended
+                pass
+
+    def stop(self) -> defer.Deferred:
+        """Stop the main process's listeners, SIGTERM the workers, and fire when all ended
+        (the ones still running after STOP_SECONDS are killed)."""
+        self.stopping = True
+        for port in self.ports.values():
+            port.stopListening()
+        waiting = [w.ended for w in self.running.values()]
+        self.send("TERM")
+        if not waiting:
+            return defer.succeed(None)
+        late = self.reactor.callLater(STOP_SECONDS, self.send, "KILL")
+        done = defer.DeferredList(waiting)
+        done.addBoth(lambda _: late.active() and late.cancel())
+        return done
+
+
+class Shared:
+    """Counters of the worker processes for the main process's /metrics, through small
+    files in ``folder`` (one a slot, replaced whole by rename)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, slot: int) -> Path:
+        return self.folder / f"{slot}.json"
+
+    def publish(self, slot: int, metrics) -> None:
+        """Write ``metrics``' counters and latencies as slot ``slot``'s."""
+        data = {"counters": [[name, list(label), count]
+                             for (name, label), count in metrics.counters.items()],
+                "latency": metrics.latency}
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = self.folder / f".{slot}.tmp"
+        temporary.write_text(json.dumps(data))
+        os.replace(temporary, self.path(slot))
+
+    def resume(self, slot: int, metrics) -> None:
+        """Start ``metrics`` from what slot ``slot`` published last (a restarted worker)."""
+        counters, latency = self._read(self.path(slot))
+        metrics.counters.update(counters)
+        for channel, counts in latency.items():
+            mine = metrics.latency.setdefault(channel, [0] * len(counts))
+            metrics.latency[channel] = [a + b for a, b in zip(mine, counts)]
+
+    def gather(self, slots) -> tuple[Counter, dict]:
+        """The counters and latencies of ``slots`` added up."""
+        counters, latency = Counter(), {}
+        for slot in slots:
+            found, times = self._read(self.path(slot))
+            counters.update(found)
+            for channel, counts in times.items():
+                mine = latency.setdefault(channel, [0] * len(counts))
+                latency[channel] = [a + b for a, b in zip(mine, counts)]
+        return counters, latency
+
+    def forget(self) -> None:
+        """Remove the files of an earlier run (the main process, at its start)."""
+        for path in self.folder.glob("*.json"):
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[Counter, dict]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return Counter(), {}
+        return Counter({(name, tuple(label)): count for name, label, count in data["counters"]}), \
+            data["latency"]
+
+
+def serve_as_worker(reactor, gateway, me: Inherited, shared: Shared) -> None:
+    """The worker's part once its listeners are adopted: stop when the main process's
+    pipe ends, publish counters every second, reload on SIGHUP (what changed the main process has
+    recorded)."""
+    watch_parent(reactor)
+    shared.resume(me.slot, gateway.metrics)
+    loop = task.LoopingCall(shared.publish, me.slot, gateway.metrics)
+    loop.clock = reactor
+    reactor.callWhenRunning(loop.start, PUBLISH_SECONDS, now=True)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
+        gateway.reload, actor="reload", recorded=True))
