@@ -12,7 +12,10 @@ With ``--store postgresql://…`` a second gatewayd runs the same on a PostgreSQ
 store (a scratch schema of that database, dropped afterwards), against the same
 baseline, followed by its ratios to the SQLite gatewayd of this run.
 
-Run: ``.venv/bin/python bench/e2e.py [--seconds S] [--store URL]``. Aims (issue 12): 8
+With ``--workers N`` gatewayd runs as N processes (``process.workers``); CPU time and
+peak RSS are then those of all its processes together (RSS: the sum of each one's peak).
+
+Run: ``.venv/bin/python bench/e2e.py [--seconds S] [--store URL] [--workers N]``. Aims (issue 12): 8
 connections >= 0.25x the baseline, 64 connections >= 0.3x; p99 <= 20 ms at 200
 messages/s; peak RSS <= 150 MB.
 """
@@ -134,7 +137,7 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     raise RuntimeError(f"did not start: {log.read_text()}")
 
 
-def setup(folder: Path) -> dict:
+def setup(folder: Path, workers: int = 1) -> dict:
     """``gatewayctl init`` in ``folder`` on free ports."""
     made = json.loads(subprocess.run(
         [sys.executable, "-m", "gateway.cli", "init", str(folder), "--json",
@@ -143,7 +146,8 @@ def setup(folder: Path) -> dict:
         capture_output=True, check=True, cwd=ROOT).stdout)
     config = Path(made["config"])        # 64 connections come from one client address
     config.write_text(config.read_text().replace(
-        "max_connections_per_client = 50", "max_connections_per_client = 100"))
+        "max_connections_per_client = 50", "max_connections_per_client = 100").replace(
+        "\nworkers = 1\n", f"\nworkers = {workers}\n"))
     return made
 
 
@@ -157,17 +161,19 @@ def on_postgres(made: dict, url: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=1, help="gatewayd processes "
+                        "(process.workers)")
     parser.add_argument("--store", default="", help="also run a gatewayd on PostgreSQL in "
                         "this database (postgresql://…; a scratch schema, dropped afterwards)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        made = setup(folder / "gw")
+        made = setup(folder / "gw", args.workers)
         echo_port = free_port()
         echo = start([sys.executable, str(ROOT / "bench" / "echo_server.py"), made["config"],
                       str(echo_port)], folder / "echo.log")
         try:
-            print("gatewayd on SQLite")
+            print(f"gatewayd on SQLite, {args.workers} process(es)")
             sqlite = run(made, echo_port, echo, folder / "gatewayd.log", args.seconds)
             if args.store:
                 with scratch_schema(args.store) as url:
@@ -189,10 +195,22 @@ def run(made: dict, echo_port: int, echo, log: Path, seconds: float) -> dict:
         gateway.wait()
 
 
+def processes(pid: int) -> list[int]:
+    """``pid`` and its child processes (gatewayd's workers)."""
+    try:
+        return [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    except OSError:
+        return [pid]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (fields 14 and 15 of /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and its children so far (fields 14 and 15
+    of /proc/PID/stat)."""
+    total = 0
+    for each in processes(pid):
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measured(pid: int, run) -> tuple[int, float]:
@@ -225,9 +243,10 @@ def report(made: dict, echo_port: int, gateway: subprocess.Popen, echo: subproce
           f"p99 {percentile(base, 0.99):.1f} ms)")
     posts = https_posts(made, seconds)
     print(f"HTTPS posts (2 messages each), 8 connections: {posts / seconds:,.0f} posts/s")
-    status = Path(f"/proc/{gateway.pid}/status").read_text()
-    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))
-    print(f"gatewayd peak RSS: {int(peak) / 1024:.0f} MB")
+    pids = processes(gateway.pid)
+    peak = sum(int(next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text()
+                        .splitlines() if line.startswith("VmHWM"))) for pid in pids)
+    print(f"gatewayd peak RSS: {peak / 1024:.0f} MB ({len(pids)} process(es), each one's peak added)")
     figures["HTTPS posts"] = posts / seconds
     return figures
 
