@@ -6,7 +6,9 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -225,3 +227,43 @@ def test_two_processes_racing_on_the_same_messages_store_each_once(tmp_path):
     assert counts == {control_id: 1 for control_id in answers[0]}
     verified = daemon.ctl(made, "audit", "verify").stdout.decode()
     assert verified.startswith("ok: 180 records, chain intact")
+
+
+def test_only_the_main_process_talks_to_systemd(tmp_path):
+    """With a worker running, every notify datagram comes from the main process (its pid,
+    by SO_PASSCRED): READY=1, RELOADING=1/READY=1 once per SIGHUP, STOPPING=1, watchdog pings."""
+    made, log = two_processes(tmp_path)
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sink.bind(str(tmp_path / "notify"))
+    sink.settimeout(20)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000",
+           "WATCHDOG_PID": ""}
+    gateway = daemon.start(made, log, env)
+    states: list[tuple[int, str]] = []
+
+    def until(wanted: str) -> None:
+        while not states or states[-1][1] != wanted:
+            data, ancillary, _, _ = sink.recvmsg(4096, socket.CMSG_SPACE(12))
+            pid = next(struct.unpack("3i", d)[0] for level, kind, d in ancillary
+                       if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+            states.append((pid, data.decode()))
+    try:
+        until("READY=1")
+        wait_for(lambda: serving(log), what="the worker")
+        gateway.send_signal(signal.SIGHUP)
+        until("RELOADING=1")
+        until("READY=1")
+        wait_for(lambda: "[gatewayd@w1] reloaded keys" in log.read_text(), what="worker reload")
+        time.sleep(0.5)
+        gateway.send_signal(signal.SIGTERM)
+        until("STOPPING=1")
+        assert gateway.wait(30) == 0
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        sink.close()
+    assert {pid for pid, _ in states} == {gateway.pid}
+    assert [s for _, s in states if s != "WATCHDOG=1"] == \
+        ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+    assert any(s == "WATCHDOG=1" for _, s in states)
