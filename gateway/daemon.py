@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                                       else observer], redirectStandardIO=False)
     shared = workers.Shared(settings.paths_spool / "workers")
     if worker:
-        workers.serve_as_worker(reactor, gateway, worker, shared)
+        workers.serve_as_worker(reactor, gateway, worker, shared, RELOADABLE)
     else:
         _serve_as_main(gateway, settings, Path(args.config), shared)
     reactor.callWhenRunning(gateway.pool.start)
@@ -433,13 +433,13 @@ def _serve_as_main(gateway: Gateway, settings, config_path: Path, shared) -> Non
     """The main process's part: pushes, chores, systemd, and its workers (if any)."""
     gateway.deliver()
     gateway.maintain()
-    supervisor = workers.Supervisor(reactor, config_path, gateway.ports, settings.process_workers)
+    supervisor = workers.Supervisor(reactor, config_path, gateway.ports, settings.process_workers,
+                                    shared)
     reload = gateway.reload
 
-    def reload_all(*args, **kwargs):
-        result = reload(*args, **kwargs)
-        supervisor.send("HUP")
-        return result
+    def reload_all(parts: tuple = RELOADABLE, *args, **kwargs):
+        """Reload here, then in the workers; a Deferred of the answer (the workers' refusals in it)."""
+        return supervisor.reload(parts, reload(parts, *args, **kwargs))
     gateway.reload = reload_all
     shared.forget()
     gateway.metrics.elsewhere = lambda: shared.gather(range(1, settings.process_workers))

@@ -46,6 +46,8 @@ NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")   # systemd t
 PR_SET_PDEATHSIG = 1
 FIRST_PAUSE, LONGEST_PAUSE, STEADY = 1.0, 30.0, 60.0
 STOP_SECONDS = 60.0
+CONFIRM_SECONDS, CONFIRM_PAUSE = 10.0, 0.05
+KEPT_REQUESTS = 64                 # reload requests a late worker can still read
 PUBLISH_SECONDS = 1.0
 log = Logger(namespace="gatewayd.workers")
 
@@ -58,15 +60,18 @@ class Inherited:
     slot: int
     parent: int
     fds: dict
+    generation: int = 0       # the reloads the main process had asked for when it started this one
 
     def describe(self) -> str:
-        return f"{self.slot} {self.parent} " + " ".join(f"{n}:{fd}" for n, fd in self.fds.items())
+        return f"{self.slot} {self.parent} {self.generation} " + " ".join(
+            f"{n}:{fd}" for n, fd in self.fds.items())
 
     @classmethod
     def parse(cls, text: str) -> "Inherited":
-        slot, parent, *listeners = text.split()
+        slot, parent, generation, *listeners = text.split()
         return cls(int(slot), int(parent), {n: int(fd) for n, fd in
-                                            (item.split(":") for item in listeners)})
+                                            (item.split(":") for item in listeners)},
+                   int(generation))
 
 
 def inherited(environ=os.environ) -> Inherited | None:
@@ -130,9 +135,12 @@ class _Worker(protocol.ProcessProtocol):
 class Supervisor:
     """The main process's workers: started, restarted, signalled and stopped together."""
 
-    def __init__(self, reactor, config_path: Path, ports: dict, count: int, environ=os.environ):
+    def __init__(self, reactor, config_path: Path, ports: dict, count: int, shared: "Shared",
+                 environ=os.environ):
         self.reactor, self.config_path, self.ports = reactor, Path(config_path).absolute(), ports
-        self.count, self.environ = count, environ
+        self.count, self.shared, self.environ = count, shared, environ
+        self.generation = 0          # reloads asked of the workers so far
+        self.asked: list = []        # the last ones: [generation, parts]
         self.running: dict[int, _Worker] = {}
         self.pauses = {slot: FIRST_PAUSE for slot in range(1, count)}
         self.started: dict[int, float] = {}
@@ -147,7 +155,7 @@ class Supervisor:
             return
         fds = {name: FIRST_FD + i for i, name in enumerate(LISTENERS)}
         env = {k: v for k, v in self.environ.items() if k not in NOT_INHERITED}
-        env[ENVIRONMENT] = Inherited(slot, os.getpid(), fds).describe()
+        env[ENVIRONMENT] = Inherited(slot, os.getpid(), fds, self.generation).describe()
         child_fds = {0: "w", 1: 1, 2: 2}
         child_fds.update({fds[name]: self.ports[name].fileno() for name in LISTENERS})
         worker = _Worker(self, slot)
@@ -184,6 +192,47 @@ class Supervisor:
             except Exception:  # noqa: BLE001 - ProcessExitedAlready: it has just ended
                 pass
 
+    def reload(self, parts: tuple, result: dict) -> defer.Deferred:
+        """Have every running worker reload ``parts`` (what the main process has just
+        reloaded, its ``result``); fire with ``result`` once each has published that it did,
+        its refusals added ("worker N: why"), or with a refusal naming those that have not
+        within CONFIRM_SECONDS. SIGHUP goes only to a worker that has published from its
+        current pid (signal handler in place), again every half second while it is late;
+        one still starting reads the request itself once it is up."""
+        if self.count < 2:
+            return defer.succeed(result)
+        self.generation += 1
+        generation, asked = self.generation, dict(self.running)
+        self.asked = (self.asked + [(generation, list(parts))])[-KEPT_REQUESTS:]
+        self.shared.ask_reload(generation, self.asked)
+        done, rounds = defer.Deferred(), [0]
+
+        def check():
+            late = []
+            for slot, worker in asked.items():
+                if self.running.get(slot) is not worker:
+                    continue              # ended meanwhile: its successor loads the files
+                status = self.shared.status(slot)
+                up = status.get("pid") == worker.transport.pid
+                if not up or status.get("reloaded", -1) < generation:
+                    late.append(slot)
+                    if up and rounds[0] % 10 == 0:
+                        worker.transport.signalProcess("HUP")
+                    continue
+                for part, why in status.get("refused", {}).items():
+                    result["refused"].setdefault(part, f"worker {slot}: {why}")
+            if not late:
+                done.callback(result)
+            elif rounds[0] * CONFIRM_PAUSE >= CONFIRM_SECONDS:
+                result["refused"]["workers"] = ", ".join(
+                    f"worker {slot}" for slot in late) + " did not confirm the reload"
+                done.callback(result)
+            else:
+                rounds[0] += 1
+                self.reactor.callLater(CONFIRM_PAUSE, check)
+        check()
+        return done
+
     def stop(self) -> defer.Deferred:
         """Stop the main process's listeners, SIGTERM the workers, and fire when all ended
         (the ones still running after STOP_SECONDS are killed)."""
@@ -210,15 +259,44 @@ class Shared:
     def path(self, slot: int) -> Path:
         return self.folder / f"{slot}.json"
 
-    def publish(self, slot: int, metrics) -> None:
-        """Write ``metrics``' counters and latencies as slot ``slot``'s."""
-        data = {"counters": [[name, list(label), count]
-                             for (name, label), count in metrics.counters.items()],
-                "latency": metrics.latency}
+    def publish(self, slot: int, metrics, status: dict) -> None:
+        """Write ``metrics``' counters and latencies, and the worker's ``status`` (the
+        reload it has done), as slot ``slot``'s."""
+        self._write(self.path(slot), {
+            "counters": [[name, list(label), count]
+                         for (name, label), count in metrics.counters.items()],
+            "latency": metrics.latency, "status": status})
+
+    def status(self, slot: int) -> dict:
+        try:
+            return json.loads(self.path(slot).read_text()).get("status", {})
+        except (OSError, ValueError):
+            return {}
+
+    def ask_reload(self, generation: int, asked: list) -> None:
+        """The main process: reloads up to number ``generation`` are asked for (``asked``:
+        the last ones, [generation, parts])."""
+        self._write(self.folder / "reload", {"generation": generation, "asked": asked})
+
+    def reload_asked(self, after: int, everything: tuple) -> tuple[int, tuple]:
+        """A worker that has done the reloads up to ``after``: the last one asked for and
+        the parts to reload to catch up (``everything`` if it is too far behind)."""
+        try:
+            data = json.loads((self.folder / "reload").read_text())
+            generation, asked = int(data["generation"]), data["asked"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return after, ()
+        if generation <= after:
+            return after, ()
+        if not asked or asked[0][0] > after + 1:
+            return generation, everything
+        return generation, tuple(dict.fromkeys(p for g, parts in asked if g > after for p in parts))
+
+    def _write(self, path: Path, data: dict) -> None:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self.folder / f".{slot}.tmp"
+        temporary = path.with_name(f".{path.name}.tmp")
         temporary.write_text(json.dumps(data))
-        os.replace(temporary, self.path(slot))
+        os.replace(temporary, path)
 
     def resume(self, slot: int, metrics) -> None:
         """Start ``metrics`` from what slot ``slot`` published last (a restarted worker)."""
@@ -241,7 +319,7 @@ class Shared:
 
     def forget(self) -> None:
         """Remove the files of an earlier run (the main process, at its start)."""
-        for path in self.folder.glob("*.json"):
+        for path in [*self.folder.glob("*.json"), self.folder / "reload"]:
             path.unlink(missing_ok=True)
 
     @staticmethod
@@ -254,14 +332,24 @@ class Shared:
             data["latency"]
 
 
-def serve_as_worker(reactor, gateway, me: Inherited, shared: Shared) -> None:
+def serve_as_worker(reactor, gateway, me: Inherited, shared: Shared, everything: tuple) -> None:
     """The worker's part once its listeners are adopted: stop when the main process's
-    pipe ends, publish counters every second, reload on SIGHUP (what changed the main process has
-    recorded)."""
+    pipe ends, publish counters every second, and on SIGHUP (and once at the start) do the
+    reloads the main process asked for (it has recorded the changes), and publish that."""
     watch_parent(reactor)
     shared.resume(me.slot, gateway.metrics)
-    loop = task.LoopingCall(shared.publish, me.slot, gateway.metrics)
+    status = {"pid": os.getpid(), "reloaded": me.generation, "refused": {}}
+    publish = lambda: shared.publish(me.slot, gateway.metrics, status)   # noqa: E731
+
+    def reload():
+        generation, parts = shared.reload_asked(status["reloaded"], everything)
+        if parts:
+            result = gateway.reload(parts, actor="reload", recorded=True)
+            status.update(refused=result["refused"])
+        status["reloaded"] = generation
+        publish()
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
+    reactor.callWhenRunning(reload)
+    loop = task.LoopingCall(publish)
     loop.clock = reactor
-    reactor.callWhenRunning(loop.start, PUBLISH_SECONDS, now=True)
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
-        gateway.reload, actor="reload", recorded=True))
+    reactor.callWhenRunning(loop.start, PUBLISH_SECONDS, now=False)

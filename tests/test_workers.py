@@ -19,6 +19,7 @@ from pathlib import Path
 from gateway import keys
 from gateway.spool import db as database
 from gateway.spool.store import Store
+from gateway.workers import Shared
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT, numbered_referral
 from tests.test_crash import check
@@ -173,7 +174,8 @@ def test_killed_main_takes_its_worker_and_a_restart_recovers(tmp_path):
 
 def test_sighup_reaches_the_worker_and_sigterm_stops_both(tmp_path):
     """After SIGHUP to the main process a changed route table is in force in the worker
-    too (its messages take the new output format); SIGTERM ends both processes cleanly."""
+    too (its messages take the new output format); ``gatewayctl reload`` answers once the
+    worker has reloaded as well, and names a worker that does not; SIGTERM ends both processes cleanly."""
     made, log = two_processes(tmp_path)
     gateway = daemon.start(made, log)
     try:
@@ -195,7 +197,21 @@ def test_sighup_reaches_the_worker_and_sigterm_stops_both(tmp_path):
             f"SELECT format FROM messages WHERE id IN ({','.join(map(str, ids))})")}
         db.close()
         assert acked and formats == {"hl7"}
+        table.write_text(table.read_text().replace("06005678,Ziekenhuis Eemland,hl7,",
+                                                   "06005678,Ziekenhuis Eemland,xml,"))
+        answer = json.loads(daemon.ctl(made, "reload", "--json").stdout)
+        assert answer["refused"] == {} and answer["pid"] == gateway.pid
         worker = worker_pids(log)[-1]
+        os.kill(worker, signal.SIGSTOP)         # a worker that cannot reload: named, not hidden
+        try:
+            late = daemon.ctl(made, "reload", "--json", check=False)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert late.returncode == 78
+        assert json.loads(late.stdout)["refused"] == {
+            "workers": "worker 1 did not confirm the reload"}
+        wait_for(lambda: log.read_text().count("[gatewayd@w1] reloaded route tables") == 3,
+                 what="the stopped worker's reload once it runs again")
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(30) == 0
         assert not alive(worker) and "worker 1 stopped" in log.read_text()
@@ -267,3 +283,17 @@ def test_only_the_main_process_talks_to_systemd(tmp_path):
     assert [s for _, s in states if s != "WATCHDOG=1"] == \
         ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
     assert any(s == "WATCHDOG=1" for _, s in states)
+
+
+def test_a_late_worker_catches_up_on_every_part_asked_since_its_last_reload(tmp_path):
+    """Reload requests a worker missed (signals coalesce) add up: it reloads the parts of
+    all of them, everything when it is further behind than the requests kept, nothing
+    when it is up to date."""
+    shared = Shared(tmp_path)
+    everything = ("routes", "identities", "certificates", "keys")
+    assert shared.reload_asked(0, everything) == (0, ())          # nothing asked yet
+    shared.ask_reload(3, [[2, ["keys"]], [3, ["routes", "keys"]]])
+    assert shared.reload_asked(1, everything) == (3, ("keys", "routes"))
+    assert shared.reload_asked(2, everything) == (3, ("routes", "keys"))
+    assert shared.reload_asked(3, everything) == (3, ())
+    assert shared.reload_asked(0, everything) == (3, everything)
