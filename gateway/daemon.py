@@ -104,6 +104,7 @@ class Gateway:
             gather=0.005)
         self.accept = self._logged(self.metrics.counting(self.group.accept))
         self.chores = True      # the main process reroutes fallback after a reload; workers not
+        self.worker_pids = dict  # slot -> pid of the running workers (gateway.workers)
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with
@@ -197,7 +198,8 @@ class Gateway:
         return {
             "status": lambda _: {"version": __version__, "started_at": self.started_at,
                                  "current_key": self.store.ring.current,
-                                 "problem": self.metrics.store_problem()},
+                                 "problem": self.metrics.store_problem(),
+                                 "workers": {str(s): p for s, p in self.worker_pids().items()}},
             "reload": reload,
             "tables": lambda _: editing.as_data(self.intake.tables),
             "kick": lambda _: {"started": len(self.dispatcher.tick())},
@@ -441,6 +443,7 @@ def _serve_as_main(gateway: Gateway, settings, config_path: Path, shared) -> Non
         """Reload here, then in the workers; a Deferred of the answer (the workers' refusals in it)."""
         return supervisor.reload(parts, reload(parts, *args, **kwargs))
     gateway.reload = reload_all
+    gateway.worker_pids = supervisor.pids
     shared.forget()
     gateway.metrics.elsewhere = lambda: shared.gather(range(1, settings.process_workers))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(gateway.reload))

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gateway import keys
+from gateway import control, keys
 from gateway.spool import db as database
 from gateway.spool.store import Store
 from gateway.workers import Shared
@@ -139,6 +139,8 @@ def test_killed_worker_loses_nothing_and_is_started_again(tmp_path):
         acked = stream.finish()
         pids = worker_pids(log)
         assert len(set(pids)) == 4 and alive(pids[-1]) and gateway.poll() is None
+        status = control.ask(Path(made["spool"]), {"command": "status"})
+        assert status["pid"] == gateway.pid and status["workers"] == {"1": pids[-1]}
         assert "worker 1 ended" in log.read_text()
         assert len(acked) > 20
         assert stored_once(made, acked) == []
