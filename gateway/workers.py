@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.internet import defer, protocol, task
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
 ENVIRONMENT = "GATEWAY_WORKER"
@@ -132,6 +133,14 @@ class _Worker(protocol.ProcessProtocol):
         self.ended.callback(None)
 
 
+def _signal(worker: _Worker, name: str) -> None:
+    """Send signal ``name`` to ``worker`` unless it has just ended."""
+    try:
+        worker.transport.signalProcess(name)
+    except (ProcessExitedAlready, ProcessLookupError):
+        pass
+
+
 class Supervisor:
     """The main process's workers: started, restarted, signalled and stopped together."""
 
@@ -185,12 +194,7 @@ class Supervisor:
     def send(self, name: str) -> None:
         """Send signal ``name`` ("HUP", "TERM", "KILL") to every running worker."""
         for worker in list(self.running.values()):
-            try:
-                worker.transport.signalProcess(name)
-            except (OSError, ProcessLookupError):
-                pass
-            except Exception:  # noqa: BLE001 - ProcessExitedAlready: it has just ended
-                pass
+            _signal(worker, name)
 
     def reload(self, parts: tuple, result: dict) -> defer.Deferred:
         """Have every running worker reload ``parts`` (what the main process has just
@@ -217,7 +221,7 @@ class Supervisor:
                 if not up or status.get("reloaded", -1) < generation:
                     late.append(slot)
                     if up and rounds[0] % 10 == 0:
-                        worker.transport.signalProcess("HUP")
+                        _signal(worker, "HUP")
                     continue
                 for part, why in status.get("refused", {}).items():
                     result["refused"].setdefault(part, f"worker {slot}: {why}")
