@@ -21,7 +21,8 @@ identities, TLS certificates and the key file (each one that fails to load is
 refused, the old one kept, and a line logged; open connections are not
 dropped); SIGTERM stops.
 Under systemd it sends READY=1, RELOADING=1/READY=1 around a reload, STOPPING=1
-and WATCHDOG=1 pings.
+and WATCHDOG=1 pings. With ``process.workers`` above 1 it also starts worker processes
+on its listening sockets (``gateway.workers``); a worker runs this same ``main``.
 """
 
 import argparse
