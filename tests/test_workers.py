@@ -303,3 +303,22 @@ def test_a_late_worker_catches_up_on_every_part_asked_since_its_last_reload(tmp_
     assert shared.reload_asked(2, everything) == (3, ("routes", "keys"))
     assert shared.reload_asked(3, everything) == (3, ())
     assert shared.reload_asked(0, everything) == (3, everything)
+
+
+def test_writers_queue_is_owned_like_the_database_and_never_required(tmp_path):
+    """The writers' flock file made by root (gatewayctl as root) belongs to the database's
+    owner, as SQLite's -wal and -shm do; where it cannot be opened the store still works."""
+    path = tmp_path / "gateway.db"
+    database.connect(path).close()
+    if os.geteuid() == 0:
+        Path(f"{path}-writers").unlink()
+        os.chown(path, 4321, 4321)
+        database.connect(path).close()
+        assert os.stat(f"{path}-writers").st_uid == 4321
+    other = tmp_path / "other.db"
+    Path(f"{other}-writers").mkdir()             # cannot be opened as a file
+    db = database.connect(other)
+    with db.transaction():
+        db.execute("CREATE TABLE t (x INTEGER)")
+    assert db.queue is None and db.value("SELECT count(*) FROM t") == 0
+    db.close()

@@ -173,9 +173,7 @@ class SQLite(Database):
         self.queue = None
         if readonly:                     # a backup's file: read as it is
             return
-        # Writers queue on an flock beside the database (gatewayd's processes: woken the
-        # moment it is free, where SQLite's busy handler sleeps up to 100 ms between tries).
-        self.queue = os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.queue = _writers_queue(Path(path))
         self.raw.execute("PRAGMA auto_vacuum=INCREMENTAL")   # before the first table
         self.raw.execute("PRAGMA journal_mode=WAL")
         self.raw.execute("PRAGMA synchronous=FULL")
@@ -202,6 +200,10 @@ class SQLite(Database):
     def transaction(self):
         """One write transaction, after this process's turn in the writers' queue (the
         busy timeout still covers writers that do not queue, such as older gatewayctl)."""
+        if self.queue is None:
+            with super().transaction():
+                yield self
+            return
         fcntl.flock(self.queue, fcntl.LOCK_EX)
         try:
             with super().transaction():
@@ -229,6 +231,24 @@ class SQLite(Database):
         if self.queue is not None:
             os.close(self.queue)
             self.queue = None
+
+
+def _writers_queue(path: Path) -> int | None:
+    """The descriptor of ``path``-writers, the flock SQLite writers queue on (gatewayd's
+    processes: woken the moment it is free, where SQLite's busy handler sleeps up to
+    100 ms between tries); owned like the database when root makes it, as SQLite does
+    with its -wal and -shm files. None when it cannot be opened: the busy timeout alone."""
+    try:
+        descriptor = os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    if os.geteuid() == 0:
+        try:
+            owner = os.stat(path)
+            os.fchown(descriptor, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass
+    return descriptor
 
 
 class Rows:
