@@ -110,6 +110,9 @@ SETTINGS = (
             "errors/ folder; past it the oldest go", 10, 1000000),
     Setting("limits.min_free_mb", int, 64, "below this much free space on the spool's file "
             "system, /healthz answers 503 (the store is about to fail)", 0, 1024 * 1024),
+    Setting("process.workers", int, 1, "gatewayd processes on this machine serving the MLLP, "
+            "HTTPS and SFTP listeners together: the main one and workers-1 worker processes "
+            "(1: one process, as before)", 1, 64),
     Setting("operations.cancel_days", int, 180, "a referral can be cancelled this long after "
             "sending", 1, 3650),
     Setting("retention.referral_days", int, 180, "referrals, cancellations and supplements are "

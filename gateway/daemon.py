@@ -24,7 +24,8 @@ dropped); SIGTERM stops. Route tables and identities go from the files into the
 store, where every node takes them from (``gateway.inforce``, ``gateway.tablewatch``):
 the store's are the ones in force, the same on every node.
 Under systemd it sends READY=1, RELOADING=1/READY=1 around a reload, STOPPING=1
-and WATCHDOG=1 pings.
+and WATCHDOG=1 pings. With ``process.workers`` above 1 it also starts worker processes
+on its listening sockets (``gateway.workers``); a worker runs this same ``main``.
 """
 
 import argparse
@@ -40,10 +41,11 @@ from twisted.conch.ssh import keys as ssh_keys
 from twisted.internet import defer, reactor, ssl, task, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogBeginner
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
 from gateway import (__version__, audit, config, control, inforce, keys, logs, notify, retention,
-                     systemd, tablewatch)
+                     systemd, tablewatch, workers)
 from gateway.errors import ConfigError, DecodeError, GatewayError
 from gateway.intake import Intake
 from gateway.reading import REFUSALS, Envelope
@@ -117,6 +119,8 @@ class Gateway:
         # gatewayd left on this node's disk are taken in once, here
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store, self.group.record)
         self.outbox.import_files()
+        self.chores = True      # the main process reroutes fallback after a reload; workers not
+        self.worker_pids = dict  # slot -> pid of the running workers (gateway.workers)
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with
@@ -149,25 +153,35 @@ class Gateway:
             return Envelope(peer, channel, identity.agb if identity else frozenset())
         return envelope
 
-    def listen(self) -> None:
+    def _factories(self) -> dict:
+        """The MLLP, HTTPS and SFTP listeners' factories under their limits, and whether
+        each speaks TLS: name -> (factory, tls)."""
         settings = self.settings
-        budget = Budget(settings.limits_max_buffered_bytes)
+        self.budget = budget = Budget(settings.limits_max_buffered_bytes)
         factory = MLLPFactory(AckingHandler(self.accept, self.envelope_for("mllp")),
                               settings.limits_max_frame_bytes, settings.limits_idle_timeout_seconds,
                               tls.peer_identity, settings.limits_frame_seconds, budget)
-        listening = {"interface": settings.listen_host, "backlog": BACKLOG}
-        mllp = reactor.listenSSL(settings.listen_mllp_port, self._guard(factory, "MLLP"), self.tls,
-                                 **listening).getHost()
         site = http.site(http.Api(self.intake, self.identities, settings.limits_max_message_bytes,
                                   self.accept, self.group.record, reactor.seconds), settings.limits_idle_timeout_seconds,
                          settings.limits_frame_seconds, budget)
-        https = reactor.listenSSL(settings.listen_https_port, self._guard(site, "HTTPS"), self.tls,
-                                  **listening).getHost()
-        sftp_port = reactor.listenTCP(settings.listen_sftp_port, self._guard(
-            self._sftp_factory(), "SFTP", settings.limits_idle_timeout_seconds, ssh.logged_in),
-            **listening).getHost()
+        return {"mllp": (self._guard(factory, "MLLP"), True),
+                "https": (self._guard(site, "HTTPS"), True),
+                "sftp": (self._guard(self._sftp_factory(), "SFTP",
+                                     settings.limits_idle_timeout_seconds, ssh.logged_in), False)}
+
+    def listen(self) -> None:
+        settings = self.settings
+        listening = {"interface": settings.listen_host, "backlog": BACKLOG}
+        made = self._factories()
+        self.ports = {
+            "mllp": reactor.listenSSL(settings.listen_mllp_port, made["mllp"][0], self.tls,
+                                      **listening),
+            "https": reactor.listenSSL(settings.listen_https_port, made["https"][0], self.tls,
+                                       **listening),
+            "sftp": reactor.listenTCP(settings.listen_sftp_port, made["sftp"][0], **listening)}
+        mllp, https, sftp_port = (self.ports[name].getHost() for name in ("mllp", "https", "sftp"))
         status = webbounds.bounded_site(LocalStatus(self.metrics), 0, settings.limits_idle_timeout_seconds,
-                                   settings.limits_frame_seconds, budget)
+                                   settings.limits_frame_seconds, self.budget)
         metrics = reactor.listenTCP(settings.listen_metrics_port, Guard(
             status, "metrics", reactor, LOCAL_CONNECTIONS, LOCAL_CONNECTIONS,
             settings.limits_handshake_seconds, ready=lambda protocol: True,
@@ -178,6 +192,19 @@ class Gateway:
                  https=https.port, sftp=sftp_port.port, metrics=metrics.port,
                  store=self.store.where)
 
+    def adopt(self, inherited) -> None:
+        """A worker process: serve the main process's listening sockets (``inherited``)."""
+        made = self._factories()
+        self.chores = False
+        for name, fd in inherited.fds.items():
+            factory, secure = made[name]
+            if secure:
+                factory = TLSMemoryBIOFactory(self.tls, False, factory)
+            reactor.adoptStreamPort(fd, workers.family(fd), factory)
+            os.close(fd)
+        log.info("gatewayd worker {slot} serving {names} store={store}", slot=inherited.slot,
+                 names=", ".join(inherited.fds), store=self.store.where)
+
     def control_commands(self) -> dict:
         """What gatewayctl may ask of the running daemon over the control socket."""
         def reload(request):
@@ -187,7 +214,8 @@ class Gateway:
         return {
             "status": lambda _: {"version": __version__, "started_at": self.started_at,
                                  "current_key": self.store.ring.current,
-                                 "problem": self.metrics.store_problem()},
+                                 "problem": self.metrics.store_problem(),
+                                 "workers": {str(s): p for s, p in self.worker_pids().items()}},
             "reload": reload,
             "tables": lambda _: editing.as_data(self.intake.tables),
             "kick": lambda _: {"started": len(self.dispatcher.tick())},
@@ -327,7 +355,7 @@ class Gateway:
                 log.error("reload of {name} refused, old kept: {error}", name=PART_NAMES[part],
                           error=str(exc))
         systemd.notify("READY=1")
-        if not reroute or "routes" in result["refused"]:
+        if not reroute or not self.chores or "routes" in result["refused"]:
             return defer.succeed(result)
         return self.rerouter.run(actor).addCallback(
             lambda moved: {**result, "moved": len(moved)})
@@ -429,12 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
         return _fail("E-CONFIG-FILE: pass -c CONFIG or set GATEWAY_CONFIG "
                      "(gatewayctl init DIR writes one)", EX_CONFIG)
+    worker = workers.inherited()          # None: this is the main process
+    if worker:
+        workers.die_with_parent(worker.parent)
     try:
         settings = config.load(Path(args.config))
         _enough_descriptors(settings)
-        spool_lock = control.lock(settings.paths_spool)   # held for the process's life
+        spool_lock = None if worker else control.lock(settings.paths_spool)   # for its life
         gateway = Gateway(Path(args.config), settings)
-        gateway.listen()
+        gateway.adopt(worker) if worker else gateway.listen()
     except control.SpoolBusy as exc:
         return _fail(str(exc), EX_TEMPFAIL)
     except GatewayError as exc:
@@ -443,24 +474,47 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"E-LISTEN: cannot listen on {exc.interface or '*'}:{exc.port}: "
                      f"{getattr(exc.socketError, 'strerror', None) or exc.socketError}", EX_OSERR)
     gateway.spool_lock = spool_lock
+    observer = logs.observer(sys.stdout, settings.log_format, settings.log_level)
+    globalLogBeginner.beginLoggingTo([workers.labelled(observer, worker.slot) if worker
+                                      else observer], redirectStandardIO=False)
+    shared = workers.Shared(settings.paths_spool / "workers")
+    gateway.follow()          # the tables in force another node or process puts in the store
+    if worker:
+        workers.serve_as_worker(reactor, gateway, worker, shared, RELOADABLE)
+    else:
+        _serve_as_main(gateway, settings, Path(args.config), shared)
+    reactor.callWhenRunning(gateway.pool.start)
+    reactor.addSystemEventTrigger("during", "shutdown", gateway.store.close)
+    reactor.addSystemEventTrigger("during", "shutdown", gateway.stop_writer)
+    reactor.run()
+    return 0
+
+
+def _serve_as_main(gateway: Gateway, settings, config_path: Path, shared) -> None:
+    """The main process's part: pushes, chores, systemd, and its workers (if any)."""
     gateway.deliver()
     gateway.maintain()
-    gateway.follow()
-    globalLogBeginner.beginLoggingTo([logs.observer(sys.stdout, settings.log_format,
-                                                    settings.log_level)],
-                                     redirectStandardIO=False)
+    supervisor = workers.Supervisor(reactor, config_path, gateway.ports, settings.process_workers,
+                                    shared)
+    reload = gateway.reload
+
+    def reload_all(parts: tuple = RELOADABLE, *args, **kwargs):
+        """Reload here, then in the workers; a Deferred of the answer (the workers' refusals in it)."""
+        return reload(parts, *args, **kwargs).addCallback(
+            lambda result: supervisor.reload(parts, result))
+    gateway.reload = reload_all
+    gateway.worker_pids = supervisor.pids
+    shared.forget()
+    gateway.metrics.elsewhere = lambda: shared.gather(range(1, settings.process_workers))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
         lambda: gateway.reload().addErrback(_failed, "reload")))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))
-    reactor.addSystemEventTrigger("before", "shutdown", gateway.store.close)
-    reactor.callWhenRunning(gateway.pool.start)
-    reactor.addSystemEventTrigger("during", "shutdown", gateway.stop_writer)
+    reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
+    reactor.callWhenRunning(supervisor.start)
     interval = systemd.watchdog_interval()
     if interval:
         _every(interval, lambda: systemd.notify("WATCHDOG=1"), "watchdog")
     reactor.callWhenRunning(systemd.notify, "READY=1")
-    reactor.run()
-    return 0
 
 
 def _enough_descriptors(settings) -> None:

@@ -60,6 +60,8 @@ class Metrics:
         self.counters: Counter = Counter()
         self.latency: dict[str, list] = {c: [0] * (len(BUCKETS) + 1) + [0.0] for c in CHANNELS}
         self.last_failure: tuple[float, str] | None = None
+        # other processes' counters and latencies to add in (gateway.workers.Shared)
+        self.elsewhere: Callable[[], tuple[Counter, dict]] = lambda: (Counter(), {})
 
     def counting(self, accept):
         """Wrap ``accept`` (answering at once or with a Deferred) so that every outcome is
@@ -159,10 +161,11 @@ class Metrics:
 
     def _counters(self) -> list[str]:
         known = {"channel": CHANNELS, "destination": self._push_destinations()}
+        counters = self.counters + self.elsewhere()[0]
         lines = []
         for name, (key, text) in HELP.items():
             values = Counter({(key, v): 0 for v in known[key]})
-            values.update({label: count for (n, label), count in self.counters.items()
+            values.update({label: count for (n, label), count in counters.items()
                            if n == name})
             lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
             lines += [f'{name}{{{k}="{v}"}} {count}' for (k, v), count in sorted(values.items())]
@@ -172,7 +175,11 @@ class Metrics:
         name = "gatewayd_ack_latency_seconds"
         lines = [f"# HELP {name} from a message in hand to its answer (after the commit), "
                  "per channel", f"# TYPE {name} histogram"]
-        for channel, counts in sorted(self.latency.items()):
+        latency = {channel: list(counts) for channel, counts in self.latency.items()}
+        for channel, counts in self.elsewhere()[1].items():
+            mine = latency.setdefault(channel, [0] * len(counts))
+            latency[channel] = [a + b for a, b in zip(mine, counts)]
+        for channel, counts in sorted(latency.items()):
             running = 0
             for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts):
                 running += count

@@ -18,7 +18,9 @@ reached. A PostgreSQL Database reconnects by itself on its next use (at most one
 attempt a second while the server stays away), so a node recovers alone.
 """
 
+import fcntl
 import functools
+import os
 import sqlite3
 import threading
 import time
@@ -168,8 +170,10 @@ class SQLite(Database):
                                    isolation_level=None, timeout=30, uri=readonly,
                                    check_same_thread=not other_thread)
         self.raw.row_factory = sqlite3.Row
+        self.queue = None
         if readonly:                     # a backup's file: read as it is
             return
+        self.queue = _writers_queue(Path(path))
         self.raw.execute("PRAGMA auto_vacuum=INCREMENTAL")   # before the first table
         self.raw.execute("PRAGMA journal_mode=WAL")
         self.raw.execute("PRAGMA synchronous=FULL")
@@ -192,6 +196,21 @@ class SQLite(Database):
                 raise Conflict(str(exc)) from None
             raise
 
+    @contextmanager
+    def transaction(self):
+        """One write transaction, after this process's turn in the writers' queue (the
+        busy timeout still covers writers that do not queue, such as older gatewayctl)."""
+        if self.queue is None:
+            with super().transaction():
+                yield self
+            return
+        fcntl.flock(self.queue, fcntl.LOCK_EX)
+        try:
+            with super().transaction():
+                yield self
+        finally:
+            fcntl.flock(self.queue, fcntl.LOCK_UN)
+
     def reclaim(self, step_pages: int = 4096) -> None:
         """Give freed pages back to the file system, a few MB per transaction so that
         intake is not held up, then truncate the WAL."""
@@ -209,6 +228,27 @@ class SQLite(Database):
 
     def close(self) -> None:
         self.raw.close()
+        if self.queue is not None:
+            os.close(self.queue)
+            self.queue = None
+
+
+def _writers_queue(path: Path) -> int | None:
+    """The descriptor of ``path``-writers, the flock SQLite writers queue on (gatewayd's
+    processes: woken the moment it is free, where SQLite's busy handler sleeps up to
+    100 ms between tries); owned like the database when root makes it, as SQLite does
+    with its -wal and -shm files. None when it cannot be opened: the busy timeout alone."""
+    try:
+        descriptor = os.open(f"{path}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    if os.geteuid() == 0:
+        try:
+            owner = os.stat(path)
+            os.fchown(descriptor, owner.st_uid, owner.st_gid)
+        except OSError:
+            pass
+    return descriptor
 
 
 class Rows:
