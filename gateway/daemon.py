@@ -29,7 +29,6 @@ on its listening sockets (``gateway.workers``); a worker runs this same ``main``
 """
 
 import argparse
-import dataclasses
 import os
 import resource
 import signal
@@ -38,53 +37,38 @@ import time
 from pathlib import Path
 
 from twisted.conch.ssh import keys as ssh_keys
-from twisted.internet import defer, reactor, ssl, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogBeginner
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 
-from gateway import (__version__, audit, config, control, inforce, keys, logs, notify, retention,
-                     systemd, tablewatch, workers)
+from gateway import (__version__, config, control, inforce, keys, logs, notify, systemd,
+                     tablewatch, workers)
+from gateway.chores import Chores, every, failed
 from gateway.errors import ConfigError, DecodeError, GatewayError
 from gateway.intake import Intake
 from gateway.reading import REFUSALS, Envelope
+from gateway.reloading import RELOADABLE, Reloads
 from gateway.logs import Throttle
 from gateway.metrics import LocalStatus, Metrics
 from gateway.routes import editing
-from gateway.spool import jobs
-from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports import http, sftp, ssh, tls, uploads, webbounds
 from gateway.transports.batch import GroupCommit
 from gateway.transports.guard import Budget, Guard
 from gateway.transports.hl7handler import AckingHandler
 from gateway.transports.mllp import MLLPFactory
-from gateway.transports.mllp_client import MLLPDeliverer
 
 EX_OSERR, EX_TEMPFAIL, EX_CONFIG = 71, 75, 78
 BACKLOG = 256           # connections waiting to be accepted (Twisted's default is 50)
 LOCAL_CONNECTIONS = 32  # open connections to the metrics port (scrapers, health checks)
 RESERVED_FILES = 128    # descriptors besides the listeners' connections: database, logs, pushes
-DAY = 86400
-RELOADABLE = ("routes", "identities", "certificates", "keys")
-PART_NAMES = {"routes": "route tables", "identities": "identities",
-              "certificates": "certificates", "keys": "keys"}
 log = Logger(namespace="gatewayd")
 
 
-class ByScheme:
-    """Hands each push to the deliverer for its delivery address's scheme."""
 
-    def __init__(self, deliverers: dict):
-        self.deliverers = deliverers
-
-    def deliver(self, row, payload: bytes):
-        scheme = next(s for s in self.deliverers if row["delivery"].startswith(s))
-        return self.deliverers[scheme].deliver(row, payload)
-
-
-class Gateway:
+class Gateway(Chores, Reloads):
     """The running gateway: store, intake, identities and TLS, and what reloads them."""
 
     def __init__(self, config_path: Path, settings):
@@ -266,187 +250,15 @@ class Gateway:
             live.clear()
             live.update(new)
 
-    def deliver(self) -> None:
-        settings = self.settings
-        deliverer = MLLPDeliverer(reactor, ssl.Certificate.loadPEM(settings.tls_ca.read_bytes()),
-                                  ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
-                                                                 + settings.tls_key.read_bytes()),
-                                  timeout=30)
-        deliverers = {"mllp://": deliverer, "sftp:": self.outbox}
-        dispatcher = Dispatcher(self.store, settings,
-                                self.metrics.counting_deliverer(ByScheme(deliverers)),
-                                reactor.seconds, schemes=tuple(deliverers))
-        self.dispatcher = dispatcher
-        log.info("node {node}: delivery claims and once-only jobs", node=dispatcher.node)
-        _every(1.0, dispatcher.tick, "delivery loop")
-
     def stop_writer(self) -> None:
         """Let the batch being stored finish, then close the writer's connection."""
         self.pool.stop()
         self.writer.store.close()
 
-    def maintain(self) -> None:
-        """Notifications every 5 s (when configured); the retention purge once a day (looked
-        at a minute after start, then every 5 minutes). Each runs on one node of the store at
-        a time (``gateway.spool.jobs``); a clean stop lets them go at once. This node's own
-        files past retention (SFTP, quarantine) are swept daily on every node."""
-        self.jobs = jobs.Jobs(self.store, self.dispatcher.node, reactor.seconds,
-                              self.settings.node_job_lease_seconds)
-        _every(5.0, self.jobs.renew, "job leases")
-        if self.notifier.enabled:
-            _every(5.0, self.jobs.only("notifications", self.notifier.tick), "notifications")
-        reactor.callLater(60, _every, 300, self.jobs.daily("purge", DAY, self.purge), "purge")
-        reactor.callLater(90, _every, DAY, lambda: threads.deferToThread(
-            retention.sweep, self.settings, self.store.ring), "file sweep")   # files: per node
-        reactor.addSystemEventTrigger("before", "shutdown", self.jobs.stop)
-
-    def purge(self):
-        """Run the retention purge in a thread, on its own connection, then log the audit head
-        (a witness outside the database for the end of the chain)."""
-        settings, ring = self.settings, self.store.ring
-
-        def run():
-            store = Store.configured(settings, time.time, ring)
-            try:
-                return retention.purge(store, settings, time.time()), \
-                    audit.verify(store.db, ring)
-            finally:
-                store.close()
-
-        def done(result):
-            report, (checked, problem, (seq, head)) = result
-            log.info("purge: {messages} message(s), {payloads} payload(s), {files} file(s), "
-                     "{records} audit record(s) removed", messages=report.messages,
-                     payloads=report.payloads, files=report.files,
-                     records=report.audit_records)
-            if problem:
-                log.critical("ALERT audit chain broken: {problem}", problem=problem)
-            log.info("audit head seq={seq} hash={hash}", seq=seq, hash=head)
-        return threads.deferToThread(run).addCallback(done)
-
-    def reload(self, parts: tuple = RELOADABLE, actor: str = "reload",
-               recorded: bool = False, reroute: bool = False) -> defer.Deferred:
-        """Reload ``parts`` (route tables, identities, certificates, keys) from the files;
-        keep whatever fails to load. Route tables and identities go into the store (the
-        tables in force on every node) with their changes recorded as by ``actor``, unless
-        the caller ``recorded`` them already (gatewayctl, which says whether to
-        ``reroute``). Gives what was reloaded, what was refused and why, and how many
-        messages left fallback (routed again off the reactor, here only)."""
-        systemd.notify("RELOADING=1")
-        try:
-            settings = config.load(self.config_path)
-        except GatewayError as exc:
-            log.error("reload refused, configuration kept: {error}", error=str(exc))
-            systemd.notify("READY=1")
-            return defer.succeed({"reloaded": [], "refused": {"configuration": str(exc)},
-                                  "moved": 0})
-        reloaders = {"routes": self._reload_tables, "identities": self._reload_identities,
-                     "certificates": lambda s, *_: self.tls.replace(self._tls_options(
-                         dataclasses.replace(s, identities=self.settings.identities))),
-                     "keys": self._reload_keys}
-        result = {"reloaded": [], "refused": {}, "moved": 0}
-        for part in parts:
-            try:
-                reroute = bool(reloaders[part](settings, actor, recorded)) or reroute
-                result["reloaded"].append(part)
-                log.info("reloaded {name}", name=PART_NAMES[part])
-            except GatewayError as exc:
-                result["refused"][part] = str(exc)
-                log.error("reload of {name} refused, old kept: {error}", name=PART_NAMES[part],
-                          error=str(exc))
-        systemd.notify("READY=1")
-        if not reroute or not self.chores or "routes" in result["refused"]:
-            return defer.succeed(result)
-        return self.rerouter.run(actor).addCallback(
-            lambda moved: {**result, "moved": len(moved)})
-
-    def _reload_identities(self, settings, actor: str, recorded: bool) -> None:
-        """The configuration's identities into the store, then the store's in force."""
-        inforce.publish(self.store, inforce.identity_texts(settings), actor, record=not recorded)
-        self.settings = self.metrics.settings = dataclasses.replace(
-            settings, identities=self.settings.identities)
-        self.take(inforce.load(self.store.db))
-
-    def _reload_keys(self, settings, actor: str, recorded: bool) -> None:
-        ring, old = keys.load(settings.paths_keys), self.store.ring
-        if ring != old:
-            self.store.ring = ring
-            try:
-                self.store.check_keys()
-            except GatewayError:
-                self.store.ring = old
-                raise
-            self.writer.store.ring = ring
-            if not recorded:
-                self.store.record([audit.Event(actor, "keys-reload",
-                                               detail=f"current key {ring.current}")])
-
-    def _reload_tables(self, settings, actor: str, recorded: bool) -> bool:
-        """The route table files into the store (each change recorded line by line as by
-        ``actor``), then the store's tables in force; whether they changed here."""
-        published = inforce.publish(self.store, inforce.route_texts(settings.paths_routes), actor,
-                                    record=not recorded)
-        for change in published.route_changes:
-            log.info("route change by {actor}: {change}", actor=actor, change=change)
-        return self.take(inforce.load(self.store.db))[0]
-
-    def take(self, found: inforce.Snapshot) -> tuple[bool, bool]:
-        """Put the store's tables and identities of ``found`` in force (an older version than
-        the one in force is ignored); whether (the route tables, the identities) changed.
-        Raise ConfigError (the identities kept) when an identity's SSH key is unusable."""
-        if found.version < self.tables_version:
-            return False, False
-        tables = found.tables is not None and found.tables != self.intake.tables
-        if tables:
-            self.intake.tables = self.writer.tables = found.tables
-        self.tables_version = found.version
-        new = {i.name: i for i in found.identities or ()}
-        people = found.identities is not None and new != self.identities
-        if people:
-            settings = dataclasses.replace(self.settings, identities=found.identities)
-            self._update_sftp(settings)
-            pins = {i.cert_sha256 for i in self.settings.identities} != \
-                {i.cert_sha256 for i in found.identities}
-            self.identities.clear()
-            self.identities.update(new)
-            self.settings = self.metrics.settings = settings
-            if pins:
-                self.tls.replace(self._tls_options(settings))
-        if tables or people:
-            log.info("in force from the store (version {version}): {parts}",
-                     version=found.version, parts=" and ".join(
-                         name for name, done in (("route tables", tables),
-                                                 ("identities", people)) if done))
-        return tables, people
-
-    def follow(self) -> None:
-        """Take the tables in force that another node (or gatewayctl) put in the store."""
-        self.watch = tablewatch.Watch(reactor, self.store.db.target,
-                                      self.settings.store_tables_poll_seconds,
-                                      lambda: self.tables_version, self.take)
-        self.watch.start()
-
     def _tls_options(self, settings):
         pinned = frozenset(i.cert_sha256 for i in settings.identities if i.cert_sha256)
         return tls.server_options(settings.tls_ca, settings.tls_cert, settings.tls_key, pinned,
                                   self.throttle)
-
-
-def _every(seconds: float, work, name: str) -> None:
-    """Run ``work`` now and every ``seconds``; a failure is logged with its name and the
-    next round runs as usual."""
-    loop = task.LoopingCall(lambda: defer.maybeDeferred(work).addErrback(_failed, name))
-    loop.clock = reactor
-    loop.start(seconds, now=True)
-
-
-def _failed(failure, name: str) -> None:
-    """One line for a known failure (the store away: it reconnects by itself), a traceback
-    for anything unexpected."""
-    if failure.check(GatewayError):
-        log.error("{name}: {error}", name=name, error=str(failure.value))
-    else:
-        log.failure(name, failure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,13 +319,13 @@ def _serve_as_main(gateway: Gateway, settings, config_path: Path, shared) -> Non
     shared.forget()
     gateway.metrics.elsewhere = lambda: shared.gather(range(1, settings.process_workers))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
-        lambda: gateway.reload().addErrback(_failed, "reload")))
+        lambda: gateway.reload().addErrback(failed, "reload")))
     reactor.addSystemEventTrigger("before", "shutdown", lambda: systemd.notify("STOPPING=1"))
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
     reactor.callWhenRunning(supervisor.start)
     interval = systemd.watchdog_interval()
     if interval:
-        _every(interval, lambda: systemd.notify("WATCHDOG=1"), "watchdog")
+        every(interval, lambda: systemd.notify("WATCHDOG=1"), "watchdog")
     reactor.callWhenRunning(systemd.notify, "READY=1")
 
 

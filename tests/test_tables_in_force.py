@@ -59,13 +59,11 @@ def nodes(tmp_path, postgres):
     daemon.configure(a, store__url=f'"{postgres.url(tmp_path / "shared")}"',
                      store__tables_poll_seconds=1)
     b = second_node(a, tmp_path / "b")
-    started = []
     for made in (a, b):
         made["log"] = Path(made["config"]).parent / "gatewayd.log"
         made["process"] = daemon.start(made, made["log"])
-        started.append(made["process"])
     yield a, b
-    for process in started:
+    for process in (a["process"], b["process"]):          # a test may have started one again
         if process.poll() is None:
             process.kill()
             process.wait()
