@@ -42,7 +42,7 @@ class Chores:
         deliverer = MLLPDeliverer(reactor, ssl.Certificate.loadPEM(settings.tls_ca.read_bytes()),
                                   ssl.PrivateCertificate.loadPEM(settings.tls_cert.read_bytes()
                                                                  + settings.tls_key.read_bytes()),
-                                  timeout=30)
+                                  timeout=settings.delivery_timeout_seconds)
         deliverers = {"mllp://": deliverer, "sftp:": self.outbox}
         dispatcher = Dispatcher(self.store, settings,
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),

@@ -56,9 +56,11 @@ SETTINGS = (
             "after this long undelivered, a push goes to fallback", MINUTE, 60 * DAY),
     Setting("delivery.max_in_flight", int, 4, "pushes at once per destination, all nodes "
             "together", 1, 100),
+    Setting("delivery.timeout_seconds", int, 30, "a push (MLLP: connection, TLS handshake "
+            "and ACK) not done within this long is aborted and retried", 1, 600),
     Setting("delivery.lease_seconds", int, 60, "a node's claim on a push it makes: renewed "
             "while the push runs; when its node dies, another node pushes the message again "
-            "this long after (longer than the push timeout, 30 s)", 35, 3600),
+            "this long after (at least the push timeout + 5 s)", 6, 3600),
     Setting("node.name", str, "", "this node's name in delivery claims and job leases, "
             "different on every node of one store; empty: host name:process id",
             pattern=r"[A-Za-z0-9._:-]{0,64}", shown="letters, digits, . _ : -, at most 64"),
@@ -203,6 +205,12 @@ def _build(values: dict, base: Path, where: str = "defaults",
     for setting in SETTINGS:
         value = values.get(setting.key, setting.default)
         built[setting.attribute] = _check(setting, value, base, where)
+    if built["delivery_lease_seconds"] < built["delivery_timeout_seconds"] + 5:
+        least = built["delivery_timeout_seconds"] + 5
+        raise ConfigError(f"delivery.lease_seconds = {built['delivery_lease_seconds']} must be at "
+                          f"least delivery.timeout_seconds + 5 ({least}): a claim may not run "
+                          "out while its push can still succeed", where=where,
+                          code="E-CONFIG-VALUE")
     ports = [(key, built[key.replace(".", "_")]) for key in PORTS]
     for index, (key, port) in enumerate(ports):
         for other, same in ports[:index]:

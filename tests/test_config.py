@@ -33,7 +33,10 @@ def test_rendered_defaults_load_back(tmp_path):
     ('[identities.x]\nkind = "his"\ncert = "a.pem"\n', "identities.x.cert"),
     ('[node]\nname = "node a"\n', "node.name = 'node a' must be letters"),
     ('[node]\nname = "' + "n" * 65 + '"\n', "at most 64"),
-    ("[delivery]\nlease_seconds = 30\n", "delivery.lease_seconds = 30 is outside 35..3600"),
+    ("[delivery]\nlease_seconds = 5\n", "delivery.lease_seconds = 5 is outside 6..3600"),
+    ("[delivery]\nlease_seconds = 30\n", "delivery.lease_seconds = 30 must be at least "
+     "delivery.timeout_seconds + 5 (35): a claim may not run out while its push can still "
+     "succeed"),
 ])
 def test_bad_settings_are_named(tmp_path, text, words):
     """Unknown keys, wrong types, values out of bounds, bad TOML and bad identities are

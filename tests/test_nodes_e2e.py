@@ -30,8 +30,8 @@ from tests.test_daemon_e2e import curl
 # A failed push retries soon; 50 pushes at once (the dispatcher starts a round a second); a
 # claim whose node could not record its push (the database gone) expires soon.
 QUICK = {"retry__first_seconds": 1, "retry__max_seconds": 2, "delivery__max_in_flight": 50,
-         "delivery__lease_seconds": 35}
-DRAIN_SECONDS = 65     # for every stored message to be delivered (a push cut off waits its lease)
+         "delivery__timeout_seconds": 3, "delivery__lease_seconds": 8}
+DRAIN_SECONDS = 40     # for every stored message to be delivered (a push cut off waits its lease)
 
 
 @pytest.fixture
