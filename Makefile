@@ -34,8 +34,9 @@ demo: $(VENV)/.installed
 	  done; echo; \
 	done
 
+# Three test files at a time (most tests wait on real daemons and clients, not on the CPU).
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/codecs.py
