@@ -11,6 +11,7 @@ import pytest
 from twisted.internet import defer, task
 
 from gateway.spool import jobs
+from gateway.spool.store import Store
 from tests.helpers.fakes import RING, ROOT
 
 DAY = 86400
@@ -123,6 +124,9 @@ def test_the_job_moves_when_its_holder_is_killed(postgres, tmp_path):
     lease and a second, and never while the first still ran."""
     from tests.conftest import Backend
     url = Backend("postgresql", postgres).url(tmp_path / "spool")
+    store = Store(tmp_path / "spool", time.time, RING, url=url)     # made before the nodes race
+    store.db.execute("CREATE TABLE job_runs (node TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)")
+    store.close()
     children = {name: subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.jobs_child", str(tmp_path / "spool"), url, name,
          "2"], cwd=ROOT, stdout=subprocess.PIPE, text=True) for name in ("a", "b")}

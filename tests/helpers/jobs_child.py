@@ -13,9 +13,7 @@ from tests.helpers.fakes import RING
 
 
 def main(folder: str, url: str, node: str, lease: float) -> None:
-    store = Store(Path(folder), time.time, RING, url=url)
-    store.db.execute("CREATE TABLE IF NOT EXISTS job_runs (node TEXT NOT NULL, at DOUBLE "
-                     "PRECISION NOT NULL)")
+    store = Store(Path(folder), time.time, RING, url=url)      # job_runs: made by the test
     mine = jobs.Jobs(store, node, time.time, lease)
     work = mine.only("test-job", lambda: store.db.execute(
         "INSERT INTO job_runs VALUES (?, ?)", (node, time.time())))
