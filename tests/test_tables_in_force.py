@@ -23,18 +23,10 @@ from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT, free_port, numbered_referral
 from tests.test_daemon_e2e import identity, msa, send
+from tests.test_ops_e2e import wait_for
 
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
 NEW_ROW = ("06001111", "Nieuw", "xml", "pull")
-
-
-def wait_for(predicate, what: str, seconds: float = 15):
-    for _ in range(int(seconds * 10)):
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def second_node(made: dict, folder: Path) -> dict:
