@@ -71,13 +71,14 @@ log = Logger(namespace="gatewayd")
 class Gateway(Chores, Reloads):
     """The running gateway: store, intake, identities and TLS, and what reloads them."""
 
-    def __init__(self, config_path: Path, settings):
+    def __init__(self, config_path: Path, settings, worker: bool = False):
         self.config_path = config_path
         self.started_at = time.time()
         ring = keys.load(settings.paths_keys)
         self.store = Store.configured(settings, reactor.seconds, ring,
                                       progress=lambda line: log.info("store: {line}", line=line))
-        found = inforce.begin(self.store, settings, lambda line: log.warn("{line}", line=line))
+        found = inforce.begin(self.store, settings, lambda line: log.warn("{line}", line=line),
+                              follower=worker)
         self.settings = settings = inforce.in_force(settings, found)
         self.tables_version, tables = found.version, found.tables
         self.intake = Intake(self.store, tables, settings.limits_max_message_bytes,
@@ -103,7 +104,9 @@ class Gateway(Chores, Reloads):
         # gatewayd left on this node's disk are taken in once, here
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store, self.group.record)
         self.outbox.import_files()
-        self.chores = True      # the main process reroutes fallback after a reload; workers not
+        # The main process puts reloaded files in force and reroutes fallback; a worker
+        # process takes what its main process put in the store
+        self.main_process = not worker
         self.worker_pids = dict  # slot -> pid of the running workers (gateway.workers)
 
     def _logged(self, accept):
@@ -179,7 +182,6 @@ class Gateway(Chores, Reloads):
     def adopt(self, inherited) -> None:
         """A worker process: serve the main process's listening sockets (``inherited``)."""
         made = self._factories()
-        self.chores = False
         for name, fd in inherited.fds.items():
             factory, secure = made[name]
             if secure:
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.load(Path(args.config))
         _enough_descriptors(settings)
         spool_lock = None if worker else control.lock(settings.paths_spool)   # for its life
-        gateway = Gateway(Path(args.config), settings)
+        gateway = Gateway(Path(args.config), settings, worker=bool(worker))
         gateway.adopt(worker) if worker else gateway.listen()
     except control.SpoolBusy as exc:
         return _fail(str(exc), EX_TEMPFAIL)

@@ -122,15 +122,17 @@ def _tables(texts: dict) -> routes.Tables:
         return routes.Tables({}, {})
 
 
-def begin(store, settings, warn, actor: str = "start") -> Snapshot:
+def begin(store, settings, warn, actor: str = "start", follower: bool = False) -> Snapshot:
     """At a node's start: the tables to put in force. Parts the store lacks are seeded from
-    the node's files (validated); on SQLite the files win (one node, as always); on
-    PostgreSQL the store's win and ``warn(line)`` is told once when the node's files differ
-    or do not load (``actor`` is named as who wrote what was seeded). Raise TableError or
-    ConfigError when files that are needed do not load."""
+    the node's files (validated); on SQLite the files win (one node, as always) — except in
+    a ``follower`` (a worker process of that node: its main process put the tables in
+    force, and files edited since then wait for a reload); on PostgreSQL the store's win
+    and ``warn(line)`` is told once when the node's files differ or do not load (``actor``
+    is named as who wrote what was seeded). Raise TableError or ConfigError when files that
+    are needed do not load."""
     version, parts = sql.read(store.db)
     stored = {name: part.content for name, part in parts.items()}
-    sqlite = store.db.backend == "sqlite"
+    sqlite = store.db.backend == "sqlite" and not follower
     try:
         files = {**route_texts(settings.paths_routes), **identity_texts(settings)}
     except ConfigError as exc:             # TableError too

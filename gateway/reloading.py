@@ -55,14 +55,17 @@ class Reloads:
                 log.error("reload of {name} refused, old kept: {error}", name=PART_NAMES[part],
                           error=str(exc))
         systemd.notify("READY=1")
-        if not reroute or not self.chores or "routes" in result["refused"]:
+        if not reroute or not self.main_process or "routes" in result["refused"]:
             return defer.succeed(result)
         return self.rerouter.run(actor).addCallback(
             lambda moved: {**result, "moved": len(moved)})
 
     def _reload_identities(self, settings, actor: str, recorded: bool) -> None:
-        """The configuration's identities into the store, then the store's in force."""
-        inforce.publish(self.store, inforce.identity_texts(settings), actor, record=not recorded)
+        """The configuration's identities into the store (the main process), then the
+        store's in force."""
+        if self.main_process:
+            inforce.publish(self.store, inforce.identity_texts(settings), actor,
+                            record=not recorded)
         self.settings = self.metrics.settings = dataclasses.replace(
             settings, identities=self.settings.identities)
         self.take(inforce.load(self.store.db))
@@ -82,12 +85,13 @@ class Reloads:
                                                detail=f"current key {ring.current}")])
 
     def _reload_tables(self, settings, actor: str, recorded: bool) -> bool:
-        """The route table files into the store (each change recorded line by line as by
-        ``actor``), then the store's tables in force; whether they changed here."""
-        published = inforce.publish(self.store, inforce.route_texts(settings.paths_routes), actor,
-                                    record=not recorded)
-        for change in published.route_changes:
-            log.info("route change by {actor}: {change}", actor=actor, change=change)
+        """The route table files into the store (the main process; each change recorded line
+        by line as by ``actor``), then the store's tables in force; whether they changed here."""
+        if self.main_process:
+            published = inforce.publish(self.store, inforce.route_texts(settings.paths_routes),
+                                        actor, record=not recorded)
+            for change in published.route_changes:
+                log.info("route change by {actor}: {change}", actor=actor, change=change)
         return self.take(inforce.load(self.store.db))[0]
 
     def take(self, found: inforce.Snapshot) -> tuple[bool, bool]:

@@ -183,6 +183,9 @@ def test_first_start_seeds_the_store_and_sqlite_files_win(backend, tmp_path):
     assert store.route_changes() == []
     (settings.paths_routes / "institutions.csv").write_text(
         (SAMPLES / "institutions.csv").read_text() + ",".join(NEW_ROW) + ",\n")
+    worker = inforce.begin(store, settings, said.append, follower=True)
+    assert "06001111" not in worker.tables.institutions       # a worker waits for a reload
+    assert len(said) == 1 and "institutions.csv differ" in said.pop()
     again = inforce.begin(store, settings, said.append)
     if backend.name == "sqlite":
         assert "06001111" in again.tables.institutions and said == []
