@@ -175,6 +175,7 @@ def test_bad_input_gets_a_coded_error(name):
     error = error_of(data)
     assert error.code == code
     assert error.where
+    assert "12345678" not in str(error)                   # a bad BSN is not quoted
 
 
 def test_unplaced_component_is_named():
