@@ -27,7 +27,6 @@ connections >= 0.3x the baseline, p99 <= 20 ms at 200 messages/s, RSS <= 150 MB 
 import argparse
 import http.client
 import os
-import json
 import socket
 import ssl
 import subprocess
@@ -149,16 +148,10 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
 
 
 def setup(folder: Path, workers: int = 1) -> dict:
-    """``gatewayctl init`` in ``folder`` on free ports."""
-    made = json.loads(subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "init", str(folder), "--json",
-         "--mllp-port", str(free_port()), "--https-port", str(free_port()),
-         "--metrics-port", str(free_port()), "--sftp-port", str(free_port())],
-        capture_output=True, check=True, cwd=ROOT).stdout)
-    config = Path(made["config"])        # 64 connections come from one client address
-    config.write_text(config.read_text().replace(
-        "max_connections_per_client = 50", "max_connections_per_client = 100").replace(
-        "\nworkers = 1\n", f"\nworkers = {workers}\n"))
+    """``gatewayctl init`` in ``folder`` on free ports; 64 connections come from one
+    client address."""
+    made = daemon.init(folder)
+    daemon.configure(made, limits__max_connections_per_client=100, process__workers=workers)
     return made
 
 
@@ -252,8 +245,8 @@ def measured(pids: list[int], run) -> tuple[int, float]:
 
 
 def report(nodes: list[Node], echo_port: int, echo: subprocess.Popen, seconds: float) -> dict:
-    """Print the figures; return the messages/s per connection count, the p99 at 200
-    messages/s and the HTTPS posts/s."""
+    """Print the figures; return the messages/s per connection count and the HTTPS
+    posts/s."""
     made, ports = nodes[0].made, [node.made["ports"]["mllp"] for node in nodes]
     pids = [node.pid for node in nodes]
     figures = {}

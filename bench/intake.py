@@ -13,7 +13,7 @@ Measures on one disk, in one process:
    the mean batch;
 3. with ``--prefill N``: the same again after N more messages with their sealed
    payloads, history and audit records were put into the store (N=1,000,000 is
-   the aim's figure and takes minutes and about 6 GB of disk), against the
+   the aim's figure and takes minutes and about 8 GB of disk), against the
    empty-store figures of this run.
 
 Each line also gives the process's CPU time (user + system) per message.

@@ -101,13 +101,14 @@ class Gateway(Chores, Reloads):
             lambda: self.intake.tables, (settings.limits_max_message_bytes,
                                          settings.limits_max_segments))
         # SFTP outboxes live in the store (audits with the group commit); files an older
-        # gatewayd left on this node's disk are taken in once, here
+        # gatewayd left on this node's disk are taken in once, here, by the main process
         self.outbox = sftp.Outbox(settings.paths_sftp, self.store, self.group.record)
-        self.outbox.import_files()
+        if not worker:
+            self.outbox.import_files()
         # The main process puts reloaded files in force and reroutes fallback; a worker
         # process takes what its main process put in the store
         self.main_process = not worker
-        self.worker_pids = dict  # slot -> pid of the running workers (gateway.workers)
+        self.supervisor = None   # the main process's workers (gateway.workers), if it has any
 
     def _logged(self, accept):
         """Wrap ``accept``: a WARNING line for each new message that went to fallback (with
@@ -201,7 +202,8 @@ class Gateway(Chores, Reloads):
             "status": lambda _: {"version": __version__, "started_at": self.started_at,
                                  "current_key": self.store.ring.current,
                                  "problem": self.metrics.store_problem(),
-                                 "workers": {str(s): p for s, p in self.worker_pids().items()}},
+                                 "workers": {str(s): p for s, p in (
+                                     self.supervisor.pids() if self.supervisor else {}).items()}},
             "reload": reload,
             "tables": lambda _: editing.as_data(self.intake.tables),
             "kick": lambda _: {"started": len(self.dispatcher.tick())},
@@ -308,16 +310,8 @@ def _serve_as_main(gateway: Gateway, settings, config_path: Path, shared) -> Non
     """The main process's part: pushes, chores, systemd, and its workers (if any)."""
     gateway.deliver()
     gateway.maintain()
-    supervisor = workers.Supervisor(reactor, config_path, gateway.ports, settings.process_workers,
-                                    shared)
-    reload = gateway.reload
-
-    def reload_all(parts: tuple = RELOADABLE, *args, **kwargs):
-        """Reload here, then in the workers; a Deferred of the answer (the workers' refusals in it)."""
-        return reload(parts, *args, **kwargs).addCallback(
-            lambda result: supervisor.reload(parts, result))
-    gateway.reload = reload_all
-    gateway.worker_pids = supervisor.pids
+    supervisor = gateway.supervisor = workers.Supervisor(
+        reactor, config_path, gateway.ports, settings.process_workers, shared)
     shared.forget()
     gateway.metrics.elsewhere = lambda: shared.gather(range(1, settings.process_workers))
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(

@@ -142,7 +142,9 @@ class Metrics:
 
     def render(self) -> str:
         problem = self.store_problem()
-        lines = self._counters() + self._latency()
+        counters, latency = self.elsewhere()          # the worker processes' (read once)
+        lines = self._counters(self.counters + counters) + \
+            self._latency(add_latency({c: list(n) for c, n in self.latency.items()}, latency))
         if problem is None:               # the store's gauges need the store
             lines += self._queues()
             for name, value in queries.gauges(self.intake.store.db).items():
@@ -159,9 +161,8 @@ class Metrics:
                         [("", round(self.started_at, 3))])
         return "\n".join(lines) + "\n"
 
-    def _counters(self) -> list[str]:
+    def _counters(self, counters: Counter) -> list[str]:
         known = {"channel": CHANNELS, "destination": self._push_destinations()}
-        counters = self.counters + self.elsewhere()[0]
         lines = []
         for name, (key, text) in HELP.items():
             values = Counter({(key, v): 0 for v in known[key]})
@@ -171,14 +172,10 @@ class Metrics:
             lines += [f'{name}{{{k}="{v}"}} {count}' for (k, v), count in sorted(values.items())]
         return lines
 
-    def _latency(self) -> list[str]:
+    def _latency(self, latency: dict) -> list[str]:
         name = "gatewayd_ack_latency_seconds"
         lines = [f"# HELP {name} from a message in hand to its answer (after the commit), "
                  "per channel", f"# TYPE {name} histogram"]
-        latency = {channel: list(counts) for channel, counts in self.latency.items()}
-        for channel, counts in self.elsewhere()[1].items():
-            mine = latency.setdefault(channel, [0] * len(counts))
-            latency[channel] = [a + b for a, b in zip(mine, counts)]
         for channel, counts in sorted(latency.items()):
             running = 0
             for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts):
@@ -297,3 +294,12 @@ class LocalStatus(resource.Resource):
             return b"ok\n"
         request.setResponseCode(404)
         return b"not found\n"
+
+
+def add_latency(into: dict, more: dict) -> dict:
+    """Add the ACK latency histograms ``more`` (channel -> bucket counts, their sum last)
+    into ``into``; give ``into``."""
+    for channel, counts in more.items():
+        mine = into.setdefault(channel, [0] * len(counts))
+        into[channel] = [a + b for a, b in zip(mine, counts)]
+    return into

@@ -12,7 +12,7 @@ The errors a sender can cause live here too: REFUSALS refuse an input whole
 """
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway import codecs, routes
 from gateway.document import Document
@@ -114,8 +114,8 @@ def route(doc: Document, tables: routes.Tables, request: routes.Request | None =
     try:
         return found, codecs.get(found.format).encode(doc)
     except EncodeError as exc:
-        return routes.Route(found.destination, found.format, found.delivery,
-                            f"cannot be written as {found.format}: {exc}"), None
+        return replace(found, fallback=f"cannot be written as {found.format}: "
+                                                   f"{exc}"), None
 
 
 def _decode(name: str, raw: bytes) -> list:

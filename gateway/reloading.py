@@ -31,7 +31,15 @@ class Reloads:
         tables in force on every node) with their changes recorded as by ``actor``, unless
         the caller ``recorded`` them already (gatewayctl, which says whether to
         ``reroute``). Gives what was reloaded, what was refused and why, and how many
-        messages left fallback (routed again off the reactor, here only)."""
+        messages left fallback (routed again off the reactor, here only); with worker
+        processes (``self.supervisor``), once they have reloaded too, their refusals added."""
+        done = self._reload_here(parts, actor, recorded, reroute)
+        if self.supervisor is None:
+            return done
+        return done.addCallback(lambda result: self.supervisor.reload(parts, result))
+
+    def _reload_here(self, parts: tuple, actor: str, recorded: bool,
+                     reroute: bool) -> defer.Deferred:
         systemd.notify("RELOADING=1")
         try:
             settings = config.load(self.config_path)

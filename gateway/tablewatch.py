@@ -37,7 +37,6 @@ class Watch:
         self.pool = ThreadPool(1, 1, "tables")
         self.db = None            # opened on the pool's thread, used only there
         self.problem = ""
-        self.busy = False
         self.loop = task.LoopingCall(self.poll)
         self.loop.clock = reactor
 
@@ -52,15 +51,12 @@ class Watch:
         self.pool.callInThread(self._close)
         self.pool.stop()
 
-    def poll(self) -> defer.Deferred | None:
-        """One round: the version asked on the thread; a new snapshot taken on the reactor."""
-        if self.busy:                     # the last round is still waiting for the database
-            return None
-        self.busy = True
+    def poll(self) -> defer.Deferred:
+        """One round (the loop waits for it before the next): the version asked on the
+        thread; a new snapshot taken on the reactor."""
         result = threads.deferToThreadPool(self.reactor, self.pool, self._check, self.known())
         result.addCallbacks(self._found, self._failed)
-        result.addBoth(self._done)
-        return result
+        return result.addErrback(lambda failure: log.failure("tables in force", failure))
 
     def _check(self, known: int):
         """On the thread: None when the version is ``known``, else the new Snapshot."""
@@ -90,9 +86,6 @@ class Watch:
             log.error("tables in force not read from the store, the ones in force kept: {error}",
                       error=text)
 
-    def _done(self, _) -> None:
-        self.busy = False
-
     def _close(self) -> None:
         if self.db is not None:
             self.db.close()
@@ -107,7 +100,6 @@ class Rerouter:
         self.reactor, self.open_store, self.tables, self.limits = \
             reactor, open_store, tables, limits
         self.lock = defer.DeferredLock()
-        self.runs = 0
 
     def run(self, actor: str) -> defer.Deferred:
         return self.lock.run(threads.deferToThread, self._work, actor).addCallback(self._done)
@@ -123,7 +115,6 @@ class Rerouter:
 
     def _done(self, result: tuple[list, float]) -> list:
         moved, seconds = result
-        self.runs += 1
         log.info("fallback routed again in {seconds:.1f} s: {count} message(s) moved out of "
                  "fallback", seconds=seconds, count=len(moved))
         return moved

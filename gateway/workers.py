@@ -40,6 +40,8 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
+from gateway.metrics import add_latency
+
 ENVIRONMENT = "GATEWAY_WORKER"
 LISTENERS = ("mllp", "https", "sftp")       # inherited as descriptors 3, 4, 5
 FIRST_FD = 3
@@ -306,9 +308,7 @@ class Shared:
         """Start ``metrics`` from what slot ``slot`` published last (a restarted worker)."""
         counters, latency = self._read(self.path(slot))
         metrics.counters.update(counters)
-        for channel, counts in latency.items():
-            mine = metrics.latency.setdefault(channel, [0] * len(counts))
-            metrics.latency[channel] = [a + b for a, b in zip(mine, counts)]
+        add_latency(metrics.latency, latency)
 
     def gather(self, slots) -> tuple[Counter, dict]:
         """The counters and latencies of ``slots`` added up."""
@@ -316,9 +316,7 @@ class Shared:
         for slot in slots:
             found, times = self._read(self.path(slot))
             counters.update(found)
-            for channel, counts in times.items():
-                mine = latency.setdefault(channel, [0] * len(counts))
-                latency[channel] = [a + b for a, b in zip(mine, counts)]
+            add_latency(latency, times)
         return counters, latency
 
     def forget(self) -> None:

@@ -119,11 +119,12 @@ def backend(request) -> Backend:
 @pytest.fixture
 def cluster():
     """A private PostgreSQL server the test may stop and start (skipped where none can be
-    made); stopped and removed afterwards, whatever happened."""
+    made, a failure where the PostgreSQL tests are required); stopped and removed
+    afterwards, whatever happened."""
     from tests.helpers.pgcluster import Cluster
     problem = Cluster.available()
     if problem:
-        pytest.skip(problem)
+        (pytest.fail if REQUIRED else pytest.skip)(problem)
     made = Cluster()
     made.start()
     yield made

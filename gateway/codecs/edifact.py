@@ -21,13 +21,13 @@ the own name in 3:4; a partner name without an own family name cannot be written
 Our conventions:
 - UNB sender is ``sender.agb``, UNB recipient is ``recipient.agb``.
 - Header lines at the top of the letter carry what MEDVRI has no field for:
-  ``ZD-nummer: ZD…`` (always written), ``AGB-organisatie: …`` (the sender's
+  ``ZD-nummer: ZD…`` (``Gatewaynummer: GW…`` for a number the gateway gave), ``AGB-organisatie: …`` (the sender's
   organisation) and ``AGB-zorgverlener: …`` (the recipient practitioner).
   Readers remove such lines wherever they stand. Without a ``ZD-nummer:``
   line the first bare ``ZD\\d{8,9}(_ANTW)?`` in any line is the number (the
   line stays in the body), an ``_ANTW`` number before a plain one, since an
-  answer also names its request; with none at all the number is derived from the
-  interchange (``ZD9`` + 8 digits of its SHA-256).
+  answer also names its request; with none at all the gateway gives the
+  interchange a number of its own (``GW`` + 10 digits of its SHA-256).
 - A ZD number ending in ``_ANTW`` makes a teleconsult answer; anything else is
   a referral. Other kinds, attachments and ``in_reply_to`` on a referral
   cannot be written (EncodeError).

@@ -35,16 +35,15 @@ _LEAF: dict = {}  # shared by every element without children; never written to
 
 class Node:
     """One element: its FHIR name (XHTML elements keep an ``h:`` prefix), the
-    ``value`` and ``url`` attributes, the text of an XHTML paragraph, and
+    ``value`` and ``url`` attributes, the lines of an XHTML narrative, and
     children by name. Nodes hold no parent link, so a tree is freed without the
     cycle collector."""
 
-    __slots__ = ("name", "value", "url", "text", "lines", "children")
+    __slots__ = ("name", "value", "url", "lines", "children")
 
     def __init__(self, name: str, value: str, url: str):
         self.name, self.value, self.url = name, value, url
-        self.text = ""
-        self.lines: list[str] = []
+        self.lines: tuple | list[str] = ()       # filled for an XHTML div only
         self.children: dict[str, list[Node]] = _LEAF
 
     def all(self, name: str) -> list["Node"]:

@@ -72,8 +72,7 @@ def put(db: Database, ring, claimed: tuple[int, dict[str, Part]], changed: dict[
     given back, when there was nothing to write)."""
     new, before = claimed
     rows = [(name, new, text, digest(text), now, actor) for name, text in sorted(changed.items())
-            if name not in before or before[name].sha256 != digest(text)
-            or (before[name].content is None) != (text is None)]
+            if name not in before or before[name].sha256 != digest(text)]   # None: ""
     if not rows and not route_changes and not events:
         db.execute("UPDATE counters SET value = value - 1 WHERE name = ?", (COUNTER,))
         return new - 1

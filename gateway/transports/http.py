@@ -20,7 +20,6 @@ stored, the refusal audited), 431 for oversize headers, 408 for slow requests.
 """
 
 import io
-import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,7 +36,7 @@ from gateway.spool import queries
 from gateway.spool.payloads import PayloadCorrupt
 from gateway.transports import tls
 from gateway.transports.guard import Budget
-from gateway.transports.webbounds import bounded_site
+from gateway.transports.webbounds import _json, bounded_site
 
 CONTENT_TYPES = {"xml": b"application/fhir+xml", "hl7": b"x-application/hl7-v2+er7",
                  "zd-hl7": b"x-application/hl7-v2+er7",
@@ -250,5 +249,3 @@ def _error(exc: GatewayError):
     return status, _json(body), b"application/json"
 
 
-def _json(data) -> bytes:
-    return json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n"
