@@ -14,6 +14,7 @@ import pytest
 from gateway import keys, pki
 from gateway.spool.store import Store
 from tests.helpers import daemon
+from tests.helpers.daemon import wait_for
 from tests.helpers.fakes import ROOT, numbered_referral
 from tests.test_daemon_e2e import curl, identity, msa, pushing_to, send
 
@@ -32,15 +33,6 @@ def gateway(tmp_path_factory):
     yield made
     if made["process"].poll() is None:
         made["process"].kill()
-
-
-def wait_for(predicate, what: str, seconds: float = 15):
-    for _ in range(int(seconds * 20)):
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def log_lines(made, start: int = 0) -> list[str]:

@@ -21,9 +21,9 @@ from gateway.spool import db as database
 from gateway.spool import inforce as sql
 from gateway.spool.store import Store
 from tests.helpers import daemon
+from tests.helpers.daemon import wait_for
 from tests.helpers.fakes import ROOT, free_port, numbered_referral
 from tests.test_daemon_e2e import identity, msa, send
-from tests.test_ops_e2e import wait_for
 
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
 NEW_ROW = ("06001111", "Nieuw", "xml", "pull")

@@ -21,6 +21,7 @@ from gateway.spool import db as database
 from gateway.spool.store import Store
 from gateway.workers import Shared
 from tests.helpers import daemon
+from tests.helpers.daemon import wait_for
 from tests.helpers.fakes import ROOT, numbered_referral
 from tests.test_crash import check
 from tests.test_daemon_e2e import identity, msa, send
@@ -39,13 +40,6 @@ def two_processes(tmp_path: Path, url: str = "") -> tuple[dict, Path]:
 
 def worker_pids(log: Path) -> list[int]:
     return [int(pid) for pid in WORKER.findall(log.read_text())]
-
-
-def wait_for(condition, seconds: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {seconds} s in vain: {what}"
-        time.sleep(0.05)
 
 
 def serving(log: Path, count: int = 1) -> bool:
@@ -166,7 +160,7 @@ def test_killed_main_takes_its_worker_and_a_restart_recovers(tmp_path):
             worker = worker_pids(log)[-1]
             gateway.send_signal(signal.SIGKILL)
             gateway.wait()
-            wait_for(lambda: not alive(worker), 5, "the worker dying with main")
+            wait_for(lambda: not alive(worker), "the worker dying with main", 5)
             gateway = daemon.start(made, log)
         wait_for(lambda: serving(log, 3), what="the worker")
         time.sleep(1.0)

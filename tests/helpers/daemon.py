@@ -80,12 +80,20 @@ def health(made: dict) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def until(condition, seconds: float = 20.0):
+def until(condition, seconds: float = 20.0, pause: float = 0.2):
     """``condition()``'s first true value within ``seconds`` (polled), else its last value."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         found = condition()
         if found:
             return found
-        time.sleep(0.2)
+        time.sleep(pause)
     return condition()
+
+
+def wait_for(condition, what: str, seconds: float = 20.0):
+    """``condition()``'s first true value within ``seconds``; the test fails naming ``what``
+    when there is none."""
+    found = until(condition, seconds, pause=0.05)
+    assert found, f"timed out after {seconds} s waiting for {what}"
+    return found
