@@ -15,7 +15,8 @@ from gateway.errors import DeliveryError
 from gateway.intake import Envelope, Intake
 from gateway.spool import claims, delivery
 from gateway.spool.store import ClaimLost
-from tests.helpers.fakes import RING, PendingDestination, numbered_referral, write_tables
+from tests.helpers.fakes import (RING, PendingDestination, numbered_referral, run_together,
+                                 write_tables)
 
 PUSH = ("mllp://",)
 AGBS = ("06005678", "06009876", "06001111")      # three push destinations
@@ -81,12 +82,7 @@ def test_two_nodes_claiming_at_once_never_get_the_same_message(backend, tmp_path
                     node.store.settle(row["id"], name, "delivered", "delivery")
         except Exception as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
-    threads = [threading.Thread(target=work, args=(node, name))
-               for node, name in zip(nodes, ("a", "b"))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    run_together(work, list(zip(nodes, ("a", "b"))))
     assert failures == []
     everything = taken["a"] + taken["b"]
     assert sorted(everything) == sorted(ids) and len(set(everything)) == len(ids)

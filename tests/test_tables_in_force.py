@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from gateway.spool import inforce as sql
 from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.daemon import wait_for
-from tests.helpers.fakes import ROOT, free_port, numbered_referral
+from tests.helpers.fakes import ROOT, free_port, numbered_referral, run_together
 from tests.test_daemon_e2e import identity, msa, send
 
 SAMPLES = ROOT / "gateway" / "routes" / "samples"
@@ -249,12 +248,7 @@ def test_changes_made_at_once_on_two_nodes_get_versions_one_after_the_other(post
             row = f"{agb[:6]}{round_:02d},Nieuw,xml,pull,\n"
             results.append(inforce.publish(store, {**texts, "institutions.csv": base + row},
                                            "node").version)
-    workers = [threading.Thread(target=change, args=(store, agb))
-               for store, agb in zip(stores, ("06101100", "06202200"))]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
+    run_together(change, list(zip(stores, ("06101100", "06202200"))), 60)
     assert sorted(results) == list(range(2, 12))           # seeded as 1, then ten turns
     version, parts = sql.read(stores[0].db)
     assert version == 11 and parts["institutions.csv"].version == 11

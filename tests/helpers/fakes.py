@@ -80,3 +80,14 @@ def killed_at(line: int):
         if printed == line:
             os.kill(os.getpid(), signal.SIGKILL)
     return progress
+
+
+def run_together(work, arguments: list[tuple], seconds: float = 120.0) -> None:
+    """``work(*args)`` for each of ``arguments`` at once, a thread each; wait until all are
+    done (a thread still running after ``seconds`` fails the test)."""
+    threads = [threading.Thread(target=work, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish"
