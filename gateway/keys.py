@@ -13,7 +13,6 @@ another message, or given another key id, fails its tag like an edited one.
 
 import base64
 import functools
-import hashlib
 import hmac
 import json
 import os
@@ -93,12 +92,11 @@ class Keyring:
         if not bsn:
             return ""
         value = normalize_bsn(bsn.strip()).encode()
-        return hmac.new(self.audit_key, b"bsn:" + value, hashlib.sha256).hexdigest()[:32]
+        return hmac.digest(self.audit_key, b"bsn:" + value, "sha256").hex()[:32]
 
     def chain(self, previous: str, record: bytes) -> str:
         """The audit hash of ``record`` following the record whose hash is ``previous``."""
-        return hmac.new(self.audit_key, previous.encode() + b"\n" + record,
-                        hashlib.sha256).hexdigest()
+        return hmac.digest(self.audit_key, previous.encode() + b"\n" + record, "sha256").hex()
 
     def check_value(self, key_id: str) -> bytes:
         """A value sealed under ``key_id`` that the store keeps, to tell a wrong key at start."""

@@ -9,10 +9,11 @@ messages, stores their payloads sealed (``gateway.spool.payloads``): a batch
 of messages is one commit and one sync, and a caller gets its receipt only
 after that commit. Message ids are taken in the same transaction (SQLite: a
 counter row; PostgreSQL: a sequence; never reused, even after a purge), so a
-payload is sealed to its message id. New messages are checked against the
-stored ones inside that transaction; a concurrent writer (another process or
-node) that commits the same (identity, control id) first makes ``insert`` raise
-Conflict, and the caller plans again (the key is a duplicate now).
+payload is sealed to its message id. The caller checks new messages against
+the stored ones before; a concurrent writer (another process or node) that
+commits the same (identity, control id) meanwhile makes the UNIQUE key refuse
+the insert (``insert`` raises Conflict, nothing is committed), and the caller
+plans again (the key is a duplicate now).
 A push ends (``settle``) in the transaction that drops its delivery claim
 (``gateway.spool.claims``).
 The columns hold identifiers (ZD number, AGB codes, control ids, the patient's
@@ -188,13 +189,7 @@ class Store:
                     reserve.extend(reversed(self.db.take_ids(max(expect, 1))))
                 return reserve.pop()
             entries = build(next_id)
-            if reserve and self.db.backend == "sqlite":      # the counter: hand back what is left
-                self.db.execute("UPDATE counters SET value = ? WHERE name = 'message_id'",
-                                (min(reserve) - 1,))
-            keys = [(e.values["identity"], e.values["control_id"]) for e in entries
-                    if e.values.get("control_id") is not None]
-            if self.find_many(keys):
-                raise Conflict("stored meanwhile by another writer")
+            # UNIQUE (identity, control_id) refuses a key stored meanwhile: Conflict
             self.db.executemany(INSERT_MESSAGE, sorted(     # one order: no deadlock between nodes
                 [(e.id, *[e.values.get(c, DEFAULTS.get(c)) for c in COLUMNS], now, now)
                  for e in entries], key=lambda row: (row[1], row[2] or "", row[0])))

@@ -57,6 +57,7 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
         self.answering = 0                  # the size of the frame being answered
         self.frame_call = None
         self.peer = ""
+        self.identified = False             # ``peer`` names the certificate (once per connection)
 
     def connectionMade(self):
         self.peer = _address(self.transport)
@@ -147,7 +148,8 @@ class MLLPProtocol(protocol.Protocol, TimeoutMixin):
             self._read_or_wait()
             return
         self.busy = True
-        self.peer = self.identify(self.transport)   # after the handshake: the certificate's name
+        if not self.identified:             # after the handshake: the certificate's name
+            self.peer, self.identified = self.identify(self.transport), True
         frame = self.pending.pop(0)
         self.answering = len(frame)
         result = defer.maybeDeferred(self.handler.handle, frame, self.peer)
