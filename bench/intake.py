@@ -29,6 +29,7 @@ sender; flat (within 10 %) with 1,000,000 stored.
 """
 
 import argparse
+import multiprocessing
 import resource
 import sqlite3
 import statistics
@@ -148,10 +149,46 @@ def senders(intake: Intake, messages: list[bytes], count: int = 8) -> tuple[floa
     return len(messages) / elapsed, (cpu() - used) / len(messages) * 1000, statistics.mean(batches)
 
 
+def in_processes(intake: Intake, messages: list[bytes], processes: int,
+                 count: int = 8) -> tuple[float, float, float]:
+    """``senders`` spread over ``processes`` processes, each with its own connection to the
+    same store and its own writer, as ``process.workers`` runs gatewayd (their writers take
+    turns at the commit; one decodes and encodes while another syncs): (messages/s, CPU ms
+    per message of all of them, mean batch)."""
+    context = multiprocessing.get_context("fork")
+    ready, results = context.Barrier(processes + 1), context.Queue()
+    children = [context.Process(target=_senders_process, args=(
+        intake, messages[n::processes], count // processes, ready, results))
+        for n in range(processes)]
+    for child in children:
+        child.start()
+    ready.wait()
+    start = time.perf_counter()
+    found = [results.get() for _ in children]
+    elapsed = time.perf_counter() - start
+    for child in children:
+        child.join()
+    return (len(messages) / elapsed, sum(used for used, _ in found) / len(messages) * 1000,
+            statistics.mean(batch for _, batch in found))
+
+
+def _senders_process(intake: Intake, messages: list[bytes], count: int, ready, results) -> None:
+    """In a forked child: a store connection of its own, then ``senders``; reports (CPU
+    seconds, mean batch)."""
+    store = Store(intake.store.root, time.time, intake.store.ring, other_thread=True,
+                  url=intake.store.db.target if intake.store.db.backend != "sqlite" else "")
+    mine = Intake(store, intake.tables, intake.limits.max_bytes)
+    ready.wait()
+    used = cpu()
+    _, _, batch = senders(mine, messages, count)
+    results.put((cpu() - used, batch))
+    store.close()
+
+
 def measure(intake: Intake, numbers: Numbers, folder: Path, count: int, rounds: int,
-            url: str = "") -> dict:
+            url: str = "", processes: int = 2) -> dict:
     """Medians over alternating rounds of bare commits (SQLite, or PostgreSQL at ``url``)
-    and one sender; then 8 senders."""
+    and one sender; then 8 senders in one process, and in ``processes``."""
     bare, single, single_cpu = [], [], []
     for _ in range(rounds):
         bare.append(bare_postgres_commits(url, count) if url else bare_commits(folder, count))
@@ -159,9 +196,10 @@ def measure(intake: Intake, numbers: Numbers, folder: Path, count: int, rounds: 
         single.append(rate)
         single_cpu.append(used)
     many, many_cpu, batch = senders(intake, numbers.take(count * 4))
+    spread = in_processes(intake, numbers.take(count * 4), processes)
     return {"bare": statistics.median(bare), "single": statistics.median(single),
             "single_cpu": statistics.median(single_cpu), "many": many, "many_cpu": many_cpu,
-            "batch": batch}
+            "batch": batch, "spread": spread, "processes": processes}
 
 
 def report(title: str, found: dict, empty: dict | None = None,
@@ -175,6 +213,9 @@ def report(title: str, found: dict, empty: dict | None = None,
     print(f"  8 senders, batched (mean {found['batch']:4.1f})         {found['many']:8,.0f}/s  "
           f"{found['many'] / found['single']:5.2f}x one sender   "
           f"CPU {found['many_cpu']:.3f} ms/message")
+    rate, used, batch = found["spread"]
+    print(f"  8 senders, {found['processes']} processes (mean {batch:4.1f})     {rate:8,.0f}/s  "
+          f"{rate / found['single']:5.2f}x one sender   CPU {used:.3f} ms/message")
     if empty:
         print(f"  against {against}: one sender {found['single'] / empty['single']:.2f}x, "
               f"8 senders {found['many'] / empty['many']:.2f}x, CPU per message "
