@@ -1,6 +1,6 @@
 """Durable intake throughput and CPU per message, against bare SQLite commits of the same run.
 
-Measures on one disk, in one process:
+Measures on one disk:
 
 1. bare single-row SQLite WAL commits with ``synchronous=FULL`` (the floor: one
    sync per commit) and one sequential sender through ``intake.accept`` (decode,
@@ -10,7 +10,9 @@ Measures on one disk, in one process:
    stored by one writer thread that takes everything waiting as one batch
    (``accept_many``), waiting up to 5 ms for as many as the last batch held (as
    the daemon's group commit does); messages/s, the ratio to the single sender,
-   the mean batch;
+   the mean batch; then the same 8 senders spread over 2 processes with a store
+   connection and a writer each, as ``process.workers = 2`` runs gatewayd (both
+   cores: one process decodes and encodes while the other commits);
 3. with ``--prefill N``: the same again after N more messages with their sealed
    payloads, history and audit records were put into the store (N=1,000,000 is
    the aim's figure and takes minutes and about 8 GB of disk), against the
