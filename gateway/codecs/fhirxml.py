@@ -10,8 +10,8 @@ so that any DOCTYPE or entity declaration is seen and refused before parsing
 (and once more after, from the parsed document's info). Input is capped at
 ``MAX_BYTES``; libxml2's own depth limit holds.
 
-Writing builds the XML text directly (``zdbundle``): every attribute value and text
-node goes through ``escape``, and callers emit elements in FHIR's element order.
+Writing builds the XML text directly (``zdbundle``, in FHIR's element order): ``escape``
+for attribute values and text nodes, ``optional`` for a primitive that may be absent.
 """
 
 import re
