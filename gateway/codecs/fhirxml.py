@@ -10,8 +10,8 @@ so that any DOCTYPE or entity declaration is seen and refused before parsing
 (and once more after, from the parsed document's info). Input is capped at
 ``MAX_BYTES``; libxml2's own depth limit holds.
 
-Writing builds the XML text directly: every attribute value and text node goes
-through ``escape``, and callers emit elements in FHIR's element order.
+Writing builds the XML text directly (``zdbundle``, in FHIR's element order): ``escape``
+for attribute values and text nodes, ``optional`` for a primitive that may be absent.
 """
 
 import re
@@ -201,18 +201,6 @@ def escape(text: str) -> str:
     return text
 
 
-def element(name: str, *children: str, attrs: str = "") -> str:
-    """``<name attrs>children</name>`` (children already XML text)."""
-    return f"<{name}{attrs}>{''.join(children)}</{name}>"
-
-
-def primitive(name: str, value: str, *extensions: str) -> str:
-    """A FHIR primitive ``<name value="…"/>``, with extensions inside when given."""
-    if extensions:
-        return f'<{name} value="{escape(value)}">{"".join(extensions)}</{name}>'
-    return f'<{name} value="{escape(value)}"/>'
-
-
 def optional(name: str, value: str) -> str:
-    """A primitive when ``value`` is not empty, else nothing."""
-    return primitive(name, value) if value else ""
+    """A FHIR primitive ``<name value="…"/>`` when ``value`` is not empty, else nothing."""
+    return f'<{name} value="{escape(value)}"/>' if value else ""
