@@ -50,15 +50,18 @@ class Segments:
         fs, self.cs, self.rs, esc, self.ss = separators
         self.fs, self.esc = fs, esc
         self.lines, self.codec = lines, codec
-        self.ordered: list[list[str]] = [line.split(fs) for line in lines]
+        self.ordered: list[list[str]] = []
         self.placed: set[int] = set()
         self.warnings: list[str] = []
         self._by_tag: dict[str, list[list[str]]] = {}
-        for fields in self.ordered:
-            if '""' in fields:
-                fields[:] = ["" if value == '""' else value for value in fields]
+        nulls = '""' in "".join(lines)          # one search, not one per segment
+        for line in lines:
+            fields = line.split(fs)
+            if nulls and '""' in line:
+                fields = ["" if value == '""' else value for value in fields]
             if fields[0] == "MSH":
                 fields.insert(1, fs)
+            self.ordered.append(fields)
             if (same := self._by_tag.get(fields[0])) is None:
                 self._by_tag[fields[0]] = [fields]
             else:
@@ -87,6 +90,12 @@ class Segments:
         if self.esc not in value:
             return value
         return self._unescape.sub(self._escape_value, value)
+
+    def clean(self, value: str) -> str:
+        """``value`` unescaped and stripped: how most fields are read."""
+        if self.esc in value:
+            value = self._unescape.sub(self._escape_value, value)
+        return value.strip()
 
     def _escape_value(self, match: re.Match) -> str:
         resolved = self.resolve(match[1])
