@@ -107,29 +107,7 @@ def is_gateway_number(value: str) -> bool:
     return bool(_GATEWAY.fullmatch(value))
 
 
-def _frozen(cls):
-    """``@dataclass(frozen=True)`` with a quicker ``__init__``. The dataclass one sets
-    each field through ``object.__setattr__`` (its way round the frozen guard), which
-    made building a document a sixth of decoding an HL7 message; this one writes the
-    instance's ``__dict__`` directly. Its signature and defaults are the dataclass's
-    own (no field has a default factory); equality, hash and repr are untouched."""
-    cls = dataclass(frozen=True)(cls)
-    fields = dataclasses.fields(cls)
-    assert all(f.default_factory is dataclasses.MISSING for f in fields)
-    defaults = {f"_{f.name}": f.default for f in fields if f.default is not dataclasses.MISSING}
-    params = ", ".join(f"{f.name}=_{f.name}" if f"_{f.name}" in defaults else f.name
-                       for f in fields)
-    lines = [f"def __init__(self, {params}):", "    values = self.__dict__"]
-    lines += [f"    values[{f.name!r}] = {f.name}" for f in fields]
-    if hasattr(cls, "__post_init__"):
-        lines.append("    self.__post_init__()")
-    exec("\n".join(lines), defaults)           # noqa: S102 - source built from field names
-    defaults["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
-    cls.__init__ = defaults["__init__"]
-    return cls
-
-
-@_frozen
+@dataclass(frozen=True)
 class Address:
     street: str = ""
     house_number: str = ""
@@ -138,7 +116,7 @@ class Address:
     country: str = ""
 
 
-@_frozen
+@dataclass(frozen=True)
 class Sender:
     """The responsible sender: for a referral the referrer, with a personal AGB code (or,
     until the route tables map it, the ``mailbox`` the sender used instead)."""
@@ -153,7 +131,7 @@ class Sender:
     mailbox: str = ""
 
 
-@_frozen
+@dataclass(frozen=True)
 class Recipient:
     """The receiving party: ``agb`` is the institution's code used for routing (empty
     while only the ``mailbox`` or facility name the sender used is known)."""
@@ -168,7 +146,7 @@ class Recipient:
     mailbox: str = ""
 
 
-@_frozen
+@dataclass(frozen=True)
 class Patient:
     bsn: str = ""
     birth_date: dt.date | None = None
@@ -185,14 +163,14 @@ class Patient:
                                 # "CS-Zorgportaal patient ID", HL7 PID-3 ``^^^ZIS^PI``)
 
 
-@_frozen
+@dataclass(frozen=True)
 class Attachment:
     file_name: str
     media_type: str
     data: bytes = field(repr=False)
 
 
-@_frozen
+@dataclass(frozen=True)
 class Letter:
     """The letter as a document of its own (ZorgDomein sends referral letters and request
     forms as a PDF); ``body`` may hold text lines besides it."""
@@ -201,7 +179,7 @@ class Letter:
     data: bytes = field(repr=False)
 
 
-@_frozen
+@dataclass(frozen=True)
 class Code:
     """A coded value as senders write it: HL7 v2 CE (code^display^coding system)."""
 
@@ -210,7 +188,7 @@ class Code:
     system: str = ""
 
 
-@_frozen
+@dataclass(frozen=True)
 class Document:
     kind: Kind
     zd_number: str
