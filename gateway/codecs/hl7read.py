@@ -30,7 +30,8 @@ TEXT_TYPES = {"TX", "FT", "ST", "TN"}
 CODED_TYPES = {"CE", "CWE", "CNE", "CF"}
 VALUE_TYPES = {"NM", "SN", "DT", "TM", "TS", "DTM", "ID", "IS", "MO", "CP", "NA", "CX", "XCN", "XPN",
                "XAD", "XTN", "XON"}
-_TS = re.compile(r"([0-9]{8})([0-9]{4})?([0-9]{2})?(?:\.[0-9]{1,4})?(?:([+-])([0-9]{2})([0-9]{2}))?")
+_TS = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})(?:([0-9]{2})([0-9]{2}))?([0-9]{2})?(?:\.[0-9]{1,4})?"
+                 r"(?:([+-])([0-9]{2})([0-9]{2}))?")
 AGB_CODE = re.compile(r"[0-9]{8}")
 
 
@@ -77,10 +78,10 @@ def timestamp(text: str, where: str) -> dt.datetime:
     try:
         if not match:
             raise ValueError
-        day, minute, second = match[1], match[2] or "0000", match[3] or "00"
-        zone = _zone(match[4], match[5], match[6]) if match[4] else None
-        return local_time(dt.datetime(int(day[:4]), int(day[4:6]), int(day[6:]),
-                                      int(minute[:2]), int(minute[2:]), int(second), tzinfo=zone))
+        year, month, day, hour, minute, second, sign, zone_hours, zone_minutes = match.groups("0")
+        zone = _zone(sign, zone_hours, zone_minutes) if sign != "0" else None      # "0": none
+        return local_time(dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                                      int(second), tzinfo=zone))
     except ValueError:
         raise DecodeError("not a real timestamp (YYYYMMDDHHMM[SS][+ZZZZ])", where=where,
                           code="E-HL7-DATE") from None
@@ -135,16 +136,19 @@ def address(msg: Segments, text: str) -> Address | None:
     """An XAD: street line & street & house number, addition, city, -, postcode, country."""
     if not text:
         return None
-    ss, clean = msg.ss, msg.clean
-    parts = text.split(msg.rs, 1)[0].split(msg.cs) + [""] * 5
-    line = parts[0].split(ss) + ["", "", ""]
-    street = clean(line[1] if ss in parts[0] else line[0])
-    addition = parts[1].split(ss, 1)[0]
-    number = (msg.unescape(line[2]) + msg.unescape(addition)).strip()
-    postcode, city, country = (clean(parts[n].split(ss, 1)[0]) for n in (4, 2, 5))
-    if street or number or postcode or city or country:
-        return Address(street, number, postcode, city, country)
-    return None
+    first, ss = text.split(msg.rs, 1)[0], msg.ss
+    parts = first.split(msg.cs) + [""] * 5
+    found = [parts[0], "", parts[1], parts[4], parts[2], parts[5]]
+    if ss in first:
+        line = parts[0].split(ss) + ["", ""]
+        found[:3] = line[1] if len(line) > 3 else line[0], line[2], parts[1].split(ss, 1)[0]
+        found[3:] = [part.split(ss, 1)[0] for part in found[3:]]
+    if msg.esc in first:
+        found = list(map(msg.unescape, found))
+    street, number, addition, postcode, city, country = found
+    found = [street.strip(), (number + addition).strip(), postcode.strip(), city.strip(),
+             country.strip()]
+    return Address(*found) if any(found) else None
 
 
 def phone(msg: Segments, text: str) -> str:
