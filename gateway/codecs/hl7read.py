@@ -128,8 +128,8 @@ def xcn(msg: Segments, text: str) -> tuple[str, str]:
 def person_name(msg: Segments, fields: list[str], n: int) -> str:
     """An XPN (PRD-2) as one name: given names, then the surname."""
     parts = msg.components(fields, n) + ["", "", ""]
-    surname = parts[0].split(msg.ss, 1)[0]
-    return " ".join([msg.clean(p) for p in (parts[1], parts[2], surname) if p.strip()])
+    names = [name for name in (parts[1], parts[2], parts[0].split(msg.ss, 1)[0]) if name.strip()]
+    return " ".join(map(msg.clean, names))
 
 
 def address(msg: Segments, text: str) -> Address | None:
