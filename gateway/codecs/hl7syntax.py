@@ -46,22 +46,16 @@ class Segments:
     """The segments of one message. ``field(tag, n)`` gives field n as in the
     standard (MSH-1 is the field separator, so MSH-n is at the same index)."""
 
-    def __init__(self, lines: list[str], separators: str, codec: str = "latin-1"):
+    def __init__(self, lines: list[str], ordered: list[list[str]], separators: str,
+                 codec: str = "latin-1"):
+        """``ordered``: the fields of each line (``split_messages`` splits them)."""
         fs, self.cs, self.rs, esc, self.ss = separators
         self.fs, self.esc = fs, esc
-        self.lines, self.codec = lines, codec
-        self.ordered: list[list[str]] = []
+        self.lines, self.ordered, self.codec = lines, ordered, codec
         self.placed: set[int] = set()
         self.warnings: list[str] = []
         self._by_tag: dict[str, list[list[str]]] = {}
-        nulls = '""' in "".join(lines)          # one search, not one per segment
-        for line in lines:
-            fields = line.split(fs)
-            if nulls and '""' in line:
-                fields = ["" if value == '""' else value for value in fields]
-            if fields[0] == "MSH":
-                fields.insert(1, fs)
-            self.ordered.append(fields)
+        for fields in ordered:
             if (same := self._by_tag.get(fields[0])) is None:
                 self._by_tag[fields[0]] = [fields]
             else:
@@ -235,20 +229,32 @@ def split_messages(data: bytes) -> list[Segments]:
                           where="segment 1 (MSH), field 2", code="E-HL7-SYNTAX")
     charset, text, warnings = _text(raw, *_charset(raw, separators))
     lines = list(filter(None, text.replace("\r\n", "\r").replace("\n", "\r").split("\r")))
-    messages: list[list[str]] = []
-    fs = separators[0]
+    messages = [Segments(lines, ordered, separators, charset)
+                for lines, ordered in _fields(lines, separators[0], '""' in text)]
+    for msg in messages:
+        msg.warnings += warnings
+    return messages
+
+
+def _fields(lines: list[str], fs: str, nulls: bool):
+    """(lines, their fields) of each message in ``lines``: a message starts at an MSH,
+    whose MSH-1 is put in place; a field holding only ``""`` reads as empty (``nulls``:
+    the text has any ``""`` at all)."""
+    messages: list[tuple[list[str], list[list[str]]]] = []
     for number, line in enumerate(lines, 1):
-        tag = line[:3]
-        if tag == "MSH":
-            messages.append([])
-        if len(tag) < 3 or not tag.isalnum() or line[3:4] not in (fs, ""):
+        fields = line.split(fs)
+        tag = fields[0]         # three letters or digits, then the separator or the end
+        if len(tag) != 3 or not tag.isalnum():
             raise DecodeError("segment does not start with a three-character tag and a field "
                               "separator", where=f"segment {number}", code="E-HL7-SYNTAX")
-        messages[-1].append(line)
-    found = [Segments(lines, separators, charset) for lines in messages]
-    for msg in found:
-        msg.warnings += warnings
-    return found
+        if nulls and '""' in line:
+            fields = ["" if value == '""' else value for value in fields]
+        if tag == "MSH":                        # the first line always is
+            fields.insert(1, fs)
+            messages.append((own_lines := [], own_fields := []))
+        own_lines.append(line)
+        own_fields.append(fields)
+    return messages
 
 
 def _text(raw: bytes, charset: str, declared: str) -> tuple[str, str, list[str]]:
