@@ -92,6 +92,8 @@ class Segments:
         return value.strip()
 
     def _escape_value(self, match: re.Match) -> str:
+        if (separator := self._simple.get(match[1])) is not None:      # the common case
+            return separator
         resolved = self.resolve(match[1])
         return match[0] if resolved is None else resolved
 
