@@ -231,8 +231,8 @@ def split_messages(data: bytes) -> list[Segments]:
                           where="segment 1 (MSH), field 2", code="E-HL7-SYNTAX")
     charset, text, warnings = _text(raw, *_charset(raw, separators))
     lines = list(filter(None, text.replace("\r\n", "\r").replace("\n", "\r").split("\r")))
-    messages = [Segments(lines, ordered, separators, charset)
-                for lines, ordered in _fields(lines, separators[0], '""' in text)]
+    messages = [Segments(own_lines, ordered, separators, charset)
+                for own_lines, ordered in _fields(lines, separators[0], '""' in text)]
     for msg in messages:
         msg.warnings += warnings
     return messages
