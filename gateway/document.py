@@ -253,7 +253,7 @@ def _problems(doc: Document):
         if (code := getattr(doc, name)) is not None and not code.code:
             yield f"{name}.code", "must not be empty", "E-DOC-TEXT"
     for name, value in _addresses(doc):
-        if value is not None and not any(vars(value).values()):
+        if value is not None and not any(_ADDRESS_TEXTS(value)):
             yield name, "an empty address must be None", "E-DOC-TEXT"
     yield from _text_problems(doc)
 
@@ -299,7 +299,7 @@ def all_text(doc: Document) -> list[str]:
     for part in (doc.sender, doc.recipient, doc.patient):
         values += _STRINGS[type(part)](part)
         if part.address is not None:
-            values += vars(part.address).values()
+            values += _ADDRESS_TEXTS(part.address)
     for attachment in doc.attachments:
         values += (attachment.file_name, attachment.media_type)
     if doc.letter is not None:
@@ -343,6 +343,9 @@ def text_fields(obj, prefix: str = ""):
 _STRINGS = {cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls) if f.type is str))
             for cls in (Sender, Recipient, Patient)}             # a tuple of the party's texts
 _SEXES = tuple(Sex)
+# an address's fields in order (vars() would give the same, but builds the instance's
+# dict, which makes every later read of the address slower)
+_ADDRESS_TEXTS = operator.attrgetter(*(f.name for f in dataclasses.fields(Address)))
 
 
 def require_agb(doc: Document, fmt: str) -> None:
