@@ -27,6 +27,7 @@ accepted (without patient data); they are not part of the document's equality.
 import dataclasses
 import datetime as dt
 import hashlib
+import operator
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -41,6 +42,8 @@ _GATEWAY = re.compile(r"GW[0-9]{10}(?:_ANTW)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 ANSWER_SUFFIX = "_ANTW"
+_BSN_WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2)
+_PATH_SEPARATOR = re.compile(r"[/\\]")
 
 
 class Kind(StrEnum):
@@ -74,8 +77,10 @@ def bsn_problem(value: str) -> str | None:
     """Return why ``value`` is not a valid 9-digit BSN, or None when it is one."""
     if not (len(value) == 9 and value.isascii() and value.isdigit()):
         return "is not a BSN (9 digits)"
-    digits = [int(c) for c in value]
-    total = sum(d * w for d, w in zip(digits, range(9, 1, -1))) - digits[8]
+    # the 11-proef on the ASCII codes: each digit d is its code - 48, so the weights'
+    # sum (44) times 48 comes off, and the last digit counts -1: its 48 goes back on
+    codes = value.encode("ascii")
+    total = sum(map(operator.mul, codes, _BSN_WEIGHTS)) - codes[8] - 48 * 44 + 48
     if value == "000000000" or total % 11:
         return "fails the BSN 11-proef"
     return None
@@ -216,7 +221,7 @@ class Document:
 
 def _problems(doc: Document):
     """Yield (field, problem, code) for every rule ``doc`` breaks."""
-    kind = Kind(doc.kind)
+    kind = doc.kind if doc.kind.__class__ is Kind else Kind(doc.kind)
     answer = kind is Kind.TELECONSULT_ANSWER
     if problem := zd_problem(doc.zd_number, answer):
         yield "zd_number", problem, "E-DOC-ZD"
@@ -238,7 +243,7 @@ def _problems(doc: Document):
             yield name, problem, "E-DOC-AGB"
     yield from _patient_problems(doc.patient, doc.sent_at)
     for index, attachment in enumerate(doc.attachments, 1):
-        if not attachment.file_name or re.search(r"[/\\]", attachment.file_name):
+        if not attachment.file_name or _PATH_SEPARATOR.search(attachment.file_name):
             yield f"attachments[{index}].file_name", "must be a plain file name", "E-DOC-ATTACHMENT"
         if not _MEDIA_TYPE.fullmatch(attachment.media_type):
             yield f"attachments[{index}].media_type", "is not a media type", "E-DOC-ATTACHMENT"
@@ -248,7 +253,7 @@ def _problems(doc: Document):
         if (code := getattr(doc, name)) is not None and not code.code:
             yield f"{name}.code", "must not be empty", "E-DOC-TEXT"
     for name, value in _addresses(doc):
-        if value is not None and not any(vars(value).values()):
+        if value is not None and not any(_ADDRESS_TEXTS(value)):
             yield name, "an empty address must be None", "E-DOC-TEXT"
     yield from _text_problems(doc)
 
@@ -266,7 +271,7 @@ def _addresses(doc: Document):
 def _patient_problems(patient: Patient, sent_at: dt.datetime):
     if patient.bsn and (problem := bsn_problem(patient.bsn)):
         yield "patient.bsn", problem, "E-DOC-BSN"
-    if patient.sex not in tuple(Sex):
+    if patient.sex not in _SEXES:
         yield "patient.sex", "must be M, F or U", "E-DOC-SEX"
     if patient.birth_date is not None and isinstance(sent_at, dt.datetime):
         if patient.birth_date > sent_at.date() or patient.birth_date.year < 1880:
@@ -277,8 +282,10 @@ def _text_problems(doc: Document):
     texts = all_text(doc)
     joined = "".join(texts)
     clean = joined.isprintable() or not _CONTROL.search(joined)       # isprintable: fast path
-    if clean and not [v for v in texts[:len(texts) - len(doc.body)] if v != v.strip()]:
-        return
+    if clean:
+        named = texts[:len(texts) - len(doc.body)]
+        if list(map(str.strip, named)) == named:
+            return
     for name, value in text_fields(doc):
         if _CONTROL.search(value):
             yield name, "contains a control character", "E-DOC-TEXT"
@@ -290,9 +297,9 @@ def all_text(doc: Document) -> list[str]:
     """Every text value of ``doc``, the letter lines last (fast; no field names)."""
     values = [doc.zd_number]
     for part in (doc.sender, doc.recipient, doc.patient):
-        values += [getattr(part, name) for name in _STRINGS[type(part)]]
+        values += _STRINGS[type(part)](part)
         if part.address is not None:
-            values += vars(part.address).values()
+            values += _ADDRESS_TEXTS(part.address)
     for attachment in doc.attachments:
         values += (attachment.file_name, attachment.media_type)
     if doc.letter is not None:
@@ -333,8 +340,12 @@ def text_fields(obj, prefix: str = ""):
         yield from text_fields(value, name)
 
 
-_STRINGS = {cls: tuple(f.name for f in dataclasses.fields(cls) if f.type is str)
-            for cls in (Sender, Recipient, Patient)}
+_STRINGS = {cls: operator.attrgetter(*(f.name for f in dataclasses.fields(cls) if f.type is str))
+            for cls in (Sender, Recipient, Patient)}             # a tuple of the party's texts
+_SEXES = tuple(Sex)
+# an address's fields in order (vars() would give the same, but builds the instance's
+# dict, which makes every later read of the address slower)
+_ADDRESS_TEXTS = operator.attrgetter(*(f.name for f in dataclasses.fields(Address)))
 
 
 def require_agb(doc: Document, fmt: str) -> None:

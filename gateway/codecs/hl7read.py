@@ -30,7 +30,8 @@ TEXT_TYPES = {"TX", "FT", "ST", "TN"}
 CODED_TYPES = {"CE", "CWE", "CNE", "CF"}
 VALUE_TYPES = {"NM", "SN", "DT", "TM", "TS", "DTM", "ID", "IS", "MO", "CP", "NA", "CX", "XCN", "XPN",
                "XAD", "XTN", "XON"}
-_TS = re.compile(r"([0-9]{8})([0-9]{4})?([0-9]{2})?(?:\.[0-9]{1,4})?(?:([+-])([0-9]{2})([0-9]{2}))?")
+_TS = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})(?:([0-9]{2})([0-9]{2}))?([0-9]{2})?(?:\.[0-9]{1,4})?"
+                 r"(?:([+-])([0-9]{2})([0-9]{2}))?")
 AGB_CODE = re.compile(r"[0-9]{8}")
 
 
@@ -53,14 +54,14 @@ def value(msg: Segments, fields: list[str] | None, n: int, component: int = 0) -
         if component >= len(parts):
             return ""
         found = parts[component]
-    return (msg.unescape(found) if msg.esc in found else found).strip()
+    return msg.clean(found)
 
 
 def code(msg: Segments, fields: list[str] | None, n: int) -> Code | None:
     """A CE field ``code^display^system`` as a Code, or None when it has no code."""
     if fields is None or n >= len(fields) or not fields[n]:
         return None
-    parts = [msg.unescape(p).strip() for p in fields[n].split(msg.rs, 1)[0].split(msg.cs)[:3]]
+    parts = list(map(msg.clean, fields[n].split(msg.rs, 1)[0].split(msg.cs)[:3]))
     return Code(*parts) if parts[0] else None
 
 
@@ -77,10 +78,10 @@ def timestamp(text: str, where: str) -> dt.datetime:
     try:
         if not match:
             raise ValueError
-        day, minute, second = match[1], match[2] or "0000", match[3] or "00"
-        zone = _zone(match[4], match[5], match[6]) if match[4] else None
-        return local_time(dt.datetime(int(day[:4]), int(day[4:6]), int(day[6:]),
-                                      int(minute[:2]), int(minute[2:]), int(second), tzinfo=zone))
+        year, month, day, hour, minute, second, sign, zone_hours, zone_minutes = match.groups("0")
+        zone = _zone(sign, zone_hours, zone_minutes) if sign != "0" else None      # "0": none
+        return local_time(dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                                      int(second), tzinfo=zone))
     except ValueError:
         raise DecodeError("not a real timestamp (YYYYMMDDHHMM[SS][+ZZZZ])", where=where,
                           code="E-HL7-DATE") from None
@@ -95,7 +96,7 @@ def _zone(sign: str, hours: str, minutes: str) -> dt.timezone:
 def facility(msg: Segments, msh: list[str], n: int) -> tuple[str, str]:
     """(name, AGB code) of MSH-4 or MSH-6 written as ``name^AGB^VEKTIS`` (or just a name)."""
     parts = raw(msh, n).split(msg.rs, 1)[0].split(msg.cs)
-    name = msg.unescape(parts[0]).strip()
+    name = msg.clean(parts[0])
     agb = parts[1].strip() if len(parts) > 1 else ""
     return name, agb if AGB_CODE.fullmatch(agb) else ""
 
@@ -107,7 +108,7 @@ def id_agb(msg: Segments, text: str) -> str:
     for identifier in msg.repetitions(text):
         parts = identifier.split(msg.cs) + ["", "", "", ""]
         if parts[1].upper() in AGB_TYPES or parts[3].split(msg.ss)[0].upper() in AGB_TYPES:
-            return msg.unescape(parts[0]).strip()
+            return msg.clean(parts[0])
     return ""
 
 
@@ -116,37 +117,46 @@ def xcn(msg: Segments, text: str) -> tuple[str, str]:
     ^further given^…^assigning authority``; the id is taken as the AGB code when it is 8
     digits (ZorgDomein writes ``01004567^&&van Brouwer^Z.Z.^^^^^^VEKTIS``)."""
     parts = msg.repetitions(text)[0].split(msg.cs) + [""] * 4
-    family = [msg.unescape(s).strip() for s in parts[1].split(msg.ss)] + ["", "", ""]
+    family = list(map(msg.clean, parts[1].split(msg.ss))) + ["", "", ""]
     surname = family[0] or " ".join(p for p in family[1:3] if p)
-    given = [msg.unescape(p).strip() for p in parts[2:4]]
+    given = list(map(msg.clean, parts[2:4]))
     name = " ".join(p for p in (*given, surname) if p)
-    identifier = msg.unescape(parts[0]).strip()
+    identifier = msg.clean(parts[0])
     return (identifier if AGB_CODE.fullmatch(identifier) else ""), name
 
 
 def person_name(msg: Segments, fields: list[str], n: int) -> str:
     """An XPN (PRD-2) as one name: given names, then the surname."""
     parts = msg.components(fields, n) + ["", "", ""]
-    surname = parts[0].split(msg.ss)[0]
-    return " ".join(msg.unescape(p).strip() for p in (parts[1], parts[2], surname) if p.strip())
+    names = [name for name in (parts[1], parts[2], parts[0].split(msg.ss, 1)[0]) if name.strip()]
+    return " ".join(map(msg.clean, names))
 
 
 def address(msg: Segments, text: str) -> Address | None:
     """An XAD: street line & street & house number, addition, city, -, postcode, country."""
-    first = text.split(msg.rs)[0]
-    parts = [p.split(msg.ss) for p in first.split(msg.cs)] + [[""]] * 6
-    line = parts[0] + ["", "", ""]
-    street = msg.unescape(line[1] if len(parts[0]) > 1 else line[0]).strip()
-    number = (msg.unescape(line[2]) + msg.unescape(parts[1][0])).strip()
-    found = Address(street, number, msg.unescape(parts[4][0]).strip(),
-                    msg.unescape(parts[2][0]).strip(), msg.unescape(parts[5][0]).strip())
-    return found if any(vars(found).values()) else None
+    if not text:
+        return None
+    first, ss = text.split(msg.rs, 1)[0], msg.ss
+    parts = first.split(msg.cs) + [""] * 5
+    found = [parts[0], "", parts[1], parts[4], parts[2], parts[5]]
+    if ss in first:
+        line = parts[0].split(ss) + ["", ""]
+        found[:3] = line[1] if len(line) > 3 else line[0], line[2], parts[1].split(ss, 1)[0]
+        found[3:] = [part.split(ss, 1)[0] for part in found[3:]]
+    if msg.esc in first:
+        found = list(map(msg.unescape, found))
+    street, number, addition, postcode, city, country = found
+    found = [street.strip(), (number + addition).strip(), postcode.strip(), city.strip(),
+             country.strip()]
+    return Address(*found) if any(found) else None
 
 
 def phone(msg: Segments, text: str) -> str:
     """The first phone number of an XTN field (XTN-12 before XTN-1)."""
-    parts = text.split(msg.rs)[0].split(msg.cs)
-    return msg.unescape(parts[11] if len(parts) > 11 and parts[11] else parts[0]).strip()
+    if not text:
+        return ""
+    parts = text.split(msg.rs, 1)[0].split(msg.cs)
+    return msg.clean(parts[11] if len(parts) > 11 and parts[11] else parts[0])
 
 
 def patient(msg: Segments) -> Patient:
@@ -160,13 +170,13 @@ def patient(msg: Segments) -> Patient:
             continue
         authority, kind = parts[3].split(msg.ss, 1)[0], parts[4] if len(parts) > 4 else ""
         if authority == BSN_AUTHORITY and parts[0].strip():
-            bsn = normalize_bsn(msg.unescape(parts[0]).strip())
+            bsn = normalize_bsn(msg.clean(parts[0]))
             if problem := bsn_problem(bsn):
                 raise DecodeError(f"BSN {problem}", where="PID-3", code="E-HL7-BSN")
         elif (authority, kind) == PORTAL_AUTHORITY:
-            portal = msg.unescape(parts[0]).strip()
-    name = (raw(pid, 5).split(msg.rs)[0].split(msg.cs) + ["", "", ""])
-    family = [msg.unescape(s).strip() for s in name[0].split(msg.ss)] + [""] * 5
+            portal = msg.clean(parts[0])
+    name = raw(pid, 5).split(msg.rs, 1)[0].split(msg.cs) + ["", "", ""]
+    family = list(map(msg.clean, name[0].split(msg.ss))) + [""] * 5
     sex = value(msg, pid, 8)
     if sex not in SEX_IN:
         raise DecodeError("administrative sex must be M, F, U, O, A or N", where="PID-8",
@@ -176,7 +186,7 @@ def patient(msg: Segments) -> Patient:
         bsn=bsn, birth_date=_birth_date(value(msg, pid, 7)), sex=SEX_IN[sex],
         family_prefix=family[1], family_name=family[2] if detailed else family[0],
         partner_prefix=family[3], partner_name=family[4],
-        given_name=msg.unescape(name[1]).strip(), initials=msg.unescape(name[2]).strip(),
+        given_name=msg.clean(name[1]), initials=msg.clean(name[2]),
         address=address(msg, raw(pid, 11)), phone=phone(msg, raw(pid, 13)), portal_id=portal)
 
 

@@ -136,8 +136,8 @@ def _sender(msg: Segments, structure: str, msh: list[str], providers: dict) -> S
     location = msg.components(prd, 4) + [""] * 4
     return Sender(read.id_agb(msg, raw(prd, 7)) or _ordering_provider(msg)[0],
                   read.person_name(msg, prd, 2),
-                  msg.unescape(location[0]).strip(),
-                  msg.unescape(location[3].split(msg.ss)[0]).strip() or organisation,
+                  msg.clean(location[0]),
+                  msg.clean(location[3].split(msg.ss)[0]) or organisation,
                   organisation_agb, read.address(msg, raw(prd, 3)), read.phone(msg, raw(prd, 5)))
 
 
@@ -150,8 +150,8 @@ def _recipient(msg: Segments, structure: str, msh: list[str], providers: dict) -
     if prd is None:
         return Recipient(agb, name, mailbox="" if agb else name)
     location = msg.components(prd, 4) + [""] * 4
-    return Recipient(agb, msg.unescape(location[3].split(msg.ss)[0]).strip() or name,
-                     msg.unescape(location[0]).strip(), read.person_name(msg, prd, 2),
+    return Recipient(agb, msg.clean(location[3].split(msg.ss)[0]) or name,
+                     msg.clean(location[0]), read.person_name(msg, prd, 2),
                      read.id_agb(msg, raw(prd, 7)), read.address(msg, raw(prd, 3)),
                      read.phone(msg, raw(prd, 5)), "" if agb else name)
 

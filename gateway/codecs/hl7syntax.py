@@ -46,22 +46,22 @@ class Segments:
     """The segments of one message. ``field(tag, n)`` gives field n as in the
     standard (MSH-1 is the field separator, so MSH-n is at the same index)."""
 
-    def __init__(self, lines: list[str], separators: str, codec: str = "latin-1"):
-        self.fs, self.cs, self.rs, self.esc, self.ss = separators
-        self.lines, self.codec = lines, codec
-        self.ordered: list[list[str]] = []
+    def __init__(self, lines: list[str], ordered: list[list[str]], separators: str,
+                 codec: str = "latin-1"):
+        """``ordered``: the fields of each line (``split_messages`` splits them)."""
+        fs, self.cs, self.rs, esc, self.ss = separators
+        self.fs, self.esc = fs, esc
+        self.lines, self.ordered, self.codec = lines, ordered, codec
         self.placed: set[int] = set()
         self.warnings: list[str] = []
         self._by_tag: dict[str, list[list[str]]] = {}
-        for line in lines:
-            fields = line.split(self.fs)
-            if '""' in line:
-                fields = ["" if value == '""' else value for value in fields]
-            if fields[0] == "MSH":
-                fields.insert(1, self.fs)
-            self.ordered.append(fields)
-            self._by_tag.setdefault(fields[0], []).append(fields)
-        self._unescape = _unescaper(self.esc)
+        for fields in ordered:
+            if (same := self._by_tag.get(fields[0])) is None:
+                self._by_tag[fields[0]] = [fields]
+            else:
+                same.append(fields)
+        self._unescape = _unescaper(esc)
+        self._simple = {"F": fs, "S": self.cs, "T": self.ss, "R": self.rs, "E": esc}
 
     def all(self, tag: str) -> list[list[str]]:
         return self._by_tag.get(tag, [])
@@ -85,15 +85,22 @@ class Segments:
             return value
         return self._unescape.sub(self._escape_value, value)
 
+    def clean(self, value: str) -> str:
+        """``value`` unescaped and stripped: how most fields are read."""
+        if self.esc in value:
+            value = self._unescape.sub(self._escape_value, value)
+        return value.strip()
+
     def _escape_value(self, match: re.Match) -> str:
+        if (separator := self._simple.get(match[1])) is not None:      # the common case
+            return separator
         resolved = self.resolve(match[1])
         return match[0] if resolved is None else resolved
 
     def resolve(self, code: str) -> str | None:
         """The text of the escape ``\\code\\`` (a separator or hex data), or None if unknown."""
-        simple = {"F": self.fs, "S": self.cs, "T": self.ss, "R": self.rs, "E": self.esc}
-        if code in simple:
-            return simple[code]
+        if code in self._simple:
+            return self._simple[code]
         if code[:1] == "X" and len(code) % 2 == 1 and re.fullmatch(r"[0-9A-Fa-f]*", code[1:]):
             data = bytes.fromhex(code[1:])
             try:
@@ -109,10 +116,19 @@ class Segments:
             return [""] if blank else []
         if self.esc not in value:
             return value.split(self.rs)
+        if not self._formatted(value):        # escaped characters only: one line each
+            return [self.unescape(repetition) for repetition in value.split(self.rs)]
         lines: list[str] = []
         for repetition in value.split(self.rs):
             lines += _Lines(self).read(repetition) if self.esc in repetition else [repetition]
         return lines
+
+    def _formatted(self, value: str) -> bool:
+        """Whether ``value`` may hold a formatting command, \\H\\ or \\N\\: an escape
+        whose code starts with ``.`` or is H or N (a cheap test that may say yes
+        wrongly, never no)."""
+        esc = self.esc
+        return esc + "." in value or f"{esc}H{esc}" in value or f"{esc}N{esc}" in value
 
     def place(self, fields: list[str]) -> None:
         """Mark a segment as put into the document."""
@@ -209,33 +225,55 @@ def split_messages(data: bytes) -> list[Segments]:
         raise DecodeError("HL7 message does not start with an MSH segment", where="segment 1",
                           code="E-HL7-NO-MSH")
     separators = raw[3:8].decode("latin-1")
-    if len(set(separators)) != 5 or any(c.isalnum() or c in "\r\n" for c in separators):
+    if separators != SEPARATORS and (len(set(separators)) != 5 or
+                                     any(c.isalnum() or c in "\r\n" for c in separators)):
         raise DecodeError("MSH-1/MSH-2 do not declare five distinct separators",
                           where="segment 1 (MSH), field 2", code="E-HL7-SYNTAX")
-    charset, declared = _charset(raw, separators)
-    warnings = []
-    if charset != "utf-8" and not raw.isascii() and is_utf8(raw):
-        charset = "utf-8"
-        warnings.append(f"MSH-18 declares {declared or 'no character set (8859/1)'} but the "
-                        "message is UTF-8; read as UTF-8")
+    charset, text, warnings = _text(raw, *_charset(raw, separators))
+    lines = list(filter(None, text.replace("\r\n", "\r").replace("\n", "\r").split("\r")))
+    messages = [Segments(own_lines, ordered, separators, charset)
+                for own_lines, ordered in _fields(lines, separators[0], '""' in text)]
+    for msg in messages:
+        msg.warnings += warnings
+    return messages
+
+
+def _fields(lines: list[str], fs: str, nulls: bool):
+    """(lines, their fields) of each message in ``lines``: a message starts at an MSH,
+    whose MSH-1 is put in place; a field holding only ``""`` reads as empty (``nulls``:
+    the text has any ``""`` at all)."""
+    messages: list[tuple[list[str], list[list[str]]]] = []
+    for number, line in enumerate(lines, 1):
+        fields = line.split(fs)
+        tag = fields[0]         # three letters or digits, then the separator or the end
+        if len(tag) != 3 or not tag.isalnum():
+            raise DecodeError("segment does not start with a three-character tag and a field "
+                              "separator", where=f"segment {number}", code="E-HL7-SYNTAX")
+        if nulls and '""' in line:
+            fields = ["" if value == '""' else value for value in fields]
+        if tag == "MSH":                        # the first line always is
+            fields.insert(1, fs)
+            messages.append((own_lines := [], own_fields := []))
+        own_lines.append(line)
+        own_fields.append(fields)
+    return messages
+
+
+def _text(raw: bytes, charset: str, declared: str) -> tuple[str, str, list[str]]:
+    """(codec, text, warnings) of ``raw``: as MSH-18 declares, or as UTF-8 with a warning
+    when a single-byte set is declared but the bytes are UTF-8 (decoded once)."""
+    if charset != "utf-8" and not raw.isascii():
+        try:
+            return "utf-8", raw.decode("utf-8"), [
+                f"MSH-18 declares {declared or 'no character set (8859/1)'} but the message "
+                "is UTF-8; read as UTF-8"]
+        except UnicodeDecodeError:
+            pass
     try:
-        text = raw.decode(charset)
+        return charset, raw.decode(charset), []
     except UnicodeDecodeError as exc:
         raise DecodeError(f"byte at offset {exc.start} is not valid {charset} as MSH-18 declares",
                           where="segment 1 (MSH), field 18", code="E-HL7-CHARSET") from None
-    lines = [line for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if line]
-    messages: list[list[str]] = []
-    for number, line in enumerate(lines, 1):
-        if line.startswith("MSH"):
-            messages.append([])
-        if len(line) < 3 or not line[:3].isalnum() or (len(line) > 3 and line[3] != separators[0]):
-            raise DecodeError("segment does not start with a three-character tag and a field "
-                              "separator", where=f"segment {number}", code="E-HL7-SYNTAX")
-        messages[-1].append(line)
-    found = [Segments(lines, separators, charset) for lines in messages]
-    for msg in found:
-        msg.warnings += warnings
-    return found
 
 
 def _charset(raw: bytes, separators: str) -> tuple[str, str]:

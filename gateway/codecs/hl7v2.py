@@ -44,7 +44,7 @@ def decode_messages(data: bytes) -> list[tuple[str, Document]]:
 
 
 def _dialect(msg: Segments):
-    parts = [msg.unescape(p).strip() for p in raw(msg.first("MSH"), 9).split(msg.cs)[:2]]
+    parts = list(map(msg.clean, raw(msg.first("MSH"), 9).split(msg.cs)[:2]))
     key = (parts[0], parts[1] if len(parts) > 1 else "")
     if key not in DIALECTS:
         taken = ", ".join(f"{kind}^{event}" for kind, event in DIALECTS)
