@@ -6,7 +6,8 @@ and the HTTPS API, both with mutual TLS: every message goes through the same
 ``Intake.accept`` as ``gatewayctl submit``, and the ACK (or 202) is written only
 after the store committed. Storing runs on a writer thread with its own database
 connection (SQLite in the spool, or PostgreSQL: ``store.url``); what arrives while
-one batch is stored is committed together as the next (group commit). While
+one batch is stored is committed together as the next (group commit), read on a
+reader thread while the one before commits. While
 PostgreSQL cannot be reached nothing is acknowledged, ``/healthz`` says why, and
 each connection opens again by itself on its next use. Every second the dispatcher starts due pushes to
 institutions with ``mllp://`` delivery and writes answers into ``sftp:`` outboxes.
@@ -87,6 +88,7 @@ class Gateway(Chores, Reloads):
         self.writer = Intake(Store.configured(settings, time.time, ring, other_thread=True),
                              tables, settings.limits_max_message_bytes, settings.limits_max_segments)
         self.pool = ThreadPool(1, 1, "writer")
+        self.reader = ThreadPool(1, 1, "reader")      # reads the next batch while one commits
         self.identities = {identity.name: identity for identity in settings.identities}
         self.throttle = Throttle(reactor.seconds)     # refusal lines per client address
         self.tls = tls.Reloadable(self._tls_options(settings))
@@ -94,7 +96,8 @@ class Gateway(Chores, Reloads):
         self.notifier = notify.Notifier(self.store, settings, reactor)
         self.group = GroupCommit(
             self.writer, reactor, lambda f, *a: threads.deferToThreadPool(reactor, self.pool, f, *a),
-            gather=0.005)
+            gather=0.005,
+            read=lambda f, *a: threads.deferToThreadPool(reactor, self.reader, f, *a))
         self.accept = self._logged(self.metrics.counting(self.group.accept))
         self.rerouter = tablewatch.Rerouter(
             reactor, lambda: Store.configured(self.settings, time.time, self.store.ring),
@@ -255,7 +258,8 @@ class Gateway(Chores, Reloads):
             live.update(new)
 
     def stop_writer(self) -> None:
-        """Let the batch being stored finish, then close the writer's connection."""
+        """Let the batches being read and stored finish, then close the writer's connection."""
+        self.reader.stop()
         self.pool.stop()
         self.writer.store.close()
 
@@ -300,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _serve_as_main(gateway, settings, Path(args.config), shared)
     reactor.callWhenRunning(gateway.pool.start)
+    reactor.callWhenRunning(gateway.reader.start)
     reactor.addSystemEventTrigger("during", "shutdown", gateway.store.close)
     reactor.addSystemEventTrigger("during", "shutdown", gateway.stop_writer)
     reactor.run()

@@ -65,6 +65,7 @@ class _Plan:
     index: int
     raw: bytes
     read: Read
+    routed: dict = field(default_factory=dict)     # part -> (route, payload), from ``prepare``
     slots: list = field(default_factory=list)
     id: int = -1            # of the rejected message, when ``error``
 
@@ -83,6 +84,16 @@ class _Plan:
     @property
     def decoded(self) -> list:
         return self.read.decoded
+
+
+@dataclass(eq=False)
+class Prepared:
+    """Inputs read for one batch (``Intake.prepare``): each input's outcome when it was
+    refused whole, the plans of the others, and the refusals' audit records."""
+
+    outcomes: list
+    plans: list[_Plan] = field(default_factory=list)
+    refused: list[Event] = field(default_factory=list)
 
 
 class Intake:
@@ -112,17 +123,31 @@ class Intake:
         of patient data the transports record). Each item's outcome is its receipts or
         its GatewayError (as ``accept`` would raise it). If storing itself fails, that
         exception is raised and nothing is stored."""
-        outcomes: list = [None] * len(items)
-        plans: list[_Plan] = []
-        refused: list[Event] = list(events)
+        return self.commit(self.prepare(items), events)
+
+    def prepare(self, items: list[tuple[bytes, Envelope]]) -> "Prepared":
+        """The first half of ``accept_many``, which needs no store (another thread may
+        run it while the store commits the batch before): read each input, route it
+        and write it in its destination's format (answers, whose route depends on the
+        stored request, are routed by ``commit``)."""
+        prepared = Prepared([None] * len(items))
         for index, (raw, envelope) in enumerate(items):
             found = self.read(raw, envelope)
             if found.refusal is not None:
-                outcomes[index] = found.refusal
-                refused.append(Event(_actor(found.envelope), "receive", "refused",
-                                     detail=str(found.refusal)))
+                prepared.outcomes[index] = found.refusal
+                prepared.refused.append(Event(_actor(found.envelope), "receive", "refused",
+                                              detail=str(found.refusal)))
             else:
-                plans.append(_Plan(index, raw, found))
+                prepared.plans.append(_Plan(index, raw, found, routed={
+                    part: self.route(doc) for part, (_, doc) in enumerate(found.decoded)
+                    if doc.kind is not Kind.TELECONSULT_ANSWER}))
+        return prepared
+
+    def commit(self, prepared: "Prepared", events: list[Event] = ()) -> list:
+        """The second half of ``accept_many``: place the inputs ``prepare`` read against
+        what is stored, and commit them in one transaction with ``events``."""
+        outcomes, plans = list(prepared.outcomes), prepared.plans
+        refused = list(events) + prepared.refused
         for attempt in range(len(plans) + 1):     # each Conflict turns a key into a duplicate
             accepted, conflicts = self._plan(plans)
             try:
@@ -178,7 +203,7 @@ class Intake:
             if existing["content_sha256"] != content:
                 raise _conflict(key[1])
             return _receipt(existing, duplicate=True)
-        new = _New(part, key[1], doc, *self.route(doc))
+        new = _New(part, key[1], doc, *(plan.routed.get(part) or self.route(doc)))
         added[key] = (content, new)
         return new
 

@@ -212,17 +212,18 @@ def test_group_commit_stores_one_turn_together(tmp_path):
     assert len({row["received_at"] for row in intake.store.listing()}) == 1    # one transaction
     assert fired(bad).check(DecodeError)
 
-    def broken(items):
+    def broken(prepared, events):
         raise OSError("disk full")
-    intake.accept_many = broken
+    intake.commit = broken
     failed = group.accept(numbered_referral(9, "G"), admin)
     clock.advance(0)
     assert fired(failed).check(StoreError)          # one line logged, no receipt
 
 
-def test_group_commit_gathers_and_stores_one_batch_at_a_time(tmp_path):
-    """While a batch is being stored the next waits; after a batch of three, one input
-    waits up to ``gather`` for two more, and goes at once when they come."""
+def test_group_commit_reads_the_next_batch_while_one_commits(tmp_path):
+    """While a batch is being committed the next one is read and waits for the store (one
+    commit at a time, in order; no third batch is read meanwhile); after a batch of three,
+    one input waits up to ``gather`` for two more, and goes at once when they come."""
     import time
     from pathlib import Path
 
@@ -234,33 +235,41 @@ def test_group_commit_gathers_and_stores_one_batch_at_a_time(tmp_path):
 
     samples = Path(__file__).parent.parent / "gateway" / "routes" / "samples"
     intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
-    clock, storing, batches = task.Clock(), [], []
+    clock, storing, batches, reads = task.Clock(), [], [], []
 
-    def run(function, items, events):
-        batches.append(len(items))
+    def run(function, prepared, events):
+        batches.append(len(prepared.outcomes))
         storing.append(defer.Deferred())
-        return storing[-1].addCallback(lambda _: function(items, events))
+        return storing[-1].addCallback(lambda _: function(prepared, events))
 
-    group, admin = GroupCommit(intake, clock, run, gather=0.005), Envelope("admin", "test")
+    def read(function, items):
+        reads.append(len(items))
+        return defer.maybeDeferred(function, items)
+
+    group = GroupCommit(intake, clock, run, gather=0.005, read=read)
+    admin = Envelope("admin", "test")
     first = [group.accept(numbered_referral(i, "W"), admin) for i in range(3)]
     clock.advance(0)
+    assert reads == [3] and batches == [3]
     later = group.accept(numbered_referral(3, "W"), admin)
-    clock.advance(1)                                 # the first batch is still being stored
-    assert batches == [3] and not later.called
-    storing[0].callback(None)
-    assert all(fired(answer) for answer in first)
     clock.advance(0.004)
-    assert batches == [3]                            # gathering: one waits, three went last
+    assert reads == [3]                              # gathering: one waits, three went last
     more = [group.accept(numbered_referral(i, "W"), admin) for i in (4, 5)]
     clock.advance(0)
-    assert batches == [3, 3]
-    storing[1].callback(None)
-    assert all(fired(answer) for answer in [later, *more])
+    assert reads == [3, 3] and batches == [3]        # read while the first commits
     final = group.accept(numbered_referral(6, "W"), admin)
+    clock.advance(1)
+    assert reads == [3, 3] and not any(d.called for d in [later, *more, final])
+    storing[0].callback(None)
+    assert all(fired(answer) for answer in first) and batches == [3, 3]
     clock.advance(0.005)
+    assert reads == [3, 3, 1] and batches == [3, 3]  # the third read, waiting for the store
+    storing[1].callback(None)
+    assert all(fired(answer) for answer in [later, *more]) and batches == [3, 3, 1]
     storing[2].callback(None)
-    assert batches == [3, 3, 1] and fired(final)
-
+    assert [r.id for r in fired(final)] == [7]
+    assert [row["control_id"] for row in intake.store.listing()][::-1] == \
+        [row["control_id"] for row in sorted(intake.store.listing(), key=lambda r: r["id"])]
 
 
 def test_a_trickled_frame_is_closed_at_its_deadline():
@@ -384,9 +393,9 @@ def test_audit_records_ride_along_with_the_next_batch(tmp_path):
     intake = Intake(Store(tmp_path, time.time, RING), routes.load(samples), 1 << 24)
     clock, runs = task.Clock(), []
 
-    def run(function, items, events):
-        runs.append((len(items), len(events)))
-        return defer.maybeDeferred(function, items, events)
+    def run(function, prepared, events):
+        runs.append((len(prepared.outcomes), len(events)))
+        return defer.maybeDeferred(function, prepared, events)
     group = GroupCommit(intake, clock, run)
     read = group.record([audit.Event("https:zis", "pull", detail="one")])
     stored = group.accept(numbered_referral(1, "R"), Envelope("admin", "test"))
