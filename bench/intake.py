@@ -7,9 +7,10 @@ Measures on one disk:
    route, encode, sealed payloads, rows, history, audit, one commit each), in
    alternating rounds; the medians and their ratio;
 2. eight concurrent senders, each waiting for its receipt before sending again,
-   stored by one writer thread that takes everything waiting as one batch
-   (``accept_many``), waiting up to 5 ms for as many as the last batch held (as
-   the daemon's group commit does); messages/s, the ratio to the single sender,
+   stored in batches of everything waiting, waiting up to 5 ms for as many as the
+   last batch held, a reader thread reading a batch (``Intake.prepare``) while a
+   writer thread commits the one before (``Intake.commit``), as the daemon's group
+   commit does; messages/s, the ratio to the single sender,
    the mean batch; then the same 8 senders spread over 2 processes with a store
    connection and a writer each, as ``process.workers = 2`` runs gatewayd (both
    cores: one process decodes and encodes while the other commits);
@@ -32,6 +33,7 @@ sender; flat (within 10 %) with 1,000,000 stored.
 
 import argparse
 import multiprocessing
+import queue
 import resource
 import sqlite3
 import statistics
@@ -107,12 +109,15 @@ def one_sender(intake: Intake, messages: list[bytes]) -> tuple[float, float]:
 
 def senders(intake: Intake, messages: list[bytes], count: int = 8) -> tuple[float, float, float]:
     """(messages/s, CPU ms per message, mean batch) for ``count`` senders waiting for
-    their receipts, stored by one writer in batches of whatever waits."""
+    their receipts, stored in batches of whatever waits the way the daemon's group commit
+    stores them: a reader thread reads a batch (``Intake.prepare``) while a writer thread
+    commits the one before (``Intake.commit``)."""
     waiting: list[tuple[bytes, threading.Event]] = []
     ready, done = threading.Condition(), threading.Event()
+    handoff: queue.Queue = queue.Queue(maxsize=1)     # a batch read, waiting for the writer
     batches = []
 
-    def writer():
+    def reader():
         last = 1
         while not done.is_set():
             with ready:
@@ -124,10 +129,18 @@ def senders(intake: Intake, messages: list[bytes], count: int = 8) -> tuple[floa
                 del waiting[:256]
                 last = max(1, len(batch))
             if batch:
-                intake.accept_many([(message, ENVELOPE) for message, _ in batch])
-                batches.append(len(batch))
-                for _, event in batch:
-                    event.set()
+                handoff.put((batch, intake.prepare([(message, ENVELOPE) for message, _ in batch])))
+                handoff.join()                  # the next is read once the writer took this one
+        handoff.put(None)
+
+    def writer():
+        while (taken := handoff.get()) is not None:
+            handoff.task_done()
+            batch, prepared = taken
+            intake.commit(prepared)
+            batches.append(len(batch))
+            for _, event in batch:
+                event.set()
 
     def sender(mine: list[bytes]):
         for message in mine:
@@ -138,16 +151,16 @@ def senders(intake: Intake, messages: list[bytes], count: int = 8) -> tuple[floa
             event.wait()
 
     threads = [threading.Thread(target=sender, args=(messages[n::count],)) for n in range(count)]
-    store_thread = threading.Thread(target=writer)
+    stages = [threading.Thread(target=reader), threading.Thread(target=writer)]
     used, start = cpu(), time.perf_counter()
-    store_thread.start()
-    for thread in threads:
+    for thread in stages + threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
     done.set()
-    store_thread.join()
+    for thread in stages:
+        thread.join()
     return len(messages) / elapsed, (cpu() - used) / len(messages) * 1000, statistics.mean(batches)
 
 
