@@ -163,7 +163,7 @@ def _authorise(doc: Document, envelope: Envelope) -> None:
     mandates = envelope.mandates
     if mandates is not None and not doc.sender.agb:
         raise NotMandated(f"identity {envelope.identity!r} sent for mailbox "
-                          f"{doc.sender.mailbox[:70]!r}, which mailboxes.csv does not map to "
+                          f"{routes.shown(doc.sender.mailbox)!r}, which mailboxes.csv does not map to "
                           "an AGB code", where="sender mailbox")
     if mandates is not None and doc.sender.agb not in mandates:
         raise NotMandated(f"identity {envelope.identity!r} may not send for AGB "

@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 
 from gateway.document import Document, Kind
 from gateway.routes.tables import (Institution, Mailbox, Referrer, TableError, Tables, load,
-                                   mailbox_key, parse, read_texts)
+                                   mailbox_key, parse, read_texts, shown)
 
-__all__ = ["Route", "match", "resolve", "load", "parse", "read_texts", "Tables", "Institution",
-           "Referrer", "Mailbox", "TableError"]
+__all__ = ["Route", "match", "resolve", "load", "parse", "read_texts", "shown", "Tables",
+           "Institution", "Referrer", "Mailbox", "TableError"]
 
 ANSWER_FORMAT = "edifact"
 REQUIRED_OPTION = {Kind.CANCELLATION: ("cancel", "cancellations"),
@@ -46,7 +46,7 @@ def resolve(doc: Document, tables: Tables) -> Document:
         found = tables.mailboxes.get(mailbox_key(party.mailbox)) if party.mailbox else None
         if found is not None and not party.agb:
             changes[role] = replace(party, agb=found.agb, mailbox="")
-            notes.append(f"{role} mailbox {party.mailbox[:70]!r} is AGB {found.agb} ({found.line})")
+            notes.append(f"{role} mailbox {shown(party.mailbox)!r} is AGB {found.agb} ({found.line})")
     if not changes:
         return doc
     return replace(doc, **changes, warnings=doc.warnings + tuple(notes))
@@ -72,14 +72,14 @@ def match(doc: Document, tables: Tables, request: Request | None = None) -> Rout
                                     f"went to institution {min(request.institutions, default='-')}")
         return route
     if not doc.recipient.agb:
-        return Route(f"mailbox:{doc.recipient.mailbox[:70]}", "", "",
-                     f"recipient mailbox {doc.recipient.mailbox[:70]!r} not in mailboxes.csv")
+        return Route(f"mailbox:{shown(doc.recipient.mailbox)}", "", "",
+                     f"recipient mailbox {shown(doc.recipient.mailbox)!r} not in mailboxes.csv")
     institution = tables.institutions.get(doc.recipient.agb)
     if institution is None:
         return Route(doc.recipient.agb, "", "", f"recipient AGB {doc.recipient.agb} not in the table")
     route = Route(institution.agb, institution.format, institution.delivery)
     if not doc.sender.agb:
-        return _fallback(route, f"referrer mailbox {doc.sender.mailbox[:70]!r} not in "
+        return _fallback(route, f"referrer mailbox {shown(doc.sender.mailbox)!r} not in "
                                 "mailboxes.csv")
     referrer = tables.referrers.get(doc.sender.agb)
     if referrer is None:
@@ -100,8 +100,8 @@ def _answer_route(doc: Document, tables: Tables, requester_agb: str | None) -> R
     candidates = [a for a in (requester_agb, doc.recipient.practitioner_agb, doc.recipient.agb) if a]
     referrer = next((tables.referrers[a] for a in candidates if a in tables.referrers), None)
     if not candidates:
-        return Route(f"answers:mailbox:{doc.recipient.mailbox[:70]}", ANSWER_FORMAT, "",
-                     f"recipient mailbox {doc.recipient.mailbox[:70]!r} not in mailboxes.csv")
+        return Route(f"answers:mailbox:{shown(doc.recipient.mailbox)}", ANSWER_FORMAT, "",
+                     f"recipient mailbox {shown(doc.recipient.mailbox)!r} not in mailboxes.csv")
     if referrer is None:
         return Route(f"answers:{candidates[0]}", ANSWER_FORMAT, "",
                      f"referrer AGB {candidates[0]} for the answer not in the table")

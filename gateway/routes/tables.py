@@ -40,9 +40,16 @@ REFERRER_COLUMNS = ("agb", "name", "institutions", "answer_address")
 MAILBOX_COLUMNS = ("mailbox", "agb", "name")
 MAILBOXES = "mailboxes.csv"
 MAILBOX_LENGTH = 70
+
 _DELIVERY = re.compile(r"pull|mllp://[A-Za-z0-9.-]+:[0-9]{1,5}|sftp:[a-z_][a-z0-9_-]{0,31}")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ANSWER = re.compile(r"sftp:[a-z_][a-z0-9_-]{0,31}")
+
+
+def shown(mailbox: str) -> str:
+    """A mailbox number as a reason or log line shows it: cut to the longest a table holds
+    (a sender's over-long value is never echoed whole)."""
+    return mailbox[:MAILBOX_LENGTH]
 
 
 @dataclass(frozen=True)
