@@ -12,11 +12,11 @@ with one ZD number never overwrite each other. A name is never handed to
 another message while its row lasts (a pickup only sets ``picked_up_at``); the
 row goes when its message is purged. The same message delivered again (a resend)
 gets its old name back, listed again. A pickup (the client deletes the file)
-sets ``picked_up_at`` and notes "pickup confirmed" in the message's history and
-audit log, in one transaction, so the file is gone from every node at once.
+sets ``picked_up_at`` (``take``) and ``Store.picked_up`` notes "pickup confirmed"
+in the message's history and audit log in the same transaction, so the file is
+gone from every node at once.
 """
 
-from gateway import audit
 from gateway.spool.db import Database
 
 ATTEMPTS = 1000          # names tried for one message (ZD, ZD-2, ... ZD-1000)
@@ -65,24 +65,15 @@ def find(db: Database, account: str, file_name: str):
     return db.one(LISTED + "AND file_name = ?", (account, file_name))
 
 
-def pick_up(db: Database, ring, account: str, file_name: str, now: float):
-    """Mark the file picked up and note it in its message's history and audit log (one
-    transaction); the message's row, or None when no such file is listed."""
-    who = f"sftp:{account}"
-    with db.transaction():
-        taken = db.execute("UPDATE outbox SET picked_up_at = ? WHERE account = ? AND "
-                           "file_name = ? AND picked_up_at IS NULL", (now, account, file_name))
-        if taken.rowcount != 1:
-            return None
-        row = db.one("SELECT * FROM messages WHERE id = (SELECT message_id FROM outbox WHERE "
-                     "account = ? AND file_name = ?)", (account, file_name))
-        if row is not None:
-            db.execute("INSERT INTO history (message_id, at, state, actor, reason) "
-                       "VALUES (?, ?, ?, ?, ?)", (row["id"], now, row["state"], who,
-                                                  "pickup confirmed"))
-            audit.append(db, ring, [audit.about(row, who, "pickup", detail="pickup confirmed")],
-                         now)
-        return row
+def take(db: Database, account: str, file_name: str, now: float) -> int | None:
+    """Mark the listed file picked up, inside the caller's transaction (``Store.picked_up``
+    notes it); its message id, or None when no such file is listed."""
+    taken = db.execute("UPDATE outbox SET picked_up_at = ? WHERE account = ? AND file_name = ? "
+                       "AND picked_up_at IS NULL", (now, account, file_name))
+    if taken.rowcount != 1:
+        return None
+    return db.value("SELECT message_id FROM outbox WHERE account = ? AND file_name = ?",
+                    (account, file_name))
 
 
 def forget(db: Database, message_ids: list[tuple[int]]) -> None:

@@ -251,15 +251,29 @@ class Store:
              set_reason: bool = False) -> None:
         """Add to a message's history and the audit log without changing its state (e.g. a
         pickup confirmed); ``set_reason`` also makes ``reason`` its current reason."""
-        now = self.clock()
         with self.db.transaction():
-            row = self.db.execute("SELECT * FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is not None and set_reason:
-                self.db.execute("UPDATE messages SET reason = ?, updated_at = ? WHERE id = ?",
-                                (reason, now, message_id))
-            if row is not None:
-                self.db.execute(INSERT_HISTORY, (message_id, now, row["state"], actor, reason))
-                audit.append(self.db, self.ring, [audit.about(row, actor, action, detail=reason)], now)
+            self._note(self.get(message_id), actor, reason, action, set_reason)
+
+    def picked_up(self, account: str, file_name: str):
+        """Mark ``account``'s outbox file picked up (gone from every node's listing) and note
+        the pickup in its message's history and audit log, in one transaction; the
+        message's row, or None when no such file is listed."""
+        with self.db.transaction():
+            message_id = outboxes.take(self.db, account, file_name, self.clock())
+            row = None if message_id is None else self.get(message_id)
+            self._note(row, f"sftp:{account}", "pickup confirmed", "pickup")
+            return row
+
+    def _note(self, row, actor: str, reason: str, action: str, set_reason: bool = False) -> None:
+        """``note`` for the message ``row`` (nothing for None), in the caller's transaction."""
+        if row is None:
+            return
+        now = self.clock()
+        if set_reason:
+            self.db.execute("UPDATE messages SET reason = ?, updated_at = ? WHERE id = ?",
+                            (reason, now, row["id"]))
+        self.db.execute(INSERT_HISTORY, (row["id"], now, row["state"], actor, reason))
+        audit.append(self.db, self.ring, [audit.about(row, actor, action, detail=reason)], now)
 
     def record(self, events: list) -> None:
         """Append audit events on their own (reads of patient data, administrative changes)."""

@@ -108,8 +108,7 @@ class Outbox:
     def picked_up(self, account: str, file_name: str):
         """Record that ``account`` removed ``file_name`` from its outbox (a pickup, seen by
         every node at once); its message's row, or None when no such file is listed."""
-        row = outboxes.pick_up(self.store.db, self.store.ring, account, file_name,
-                               self.store.clock())
+        row = self.store.picked_up(account, file_name)
         if row is not None:
             log.info("pickup confirmed id={id} by sftp:{account}", id=row["id"], account=account)
         return row
