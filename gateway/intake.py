@@ -243,14 +243,11 @@ class Intake:
         destination's format (see ``reading.route``)."""
         return reading.route(doc, self.tables, self._request(doc))
 
-    def reroute_fallback(self, actor: str) -> list[Receipt]:
-        """Route every message in fallback again (after the tables changed); those that
-        now have a route move on, those that stay get the reason that holds now (a
-        damaged payload stays as it is). Returns receipts for the ones that moved."""
-        return self.reroute_rows(self.store.listing("fallback"), actor)
-
     def reroute_rows(self, rows, actor: str) -> list[Receipt]:
-        """``reroute_fallback`` for the fallback message ``rows`` given (a page of them)."""
+        """Route the fallback message ``rows`` (a page of them) again, after the tables
+        changed: those that now have a route move on, those that stay get the reason
+        that holds now (a damaged payload stays as it is). Returns receipts for the ones
+        that moved."""
         moved = []
         for row in rows:
             try:

@@ -117,10 +117,10 @@ def test_fallback_is_rerouted_when_tables_change(backend, tmp_path):
     intake = make_intake(backend, tmp_path / "spool", folder)
     (receipt,) = intake.accept(REFERRAL, ADMIN)
     assert intake.store.get(receipt.id)["reason"] == "referrer AGB 01234567 not in the table"
-    assert intake.reroute_fallback("test") == []
+    assert intake.reroute_rows(intake.store.listing("fallback"), "test") == []
     (folder / "referrers.csv").write_text((SAMPLES / "referrers.csv").read_text())
     intake.tables = routes.load(folder)
-    (moved,) = intake.reroute_fallback("test")
+    (moved,) = intake.reroute_rows(intake.store.listing("fallback"), "test")
     assert (moved.id, moved.state) == (receipt.id, "ready")
     assert [h["state"] for h in intake.store.history(receipt.id)] == ["received", "fallback", "ready"]
 
