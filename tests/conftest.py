@@ -117,6 +117,21 @@ def backend(request) -> Backend:
 
 
 @pytest.fixture
+def pg_backend(postgres) -> Backend:
+    """The PostgreSQL backend alone (for tests of several nodes on one database)."""
+    return Backend("postgresql", postgres)
+
+
+@pytest.fixture
+def clock():
+    """A reactor clock at a fixed, realistic time (2027)."""
+    from twisted.internet import task
+    clock = task.Clock()
+    clock.advance(1_800_000_000)
+    return clock
+
+
+@pytest.fixture
 def cluster():
     """A private PostgreSQL server the test may stop and start (skipped where none can be
     made, a failure where the PostgreSQL tests are required); stopped and removed

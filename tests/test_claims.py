@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from twisted.internet import task
 from twisted.logger import Logger
 
 from gateway import config, routes
@@ -50,13 +49,6 @@ def messages(backend, folder, clock, count: int, thread: bool = False) -> list[i
                                                 f"{AGBS[index % 3]}^VEKTIS".encode())
         ids += [receipt.id for receipt in intake.accept(data, ADMIN)]
     return ids
-
-
-@pytest.fixture
-def clock():
-    clock = task.Clock()
-    clock.advance(1_800_000_000)
-    return clock
 
 
 def test_two_nodes_claiming_at_once_never_get_the_same_message(backend, tmp_path, clock):
@@ -110,11 +102,10 @@ def test_in_flight_limit_holds_across_two_dispatchers(backend, tmp_path, clock):
     assert claims.live(a.store.db, clock.seconds()) == {agb: 4 for agb in AGBS}
 
 
-def test_in_flight_limit_holds_under_concurrent_claiming(postgres, tmp_path, clock):
+def test_in_flight_limit_holds_under_concurrent_claiming(pg_backend, tmp_path, clock):
     """Four connections claim (limit 3 per destination) and release at random, as fast as
     they can, while a fifth counts the claims: no destination ever has more than 3."""
-    from tests.conftest import Backend
-    backend = Backend("postgresql", postgres)
+    backend = pg_backend
     messages(backend, tmp_path, clock, 60)
     stores = [backend.store(tmp_path / "spool", clock.seconds, RING, other_thread=True)
               for _ in range(5)]

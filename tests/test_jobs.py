@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from gateway.spool import jobs
 from gateway.spool.store import Store
@@ -17,23 +16,16 @@ from tests.helpers.fakes import RING, ROOT
 DAY = 86400
 
 
-@pytest.fixture
-def clock():
-    clock = task.Clock()
-    clock.advance(1_800_000_000)
-    return clock
-
-
 def nodes(backend, folder, clock, *names: str, lease: float = 30) -> list[jobs.Jobs]:
     return [jobs.Jobs(backend.store(folder, clock.seconds, RING), name, clock.seconds, lease)
             for name in names]
 
 
-def test_a_job_stays_with_one_node_and_moves_when_it_stops_renewing(postgres, tmp_path, clock):
+def test_a_job_stays_with_one_node_and_moves_when_it_stops_renewing(pg_backend, tmp_path,
+                                                                        clock):
     """Two nodes ask for the job every 5 s: the first to ask keeps it while it renews;
     once it stops, the other has it within the lease, and the first cannot take it back."""
-    from tests.conftest import Backend
-    a, b = nodes(Backend("postgresql", postgres), tmp_path, clock, "a", "b")
+    a, b = nodes(pg_backend, tmp_path, clock, "a", "b")
     assert a.hold("notifications") and not b.hold("notifications")
     for _ in range(20):
         clock.advance(5)
@@ -98,11 +90,10 @@ def test_the_daily_job_runs_once_a_day_over_all_nodes(backend, tmp_path, clock):
     assert a.holders()["purge"][2] == clock.seconds()
 
 
-def test_a_daily_run_cut_off_is_done_by_another_node(postgres, tmp_path, clock):
+def test_a_daily_run_cut_off_is_done_by_another_node(pg_backend, tmp_path, clock):
     """A node that dies while its purge runs leaves no last run: another node purges once
     the lease ran out (not before, and not while the first one renews)."""
-    from tests.conftest import Backend
-    a, b = nodes(Backend("postgresql", postgres), tmp_path, clock, "a", "b")
+    a, b = nodes(pg_backend, tmp_path, clock, "a", "b")
     running = defer.Deferred()
     assert a.daily("purge", DAY, lambda: running)() is not None
     runs = []
@@ -118,12 +109,11 @@ def test_a_daily_run_cut_off_is_done_by_another_node(postgres, tmp_path, clock):
     assert runs == ["b"]
 
 
-def test_the_job_moves_when_its_holder_is_killed(postgres, tmp_path):
+def test_the_job_moves_when_its_holder_is_killed(postgres, pg_backend, tmp_path):
     """Two node processes on one PostgreSQL database ask for a job every 0.1 s (lease 2 s):
     runs come from one node only; after kill -9 of that node the other runs it within the
     lease and a second, and never while the first still ran."""
-    from tests.conftest import Backend
-    url = Backend("postgresql", postgres).url(tmp_path / "spool")
+    url = pg_backend.url(tmp_path / "spool")
     store = Store(tmp_path / "spool", time.time, RING, url=url)     # made before the nodes race
     store.db.execute("CREATE TABLE job_runs (node TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)")
     store.close()

@@ -184,13 +184,12 @@ def test_purged_messages_leave_the_outbox(nodes):
     assert a.store.db.value("SELECT count(*) FROM outbox") == 0
 
 
-def test_two_nodes_listing_one_message_at_once_agree_on_its_name(postgres, tmp_path):
+def test_two_nodes_listing_one_message_at_once_agree_on_its_name(pg_backend, tmp_path):
     """PostgreSQL: while node A's transaction listing a message is not committed, node B
     lists the same message (two pushes of one answer); B waits, then takes A's name —
     not a second name, not an error."""
     from gateway.spool import outboxes
-    from tests.conftest import Backend
-    a, b = (Node(Backend("postgresql", postgres), tmp_path, name) for name in "ab")
+    a, b = (Node(pg_backend, tmp_path, name) for name in "ab")
     try:
         row = answer(a.store, 1, "ZD1_ANTW")
         found = []
