@@ -2,72 +2,32 @@
 message arrives once, never more than ``delivery.max_in_flight`` at once over both nodes;
 with one node gone the other pushes."""
 
+import functools
 import random
 import shutil
-import socket
-import ssl
-import threading
 import time
 from pathlib import Path
 
 from gateway.codecs import hl7v2
 from tests.helpers import daemon
 from tests.helpers.fakes import free_port, numbered_referral
-from tests.test_daemon_e2e import identity, msa, read_frame, send
+from tests.helpers.institution import Institution
+from tests.test_daemon_e2e import identity, msa, send
 
 COUNT = 24
 
 
-class SlowInstitution:
-    """An MLLP/TLS server that takes every connection at once (a thread each), answers
-    AA after 0.05 to 0.8 s (so that the nodes' once-a-second rounds do not fall into one
-    rhythm), and counts the connections open at the same time."""
-
-    def __init__(self, tls_folder: Path):
-        self.received: list[bytes] = []
-        self.open = self.most = 0
-        self.lock, self.rng = threading.Lock(), random.Random(13)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls_folder / "ca.pem")
-        context.load_cert_chain(tls_folder / "server.pem", tls_folder / "server.key")
-        context.verify_mode = ssl.CERT_REQUIRED
-        self.context = context
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
-
-    def answer(self, raw):
-        with self.lock:
-            self.open += 1
-            self.most = max(self.most, self.open)
-        try:
-            with self.context.wrap_socket(raw, server_side=True) as conn:
-                message = read_frame(conn)
-                with self.lock:
-                    delay = self.rng.uniform(0.05, 0.8)
-                time.sleep(delay)
-                with self.lock:
-                    self.received.append(message)
-                conn.sendall(b"\x0b" + hl7v2.ack(message, "AA") + b"\x1c\x0d")
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            with self.lock:
-                self.open -= 1
+def slow_institution(tls_folder: Path) -> Institution:
+    """An institution that answers AA after 0.05 to 0.8 s (so that the nodes'
+    once-a-second rounds do not fall into one rhythm)."""
+    return Institution(tls_folder, delay=functools.partial(random.Random(13).uniform, 0.05, 0.8))
 
 
-def two_nodes(tmp_path: Path, url: str) -> tuple[dict, dict, SlowInstitution]:
-    """Node a's setup (gatewayctl init) pushing Ziekenhuis Eemland to a SlowInstitution,
+def two_nodes(tmp_path: Path, url: str) -> tuple[dict, dict, Institution]:
+    """Node a's setup (gatewayctl init) pushing Ziekenhuis Eemland to a slow institution,
     and node b: a copy of its folder (the same key file, CA and tables) on other ports."""
     a = daemon.init(tmp_path / "a")
-    institution = SlowInstitution(tmp_path / "a" / "tls")
+    institution = slow_institution(tmp_path / "a" / "tls")
     tables = tmp_path / "a" / "routes" / "institutions.csv"
     tables.write_text(tables.read_text().replace(
         "06005678,Ziekenhuis Eemland,xml,pull,",
@@ -122,7 +82,7 @@ def sending(first: dict, second: dict, numbers) -> None:
         assert msa(reply) == [b"MSA", b"AA", f"TWO-{index:06d}".encode()]
 
 
-def arrived(institution: SlowInstitution, count: int) -> None:
+def arrived(institution: Institution, count: int) -> None:
     """Wait (at most a minute) until ``count`` pushes arrived, then a second more: a
     repeat would come then."""
     deadline = time.time() + 60

@@ -33,12 +33,16 @@ class Receipt(NamedTuple):
 class Institution:
     """Listens on a free port on 127.0.0.1 with the certificates in ``tls_folder`` (client
     certificates required); ``received`` holds the frames, ``receipts`` what came when
-    from whom. ``senders()`` returns {pid: name} of the processes that may push."""
+    from whom. ``senders()`` returns {pid: name} of the processes that may push. With
+    ``delay``, each answer waits ``delay()`` seconds; ``most`` is the largest number of
+    connections it had open at once."""
 
-    def __init__(self, tls_folder: Path, senders: Callable[[], dict] = dict):
+    def __init__(self, tls_folder: Path, senders: Callable[[], dict] = dict,
+                 delay: Callable[[], float] | None = None):
         self.received: list[bytes] = []
         self.receipts: list[Receipt] = []
-        self.senders, self.lock = senders, threading.Lock()
+        self.senders, self.lock, self.delay = senders, threading.Lock(), delay
+        self.open = self.most = 0
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
                                                   cafile=tls_folder / "ca.pem")
         self.context.load_cert_chain(tls_folder / "server.pem", tls_folder / "server.key")
@@ -58,12 +62,19 @@ class Institution:
 
     def _serve(self, conn: socket.socket, peer_port: int, at: float) -> None:
         node = _owner(peer_port, self.port, self.senders())
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
         try:
             conn.settimeout(30)
             with self.context.wrap_socket(conn, server_side=True) as tls:
                 message, whole = _frame(tls)
                 if not whole:
                     return                     # cut off: the sender went away
+                if self.delay is not None:
+                    with self.lock:
+                        pause = self.delay()
+                    time.sleep(pause)
                 with self.lock:
                     self.received.append(message)
                     self.receipts.append(Receipt(at, _msh10(message), node))
@@ -72,6 +83,8 @@ class Institution:
             pass                               # a sender killed mid-push: nothing to answer
         finally:
             conn.close()
+            with self.lock:
+                self.open -= 1
 
     def counts(self) -> dict[str, int]:
         """How often each MSH-10 came."""
