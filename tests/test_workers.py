@@ -7,11 +7,9 @@ import os
 import re
 import signal
 import socket
-import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -22,9 +20,9 @@ from gateway.spool.store import Store
 from gateway.workers import Shared
 from tests.helpers import daemon
 from tests.helpers.daemon import wait_for
-from tests.helpers.fakes import ROOT, numbered_referral
+from tests.helpers.fakes import ROOT
+from tests.helpers.senders import Senders
 from tests.test_crash import check
-from tests.test_daemon_e2e import identity, msa, send
 
 WORKER = re.compile(r"worker 1 started: pid (\d+)")
 
@@ -55,40 +53,6 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-class Stream:
-    """A sender thread that resends each message until it gets AA (a new connection for
-    each attempt, so both processes take some); ``acked`` holds the control ids."""
-
-    def __init__(self, made: dict, prefix: str):
-        self.made, self.prefix = made, prefix
-        self.brink = identity(made, "his-brink")
-        self.acked: set[str] = set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run)
-        self.thread.start()
-
-    def run(self) -> None:
-        index = 0
-        while not self.stop.is_set():
-            index += 1
-            message = numbered_referral(index, self.prefix)
-            control_id = f"{self.prefix}-{index:06d}"
-            while not self.stop.is_set():
-                try:
-                    reply = send(self.made["ports"]["mllp"], self.made, message,
-                                 self.brink["cert"], self.brink["key"])
-                    if msa(reply) == [b"MSA", b"AA", control_id.encode()]:
-                        self.acked.add(control_id)
-                        break
-                except (OSError, ssl.SSLError, IndexError):
-                    time.sleep(0.02)
-
-    def finish(self) -> set[str]:
-        self.stop.set()
-        self.thread.join(timeout=30)
-        return self.acked
-
-
 def stored_once(made: dict, acked: set[str]) -> list[str]:
     spool = Path(made["spool"])
     ring = keys.load(Path(made["keys"]))
@@ -104,9 +68,9 @@ def test_messages_spread_over_both_processes_stored_once_counted_by_main(tmp_pat
     gateway = daemon.start(made, log)
     try:
         wait_for(lambda: serving(log), what="the worker")
-        streams = [Stream(made, f"SPREAD{n}") for n in range(4)]
-        time.sleep(4)
-        acked = set().union(*(stream.finish() for stream in streams))
+        with Senders([made], mllp=4, https=0) as senders:
+            time.sleep(4)
+        acked = senders.acked
         lines = [line for line in log.read_text().splitlines() if "accepted id=" in line]
         by_worker = [line for line in lines if "[gatewayd.mllp@w1]" in line]
         assert len(acked) > 40 and len(lines) == len(acked)
@@ -128,13 +92,13 @@ def test_killed_worker_loses_nothing_and_is_started_again(backend, tmp_path):
     gateway = daemon.start(made, log)
     try:
         wait_for(lambda: serving(log), what="the worker")
-        stream = Stream(made, "WKILL")
-        for kill in range(1, 4):
+        with Senders([made], https=0) as senders:
+            for kill in range(1, 4):
+                time.sleep(1.0)
+                os.kill(worker_pids(log)[-1], signal.SIGKILL)
+                wait_for(lambda: serving(log, kill + 1), what="the worker started again")
             time.sleep(1.0)
-            os.kill(worker_pids(log)[-1], signal.SIGKILL)
-            wait_for(lambda: serving(log, kill + 1), what="the worker started again")
-        time.sleep(1.0)
-        acked = stream.finish()
+        acked = senders.acked
         pids = worker_pids(log)
         assert len(set(pids)) == 4 and alive(pids[-1]) and gateway.poll() is None
         status = control.ask(Path(made["spool"]), {"command": "status"})
@@ -152,24 +116,23 @@ def test_killed_main_takes_its_worker_and_a_restart_recovers(tmp_path):
     again serves, and every acknowledged message is stored once."""
     made, log = two_processes(tmp_path)
     gateway = daemon.start(made, log)
-    stream = Stream(made, "MKILL")
     try:
-        for round_ in range(1, 3):
-            wait_for(lambda: serving(log, round_), what="the worker")
+        with Senders([made], https=0) as senders:
+            for round_ in range(1, 3):
+                wait_for(lambda: serving(log, round_), what="the worker")
+                time.sleep(1.0)
+                worker = worker_pids(log)[-1]
+                gateway.send_signal(signal.SIGKILL)
+                gateway.wait()
+                wait_for(lambda: not alive(worker), "the worker dying with main", 5)
+                gateway = daemon.start(made, log)
+            wait_for(lambda: serving(log, 3), what="the worker")
             time.sleep(1.0)
-            worker = worker_pids(log)[-1]
-            gateway.send_signal(signal.SIGKILL)
-            gateway.wait()
-            wait_for(lambda: not alive(worker), "the worker dying with main", 5)
-            gateway = daemon.start(made, log)
-        wait_for(lambda: serving(log, 3), what="the worker")
-        time.sleep(1.0)
     finally:
-        acked = stream.finish()
         gateway.terminate()
         gateway.wait(30)
-    assert len(acked) > 20
-    assert stored_once(made, acked) == []
+    assert len(senders.acked) > 20
+    assert stored_once(made, senders.acked) == []
 
 
 def test_sighup_reaches_the_worker_and_sigterm_stops_both(tmp_path):
@@ -186,10 +149,10 @@ def test_sighup_reaches_the_worker_and_sigterm_stops_both(tmp_path):
         gateway.send_signal(signal.SIGHUP)
         wait_for(lambda: "[gatewayd@w1] reloaded route tables" in log.read_text(),
                  what="the worker's reload")
-        stream = Stream(made, "HUP")
-        wait_for(lambda: "[gatewayd.mllp@w1] accepted" in log.read_text().split(
-            "[gatewayd@w1] reloaded route tables")[1], what="a message stored by the worker")
-        acked = stream.finish()
+        with Senders([made], https=0) as senders:
+            wait_for(lambda: "[gatewayd.mllp@w1] accepted" in log.read_text().split(
+                "[gatewayd@w1] reloaded route tables")[1], what="a message stored by the worker")
+        acked = senders.acked
         ids = [int(i) for i in re.findall(r"\[gatewayd\.mllp@w1\] accepted id=(\d+)",
                                           log.read_text())]
         db = database.connect(Path(made["spool"]) / "gateway.db")
