@@ -47,17 +47,16 @@ import socket
 ONE_NODE = {"sqlite": True, "postgresql": False}
 # How the chosen rows are locked: SQLite's BEGIN IMMEDIATE holds the whole database.
 LOCK_ROWS = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}
+# Destinations with pushes waiting (the messages_queue index); then, for each with room
+# under the in-flight limit, its oldest due unclaimed pushes, as many as there is room:
+# a destination at its limit costs no scan of its backlog.
+WAITING = "SELECT DISTINCT destination FROM messages WHERE state IN ('outbound', 'deferred')"
 DUE = """
-SELECT * FROM (
-    SELECT m.*, row_number() OVER (PARTITION BY m.destination
-                                   ORDER BY coalesce(m.next_attempt_at, 0), m.id) AS place
-    FROM messages m
-    WHERE m.state IN ('outbound', 'deferred') AND coalesce(m.next_attempt_at, 0) <= ?
-      AND ({schemes})
-      AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.message_id = m.id)
-) d
-WHERE d.place + (SELECT count(*) FROM claims c WHERE c.destination = d.destination) <= ?
-ORDER BY coalesce(d.next_attempt_at, 0), d.id LIMIT ?
+SELECT * FROM messages m
+WHERE m.state IN ('outbound', 'deferred') AND m.destination = ?
+  AND coalesce(m.next_attempt_at, 0) <= ? AND ({schemes})
+  AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.message_id = m.id)
+ORDER BY coalesce(m.next_attempt_at, 0), m.id LIMIT ?
 """
 
 
@@ -82,9 +81,15 @@ def take(db, node: str, now: float, lease: float, per_destination: int,
     with db.transaction():
         db.lock("claims")
         db.execute("DELETE FROM claims WHERE until <= ?", (now,))
-        chosen = db.execute(DUE.format(schemes=" OR ".join(
-            ["substr(m.delivery, 1, ?) = ?"] * len(schemes)) or "1 = 0"),
-            (now, *[v for s in schemes for v in (len(s), s)], per_destination, limit)).fetchall()
+        claimed, due = live(db, now), DUE.format(schemes=" OR ".join(
+            ["substr(m.delivery, 1, ?) = ?"] * len(schemes)) or "1 = 0")
+        prefixes = [v for s in schemes for v in (len(s), s)]
+        chosen = []
+        for (destination,) in db.execute(WAITING).fetchall():
+            room = per_destination - claimed.get(destination, 0)
+            if room > 0:
+                chosen += db.execute(due, (destination, now, *prefixes, room)).fetchall()
+        chosen = sorted(chosen, key=lambda row: (row["next_attempt_at"] or 0, row["id"]))[:limit]
         if not chosen:
             return []
         marks = ", ".join("?" * len(chosen))
