@@ -83,8 +83,8 @@ def publish(store, texts: dict, actor: str, record: bool = True, say_unchanged: 
     """Make ``texts`` (part -> validated text) the tables in force, in one transaction:
     with ``record``, each route change as a route change with its audit record and
     changed identities as one audit record (``say_unchanged``: a "(no change)" row when
-    the route tables stayed as they were); ``events`` are recorded besides (the
-    identities ``told`` of there are not named again)."""
+    the route tables stayed as they were); ``events`` are recorded besides (when
+    they already name every changed identity — ``told`` — no second record does)."""
     with store.db.transaction():
         claimed = sql.claim(store.db)
         before = {name: part.content for name, part in claimed[1].items()}

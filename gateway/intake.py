@@ -129,7 +129,8 @@ class Intake:
         """The first half of ``accept_many``, which needs no store (another thread may
         run it while the store commits the batch before): read each input, route it
         and write it in its destination's format (answers, whose route depends on the
-        stored request, are routed by ``commit``)."""
+        stored request, are routed by ``commit``). A resend is written too, before dedup
+        finds it (the reader thread's work, not the writer's)."""
         prepared = Prepared([None] * len(items))
         for index, (raw, envelope) in enumerate(items):
             found = self.read(raw, envelope)

@@ -142,11 +142,6 @@ def file_header(path: Path, offset: int = 0) -> tuple[str, int] | None:
         return None
 
 
-def plain_size(blob_size: int, key_id: str) -> int:
-    """How many bytes a sealed payload of ``blob_size`` opens to."""
-    return max(0, blob_size - (5 + len(key_id) + 8 + 12 + TAG))
-
-
 def generate() -> Keyring:
     """A fresh keyring with one payload key (for ``keys init`` and for tests)."""
     return Keyring({"k1": AESGCM.generate_key(256)}, "k1", os.urandom(32))

@@ -10,13 +10,16 @@ A worker only takes input: its own writer thread and group commit store what its
 connections bring, and it serves pulls and SFTP sessions. Everything that must run
 once — pushes, the purge, notifications, the control socket, the metrics port, systemd
 notifications — stays in the main process. On SQLite the processes' write
-transactions wait for each other (``BEGIN IMMEDIATE`` with a busy timeout), dedup and
-message ids are taken inside them, and the audit head is read inside them: one chain.
+transactions take turns (an flock of ``gateway.db-writers``, then ``BEGIN
+IMMEDIATE``); message ids and the audit head are taken inside them (one chain), and
+a control id another process committed first is refused by the UNIQUE key, so the
+batch is planned again and stored once.
 
 A worker dies with the main process (``PR_SET_PDEATHSIG``: SIGKILL; and it stops when
 its stdin, a pipe from the main process, reaches its end). The main process restarts
 a worker that ended (after 1 s, doubling to 30 s while it keeps dying within a minute),
-passes SIGHUP on to the workers after its own reload, and on SIGTERM stops listening,
+has them reload after its own reload (a request in ``Shared``, SIGHUP to each that is
+up, answered once each confirmed; ``Supervisor.reload``), and on SIGTERM stops listening,
 sends SIGTERM to the workers and waits for them (SIGKILL after 60 s) before it ends.
 
 Counters for /metrics: each worker writes its counters and ACK latencies to
@@ -256,8 +259,9 @@ class Supervisor:
 
 
 class Shared:
-    """Counters of the worker processes for the main process's /metrics, through small
-    files in ``folder`` (one a slot, replaced whole by rename)."""
+    """What the main process and its workers tell each other through small files in
+    ``folder`` (one a slot, replaced whole by rename): the workers' counters for
+    /metrics, the reload requests and each worker's reload status."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)

@@ -200,16 +200,14 @@ class SQLite(Database):
     def transaction(self):
         """One write transaction, after this process's turn in the writers' queue (the
         busy timeout still covers writers that do not queue, such as older gatewayctl)."""
-        if self.queue is None:
-            with super().transaction():
-                yield self
-            return
-        fcntl.flock(self.queue, fcntl.LOCK_EX)
+        if self.queue is not None:
+            fcntl.flock(self.queue, fcntl.LOCK_EX)
         try:
             with super().transaction():
                 yield self
         finally:
-            fcntl.flock(self.queue, fcntl.LOCK_UN)
+            if self.queue is not None:
+                fcntl.flock(self.queue, fcntl.LOCK_UN)
 
     def reclaim(self, step_pages: int = 4096) -> None:
         """Give freed pages back to the file system, a few MB per transaction so that
