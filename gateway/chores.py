@@ -8,6 +8,7 @@ settings, outbox, metrics and notifier); ``every`` runs work in a loop whose fai
 are logged, never fatal.
 """
 
+import functools
 import time
 
 from twisted.internet import defer, reactor, ssl, task, threads
@@ -15,7 +16,7 @@ from twisted.logger import Logger
 
 from gateway import audit, retention
 from gateway.errors import GatewayError
-from gateway.spool import jobs
+from gateway.spool import claims, jobs
 from gateway.spool.delivery import Dispatcher
 from gateway.spool.store import Store
 from gateway.transports.mllp_client import MLLPDeliverer
@@ -37,6 +38,12 @@ class ByScheme:
 class Chores:
     """Pushes and the once-only jobs of a Gateway (the main process's part)."""
 
+    @functools.cached_property
+    def node(self) -> str:
+        """This node's name in delivery claims and job leases (``node.name``, else host
+        name:process id)."""
+        return self.settings.node_name or claims.default_node()
+
     def deliver(self) -> None:
         settings = self.settings
         deliverer = MLLPDeliverer(reactor, ssl.Certificate.loadPEM(settings.tls_ca.read_bytes()),
@@ -46,9 +53,9 @@ class Chores:
         deliverers = {"mllp://": deliverer, "sftp:": self.outbox}
         dispatcher = Dispatcher(self.store, settings,
                                 self.metrics.counting_deliverer(ByScheme(deliverers)),
-                                reactor.seconds, schemes=tuple(deliverers))
+                                reactor.seconds, schemes=tuple(deliverers), node=self.node)
         self.dispatcher = dispatcher
-        log.info("node {node}: delivery claims and once-only jobs", node=dispatcher.node)
+        log.info("node {node}: delivery claims and once-only jobs", node=self.node)
         every(1.0, dispatcher.tick, "delivery loop")
 
     def maintain(self) -> None:
@@ -56,7 +63,7 @@ class Chores:
         at a minute after start, then every 5 minutes). Each runs on one node of the store at
         a time (``gateway.spool.jobs``); a clean stop lets them go at once. This node's own
         files past retention (SFTP, quarantine) are swept daily on every node."""
-        self.jobs = jobs.Jobs(self.store, self.dispatcher.node, reactor.seconds,
+        self.jobs = jobs.Jobs(self.store, self.node, reactor.seconds,
                               self.settings.node_job_lease_seconds)
         every(5.0, self.jobs.renew, "job leases")
         if self.notifier.enabled:

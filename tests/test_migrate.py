@@ -12,7 +12,7 @@ from gateway import audit, retention, routes
 from gateway.cli.common import actor
 from gateway.intake import Envelope, Intake
 from gateway.spool import db as database
-from gateway.spool import migrate, outboxes, payloads
+from gateway.spool import inforce, migrate, outboxes, payloads
 from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import RING, ROOT, numbered_referral
@@ -30,7 +30,9 @@ def filled(folder: Path) -> Store:
     for index in range(1, 31):
         intake.accept(numbered_referral(index), HIS)
     store.transition(1, "delivered", "https:zis-eemland", "pickup confirmed", action="pickup")
-    store.record_route_changes("cli:tester", ["institution 06005678: format xml -> hl7"])
+    with store.db.transaction():
+        inforce.record_changes(store.db, RING, "cli:tester",
+                               ["institution 06005678: format xml -> hl7"], clock[0])
     store.purge([("ZD500000002", "referral: 180 days", clock[0])], retention.ACTOR, clock[0])
     store.db.execute("INSERT INTO notify_cursor VALUES (1, 5)")
     for message_id in (4, 5):                          # two files in an SFTP outbox

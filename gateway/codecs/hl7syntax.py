@@ -232,16 +232,15 @@ def split_messages(data: bytes) -> list[Segments]:
     charset, text, warnings = _text(raw, *_charset(raw, separators))
     lines = list(filter(None, text.replace("\r\n", "\r").replace("\n", "\r").split("\r")))
     messages = [Segments(own_lines, ordered, separators, charset)
-                for own_lines, ordered in _fields(lines, separators[0], '""' in text)]
+                for own_lines, ordered in _fields(lines, separators[0])]
     for msg in messages:
         msg.warnings += warnings
     return messages
 
 
-def _fields(lines: list[str], fs: str, nulls: bool):
+def _fields(lines: list[str], fs: str):
     """(lines, their fields) of each message in ``lines``: a message starts at an MSH,
-    whose MSH-1 is put in place; a field holding only ``""`` reads as empty (``nulls``:
-    the text has any ``""`` at all)."""
+    whose MSH-1 is put in place; a field holding only ``""`` reads as empty."""
     messages: list[tuple[list[str], list[list[str]]]] = []
     for number, line in enumerate(lines, 1):
         fields = line.split(fs)
@@ -249,7 +248,7 @@ def _fields(lines: list[str], fs: str, nulls: bool):
         if len(tag) != 3 or not tag.isalnum():
             raise DecodeError("segment does not start with a three-character tag and a field "
                               "separator", where=f"segment {number}", code="E-HL7-SYNTAX")
-        if nulls and '""' in line:
+        if '""' in line:
             fields = ["" if value == '""' else value for value in fields]
         if tag == "MSH":                        # the first line always is
             fields.insert(1, fs)

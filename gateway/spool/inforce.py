@@ -80,13 +80,21 @@ def put(db: Database, ring, claimed: tuple[int, dict[str, Part]], changed: dict[
                    "UPDATE SET version = excluded.version, content = excluded.content, "
                    "sha256 = excluded.sha256, changed_at = excluded.changed_at, "
                    "actor = excluded.actor", rows)
+    record_changes(db, ring, actor, route_changes, now, events)
+    return new
+
+
+def record_changes(db: Database, ring, actor: str, route_changes: list[str], now: float,
+                   events: list = ()) -> None:
+    """Keep what changed in the route tables (table ``route_changes``), when and by whom,
+    with a ``routes-change`` audit record each and ``events`` besides, in the caller's
+    transaction."""
     db.executemany("INSERT INTO route_changes (at, actor, change) VALUES (?, ?, ?)",
                    [(now, actor, change) for change in route_changes])
     events = [audit.Event(actor, "routes-change", detail=change)
               for change in route_changes] + list(events)
     if events:
         audit.append(db, ring, events, now)
-    return new
 
 
 def fallback_after(db: Database, after: int, limit: int = 200) -> list:

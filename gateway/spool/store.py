@@ -306,15 +306,6 @@ class Store:
         return self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id LIMIT ?",
                                (state, limit)).fetchall()
 
-    def record_route_changes(self, actor: str, changes: list[str]) -> None:
-        """Keep what changed in the route tables, when and by whom (one transaction)."""
-        now = self.clock()
-        with self.db.transaction():
-            self.db.executemany("INSERT INTO route_changes (at, actor, change) VALUES (?, ?, ?)",
-                                [(now, actor, change) for change in changes])
-            audit.append(self.db, self.ring, [audit.Event(actor, "routes-change", detail=change)
-                                              for change in changes], now)
-
     def route_changes(self, limit: int = 1000) -> list:
         return self.db.execute("SELECT * FROM route_changes ORDER BY id DESC LIMIT ?",
                                (limit,)).fetchall()

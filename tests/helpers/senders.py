@@ -20,7 +20,7 @@ class Senders(Threads):
 
     def __init__(self, nodes: list[dict], mllp: int = 1, https: int = 1, seed: int = 0):
         super().__init__(timeout=60)
-        self.nodes, self.acked, self.refused = nodes, set(), 0
+        self.nodes, self.acked = nodes, set()
         self.rng, self.lock = random.Random(seed), threading.Lock()
         brink = identity(nodes[0], "his-brink")
         self.threads = [threading.Thread(target=self._loop, args=(
@@ -49,7 +49,6 @@ class Senders(Threads):
                         with self.lock:
                             self.acked.add(control)
                         break
-                    self.refused += 1
                 except (OSError, ssl.SSLError, IndexError):
                     pass
                 time.sleep(0.05)
