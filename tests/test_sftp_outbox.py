@@ -160,9 +160,14 @@ def test_refusal_and_read_audits_go_through_record(backend, tmp_path):
         node.store.close()
 
 
-def test_a_staged_upload_replaced_by_another_is_logged_and_audited(nodes):
+def test_a_staged_upload_replaced_by_another_is_logged_and_audited(nodes, monkeypatch):
     """Two .part uploads of one name: the second replaces the first, with one WARNING line
     and an audit record (never silently)."""
+    from twisted.logger import Logger, LogLevel, formatEvent
+
+    from gateway.transports import sftp
+    events: list = []
+    monkeypatch.setattr(sftp, "log", Logger(observer=events.append))
     a, _ = nodes
     for data in (b"first", b"second upload"):
         handle = a.account.openFile(b"inbox/referral.edi.part", ft.FXF_WRITE | ft.FXF_CREAT, {})
@@ -172,6 +177,8 @@ def test_a_staged_upload_replaced_by_another_is_logged_and_audited(nodes):
     (record,) = [r for r in audit.query(a.store.db, who="sftp:his-brink")]
     assert record["result"] == "replaced" and "of 5 bytes replaced" in record["detail"]
     assert "referral" not in record["detail"]
+    (line,) = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert "of 5 bytes replaced" in line and "referral" not in line
 
 
 def test_purged_messages_leave_the_outbox(nodes):

@@ -241,16 +241,17 @@ def test_changes_made_at_once_on_two_nodes_get_versions_one_after_the_other(post
     inforce.begin(stores[0], settings, lambda line: None)
     base = (SAMPLES / "institutions.csv").read_text()
     texts = inforce.route_texts(settings.paths_routes)
-    results: list = []
+    results: list = []          # (version, institutions.csv) of each publication
 
     def change(store, agb):
         for round_ in range(5):
-            row = f"{agb[:6]}{round_:02d},Nieuw,xml,pull,\n"
-            results.append(inforce.publish(store, {**texts, "institutions.csv": base + row},
-                                           "node").version)
+            text = base + f"{agb[:6]}{round_:02d},Nieuw,xml,pull,\n"
+            results.append((inforce.publish(store, {**texts, "institutions.csv": text},
+                                            "node").version, text))
     run_together(change, list(zip(stores, ("06101100", "06202200"))), 60)
-    assert sorted(results) == list(range(2, 12))           # seeded as 1, then ten turns
+    assert sorted(v for v, _ in results) == list(range(2, 12))   # seeded as 1, then ten turns
     version, parts = sql.read(stores[0].db)
     assert version == 11 and parts["institutions.csv"].version == 11
+    assert parts["institutions.csv"].content == dict(results)[11]    # the last committed
     logged = [row["change"] for row in stores[0].route_changes()]
     assert len(logged) == len(set(logged)) and len(logged) >= 10
