@@ -255,6 +255,14 @@ def sftp(made, name, commands: str, tmp_path) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
 
+def outbox_names(made, tmp_path) -> set[str]:
+    """The file names his-brink's outbox lists (OpenSSH sftp ``ls``)."""
+    result = sftp(made, "his-brink", "ls -1 outbox\n", tmp_path)
+    assert result.returncode == 0, result.stderr
+    return {line.strip().removeprefix("outbox/") for line in result.stdout.splitlines()
+            if line.strip().startswith("outbox/")}
+
+
 def test_sftp_drop_reaches_the_institution_as_xml(gateway, tmp_path):
     """OpenSSH sftp uploads a MEDVRI file; it leaves inbox/ and the hospital pulls it as XML."""
     made, _, _ = gateway

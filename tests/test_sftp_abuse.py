@@ -17,7 +17,7 @@ from twisted.conch.ssh.common import NS
 
 from tests.helpers import daemon
 from tests.test_abuse import LegitimateSender, closed_within, logged_since, name_tag
-from tests.test_daemon_e2e import curl, identity, sftp
+from tests.test_daemon_e2e import curl, identity, outbox_names
 from tests.helpers.fakes import ROOT
 
 LIMITS = dict(limits__max_message_bytes=8 * 1024 * 1024, limits__handshake_seconds=2,
@@ -132,19 +132,11 @@ def test_open_folders_are_bounded_per_session(gateway):
         path.unlink()
 
 
-def outbox_names(made) -> set[str]:
-    """The file names his-brink's outbox lists (OpenSSH sftp ``ls``)."""
-    result = sftp(made, "his-brink", "ls -1 outbox\n", made["folder"])
-    assert result.returncode == 0, result.stderr
-    return {line.strip().removeprefix("outbox/") for line in result.stdout.splitlines()
-            if line.strip().startswith("outbox/")}
-
-
 def big_answer(made, size: int) -> str:
     """A teleconsult answer of about ``size`` bytes posted by the hospital; the name of
     the file it becomes in his-brink's outbox, once it is there (the same ZD number each
     time: a new name each time)."""
-    before = outbox_names(made)
+    before = outbox_names(made, made["folder"])
     answer = (ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes()
     line = b"Synthetische regel van de brief die lang wordt gemaakt. " * 12 + b"~"  # < 10,000 lines
     answer = answer.replace(b"Beste collega,~", b"Beste collega,~" + line * (size // len(line)))
@@ -152,7 +144,7 @@ def big_answer(made, size: int) -> str:
     answer = answer.replace(b"|ZIS-777|", f"|ZIS-777-{made['answers']}|".encode())
     assert curl(made, "/v1/messages", "zis-eemland", data=answer)[0] == 202
     for _ in range(50):
-        new = outbox_names(made) - before
+        new = outbox_names(made, made["folder"]) - before
         if new:
             (name,) = new
             assert name.startswith("ZD100200301_ANTW") and name.endswith(".edi")

@@ -14,7 +14,7 @@ from gateway import keys
 from gateway.spool.store import Store
 from tests.helpers import daemon
 from tests.helpers.fakes import ROOT, free_port
-from tests.test_daemon_e2e import curl, sftp
+from tests.test_daemon_e2e import curl, outbox_names, sftp
 
 ANSWER = (ROOT / "fixtures" / "hl7" / "teleconsult-answer-crlf.hl7").read_bytes()
 PORTS = ("mllp", "https", "sftp", "metrics")
@@ -44,13 +44,6 @@ def answer(index: int) -> bytes:
     return ANSWER.replace(b"|ZIS-777|", f"|ZIS-777-{index}|".encode())
 
 
-def listed(made: dict, tmp_path: Path) -> set[str]:
-    result = sftp(made, "his-brink", "ls -1 outbox\n", tmp_path)
-    assert result.returncode == 0, result.stderr
-    return {line.strip().removeprefix("outbox/") for line in result.stdout.splitlines()
-            if line.strip().startswith("outbox/")}
-
-
 @pytest.fixture
 def two_nodes(postgres, tmp_path):
     url = postgres.url(tmp_path / "db")
@@ -71,14 +64,14 @@ def test_one_outbox_served_by_two_nodes(two_nodes, tmp_path):
     assert daemon.until(lambda: daemon.ctl_json(made, "status", "ZD100200301_ANTW")[0]["state"]
                  == "delivered"), "node A did not deliver the answer"
     processes.append(daemon.start(other, tmp_path / "b.log"))      # B starts after A delivered
-    assert listed(other, tmp_path) == {"ZD100200301_ANTW.edi"} == listed(made, tmp_path)
+    assert outbox_names(other, tmp_path) == {"ZD100200301_ANTW.edi"} == outbox_names(made, tmp_path)
     result = sftp(other, "his-brink", "get outbox/ZD100200301_ANTW.edi\n", tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "ZD100200301_ANTW.edi").read_bytes().startswith(b"UNA:+.? '")
     assert not [p for p in (tmp_path / "a" / "sftp").rglob("*") if p.is_file()]
     # picked up on B: gone on A at once, confirmed in the history both nodes show
     assert sftp(other, "his-brink", "rm outbox/ZD100200301_ANTW.edi\n", tmp_path).returncode == 0
-    assert listed(made, tmp_path) == set()
+    assert outbox_names(made, tmp_path) == set()
     history = daemon.ctl_json(made, "status", "ZD100200301_ANTW")[0]["history"]
     assert history[-1]["reason"] == "pickup confirmed"
     records = daemon.ctl_json(made, "audit", "query", "--who", "sftp:his-brink")
@@ -87,8 +80,9 @@ def test_one_outbox_served_by_two_nodes(two_nodes, tmp_path):
     assert curl(made, "/v1/messages", "zis-eemland", data=answer(2))[0] == 202
     assert curl(other, "/v1/messages", "zis-eemland", data=answer(3))[0] == 202
     expected = {"ZD100200301_ANTW-2.edi", "ZD100200301_ANTW-3.edi"}
-    assert daemon.until(lambda: listed(made, tmp_path) == expected), listed(made, tmp_path)
-    assert listed(other, tmp_path) == expected
+    assert daemon.until(lambda: outbox_names(made, tmp_path) == expected), \
+        outbox_names(made, tmp_path)
+    assert outbox_names(other, tmp_path) == expected
     for name, node in zip(sorted(expected), (made, other)):
         assert sftp(node, "his-brink", f"get outbox/{name}\n", tmp_path).returncode == 0
         assert (tmp_path / name).read_bytes().startswith(b"UNA:+.? '")
@@ -103,7 +97,7 @@ def test_outbox_files_of_an_older_gatewayd_are_taken_in_at_start(tmp_path):
     process = daemon.start(made, tmp_path / "gatewayd.log")
     try:
         assert curl(made, "/v1/messages", "zis-eemland", data=answer(1))[0] == 202
-        assert daemon.until(lambda: listed(made, tmp_path) == {"ZD100200301_ANTW.edi"})
+        assert daemon.until(lambda: outbox_names(made, tmp_path) == {"ZD100200301_ANTW.edi"})
     finally:
         process.kill()
         process.wait()
@@ -118,7 +112,7 @@ def test_outbox_files_of_an_older_gatewayd_are_taken_in_at_start(tmp_path):
     (folder / "ZD1.edi").write_bytes(b"not sealed")
     process = daemon.start(made, tmp_path / "restarted.log")
     try:
-        assert listed(made, tmp_path) == {"ZD100200301_ANTW.edi"}
+        assert outbox_names(made, tmp_path) == {"ZD100200301_ANTW.edi"}
         result = sftp(made, "his-brink", "get outbox/ZD100200301_ANTW.edi\n", tmp_path)
         assert result.returncode == 0 and (tmp_path / "ZD100200301_ANTW.edi").read_bytes() == plain
     finally:
